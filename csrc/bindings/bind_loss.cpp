@@ -1,0 +1,8 @@
+#include "bindings/bindings.h"
+#include "bindings/convert.h"
+
+namespace fastnn::bind {
+
+void bind_loss(py::module_& m) {}
+
+}  // namespace fastnn::bind

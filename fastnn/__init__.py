@@ -1,0 +1,19 @@
+"""fastnn: hand-written C++/CUDA kernels that train multilayer perceptrons, checked against torch autograd."""
+
+__version__ = "0.1.0"
+
+from fastnn import _C
+from fastnn._C import Tensor, empty, zeros, from_dlpack, get_num_threads, set_num_threads
+from fastnn._tensor import tensor, as_tensor
+from fastnn._random import manual_seed
+
+
+def build_info() -> dict:
+    """Version, compiler, run-time CPU ISA, OpenMP threads, and whether CUDA is built and usable."""
+    return _C.build_info()
+
+
+__all__ = [
+    "Tensor", "tensor", "as_tensor", "empty", "zeros", "from_dlpack", "manual_seed", "build_info",
+    "get_num_threads", "set_num_threads", "__version__",
+]
