@@ -1,0 +1,37 @@
+import gc
+
+import numpy as np
+import pytest
+
+import fastnn
+
+torch = pytest.importorskip("torch")
+torch.set_default_dtype(torch.float64)
+# TF32 never applies on the CPU, but be explicit: parity is against plain float32 math.
+torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: longer-running parity checks")
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every test must leave fastnn's live storage and DLPack export counters where it found them."""
+    gc.collect()
+    before = fastnn._C._debug_stats()
+    yield
+    gc.collect()
+    after = fastnn._C._debug_stats()
+    assert after["live_export_contexts"] == before["live_export_contexts"], (before, after)
+    assert after["live_storages"] <= before["live_storages"], (before, after)
