@@ -6,6 +6,7 @@ from fastnn import _C
 from fastnn._C import Tensor, empty, zeros, from_dlpack, get_num_threads, set_num_threads
 from fastnn._tensor import tensor, as_tensor
 from fastnn._random import manual_seed
+from fastnn import functional, nn  # noqa: E402  (after _C: both build on it)
 
 
 def build_info() -> dict:

@@ -1,0 +1,3 @@
+from fastnn.demo import main
+
+main()

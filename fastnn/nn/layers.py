@@ -1,0 +1,232 @@
+"""Layers: Linear, activations, Dropout, BatchNorm1d. Each keeps what its backward needs."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastnn import _C
+from fastnn import functional as F
+from fastnn._random import init_generator, next_dropout_key
+from fastnn.nn.module import Module
+from fastnn.nn.parameter import Parameter
+
+_ACTIVATIONS = ("relu", "tanh", "sigmoid")
+
+
+def _check_float_dtype(dtype) -> str:
+    name = np.dtype(dtype).name
+    if name not in ("float32", "float64"):
+        raise TypeError(f"dtype: expected float32 or float64, got {name}")
+    return name
+
+
+class Linear(Module):
+    """``y = act(x W^T + b)`` with W of shape (out_features, in_features), as torch.nn.Linear.
+
+    Initialised like torch: W and b uniform in +-1/sqrt(in_features). ``activation`` (None,
+    'relu', 'tanh', 'sigmoid') is applied in the GEMM epilogue.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 activation: str | None = None, dtype="float32"):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        if activation not in (None, "none", "linear", *_ACTIVATIONS):
+            raise ValueError(f"activation: expected None, 'relu', 'tanh' or 'sigmoid', got {activation!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.activation = None if activation in (None, "none", "linear") else activation
+        dtype = _check_float_dtype(dtype)
+        g = init_generator()
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.register_parameter("weight", Parameter(
+            g.uniform(-bound, bound, (self.out_features, self.in_features)).astype(dtype)))
+        self.register_parameter("bias", Parameter(g.uniform(-bound, bound, self.out_features).astype(dtype))
+                                if bias else None)
+        self._x = self._y = None
+        self._act = self.activation
+
+    def forward(self, x):
+        return self._forward_fused(x, self.activation)
+
+    def _forward_fused(self, x, activation):
+        b = self.bias
+        y = _C.linear_forward(x, self.weight.data, b.data if b is not None else None, activation or "none")
+        self._x, self._act = x, activation
+        self._y = y if activation else None
+        return y
+
+    def backward(self, dy):
+        if self._x is None:
+            raise RuntimeError("Linear.backward called before forward")
+        b = self.bias
+        dx, _, _ = _C.linear_backward(
+            self._x, self.weight.data, dy, self._y, self._act or "none",
+            dweight=self.weight.grad, dbias=b.grad if b is not None else None,
+            need_dx=self.needs_input_grad, need_dbias=b is not None, accumulate=True)
+        return dx
+
+    def extra_repr(self):
+        act = f", activation={self.activation!r}" if self.activation else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{act}"
+
+
+class _Activation(Module):
+    kind = "none"
+    fusable = True
+
+    def forward(self, x):
+        self._y = _C.activation_forward(x, self.kind)
+        return self._y
+
+    def backward(self, dy):
+        return _C.activation_backward(self._y, dy, self.kind)
+
+
+class ReLU(_Activation):
+    kind = "relu"
+
+
+class Tanh(_Activation):
+    kind = "tanh"
+
+
+class Sigmoid(_Activation):
+    kind = "sigmoid"
+
+
+class Softmax(_Activation):
+    """Softmax over the last dimension (``dim`` must be -1 or the last axis)."""
+
+    kind = "softmax"
+    fusable = False
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        _check_last_dim(self.dim, x)
+        self._y = F.softmax(x)
+        return self._y
+
+    def backward(self, dy):
+        return F.softmax_backward(self._y, dy)
+
+
+class LogSoftmax(Softmax):
+    kind = "log_softmax"
+
+    def forward(self, x):
+        _check_last_dim(self.dim, x)
+        self._y = F.log_softmax(x)
+        return self._y
+
+    def backward(self, dy):
+        return F.log_softmax_backward(self._y, dy)
+
+
+def _check_last_dim(dim, x):
+    ndim = len(x.shape)
+    if dim not in (-1, ndim - 1):
+        raise ValueError(f"dim: fastnn's softmax runs over the last dimension (-1), got dim={dim}")
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+
+class Dropout(Module):
+    """Inverted dropout: zeroes each element with probability ``p`` and scales the rest by 1/(1-p).
+
+    The mask is regenerated in backward from (seed, offset), never stored. Identity in eval mode.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p: dropout probability has to be between 0 and 1, but got {p!r}")
+        self.p = float(p)
+        self._key = None
+        self._act = None
+
+    def forward(self, x):
+        return self._forward_fused(x, None)
+
+    def _forward_fused(self, x, activation):
+        self._act = activation
+        if not self.training:
+            self._key = None
+            self._y = _C.activation_forward(x, activation) if activation else x
+            return self._y
+        self._key = next_dropout_key()
+        self._y = _C.dropout_forward(x, self.p, *self._key, activation or "none")
+        return self._y
+
+    def backward(self, dy):
+        if self._key is None:
+            return _C.activation_backward(self._y, dy, self._act) if self._act else dy
+        return _C.dropout_backward(dy, self.p, *self._key, self._y if self._act else None, self._act or "none")
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class BatchNorm1d(Module):
+    """Batch normalisation over (N, C) with torch's semantics and state-dict keys.
+
+    Training normalises with the biased batch variance and updates ``running_mean`` /
+    ``running_var`` (unbiased) with ``momentum``; ``momentum=None`` uses a cumulative average.
+    Eval mode normalises with the running statistics.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, dtype="float32"):
+        super().__init__()
+        if not isinstance(num_features, (int, np.integer)) or num_features <= 0:
+            raise ValueError(f"num_features: expected a positive int, got {num_features!r}")
+        dtype = _check_float_dtype(dtype)
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.register_parameter("weight", Parameter(np.ones(num_features, dtype)) if affine else None)
+        self.register_parameter("bias", Parameter(np.zeros(num_features, dtype)) if affine else None)
+        if track_running_stats:
+            self.register_buffer("running_mean", _C.zeros([num_features], dtype))
+            self.register_buffer("running_var", _C.from_dlpack(np.ones(num_features, dtype)))
+            self.register_buffer("num_batches_tracked", _C.zeros([], "int64"))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def forward(self, x):
+        use_batch_stats = self.training or not self.track_running_stats
+        factor = 0.0 if self.momentum is None else float(self.momentum)
+        if self.training and self.track_running_stats:
+            nbt = self.num_batches_tracked.numpy()
+            nbt += 1
+            if self.momentum is None:
+                factor = 1.0 / float(nbt)
+        w, b = self.weight, self.bias
+        y, mean, invstd = _C.batchnorm_forward(
+            x, w.data if w is not None else None, b.data if b is not None else None,
+            self.running_mean, self.running_var, use_batch_stats, factor, self.eps)
+        self._x, self._saved, self._batch_stats = x, (mean, invstd), use_batch_stats
+        return y
+
+    def backward(self, dy):
+        w, b = self.weight, self.bias
+        dx, _, _ = _C.batchnorm_backward(
+            self._x, dy, w.data if w is not None else None, self._saved[0], self._saved[1],
+            self._batch_stats, dweight=w.grad if w is not None else None,
+            dbias=b.grad if b is not None else None, accumulate=True)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
