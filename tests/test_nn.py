@@ -1,0 +1,191 @@
+"""fastnn.nn against torch.nn: single layers, state dicts both ways, and whole training runs in lock-step."""
+import numpy as np
+import pytest
+import torch
+
+import fastnn
+from fastnn import functional as F
+from fastnn import nn, optim
+from utils import assert_close, randn, torch_of
+
+
+def lecture_models(dtype, in_f=20, hidden=33, classes=7, p=0.5):
+    """The lecture's architecture (Linear+BatchNorm+ReLU+Dropout twice, then Linear), small."""
+    fm = nn.Sequential(
+        nn.Linear(in_f, hidden, dtype=dtype), nn.BatchNorm1d(hidden, dtype=dtype), nn.ReLU(), nn.Dropout(p),
+        nn.Linear(hidden, hidden, dtype=dtype), nn.BatchNorm1d(hidden, dtype=dtype), nn.ReLU(), nn.Dropout(p),
+        nn.Linear(hidden, classes, dtype=dtype),
+    )
+    tdt = getattr(torch, dtype)
+    tm = torch.nn.Sequential(
+        torch.nn.Linear(in_f, hidden), torch.nn.BatchNorm1d(hidden), torch.nn.ReLU(), torch.nn.Dropout(p),
+        torch.nn.Linear(hidden, hidden), torch.nn.BatchNorm1d(hidden), torch.nn.ReLU(), torch.nn.Dropout(p),
+        torch.nn.Linear(hidden, classes),
+    ).to(tdt)
+    return fm, tm
+
+
+def torch_forward_with_fastnn_masks(tm, fm, x):
+    """Runs torch's layers one by one, applying the dropout masks fastnn's forward just used."""
+    for i, layer in enumerate(tm):
+        if isinstance(layer, torch.nn.Dropout) and layer.training:
+            drop = fm[i]
+            mask = torch.from_numpy(F.dropout_mask(x.shape, drop.p, drop._key).numpy().copy())
+            x = x * mask / (1 - drop.p)
+        else:
+            x = layer(x)
+    return x
+
+
+def test_state_dict_keys_shapes_and_round_trip(dtype):
+    fm, tm = lecture_models(dtype)
+    fsd, tsd = fm.state_dict(), tm.state_dict()
+    assert list(fsd) == list(tsd)
+    for k in tsd:
+        assert fsd[k].shape == tuple(tsd[k].shape), k
+    fm.load_state_dict({k: v.numpy() for k, v in tsd.items()})
+    for k, v in fm.state_dict().items():
+        np.testing.assert_array_equal(v, tsd[k].numpy())
+    # and the reverse: torch loads what fastnn saved
+    fm2, _ = lecture_models(dtype)
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in fm2.state_dict().items()})
+    for k, v in tm.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), fm2.state_dict()[k])
+
+
+def test_load_state_dict_errors_leave_model_untouched():
+    fm, tm = lecture_models("float32")
+    before = fm.state_dict()
+    bad = {k: v.numpy() for k, v in tm.state_dict().items()}
+    bad["4.weight"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(ValueError, match="4.weight: expected shape"):
+        fm.load_state_dict(bad)
+    missing = {k: v.numpy() for k, v in tm.state_dict().items() if k != "0.bias"}
+    with pytest.raises(KeyError, match="0.bias"):
+        fm.load_state_dict(missing)
+    for k, v in fm.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "tanh", "sigmoid"])
+def test_linear_layer_matches_torch(activation, dtype, rng):
+    lin = nn.Linear(33, 7, activation=activation, dtype=dtype)
+    tl = torch.nn.Linear(33, 7).to(getattr(torch, dtype))
+    tl.load_state_dict({k: torch.from_numpy(v) for k, v in lin.state_dict().items()})
+    x = randn(rng, (13, 33), dtype)
+    dy = randn(rng, (13, 7), dtype)
+    xt = torch_of(x, requires_grad=True)
+    act = {None: lambda v: v, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[activation]
+    yt = act(tl(xt))
+    yt.backward(torch_of(dy))
+    y = lin(x)
+    dx = lin.backward(dy)
+    assert_close(y, yt, dtype, what="y")
+    assert_close(dx, xt.grad, dtype, rtol=3e-5 if dtype == "float32" else None, what="dx")
+    assert_close(lin.weight.grad, tl.weight.grad, dtype, rtol=3e-5 if dtype == "float32" else None, what="dW")
+    assert_close(lin.bias.grad, tl.bias.grad, dtype, rtol=3e-5 if dtype == "float32" else None, what="db")
+
+
+def test_gradients_accumulate_until_zero_grad(rng):
+    lin = nn.Linear(5, 3, dtype="float64")
+    x, dy = randn(rng, (4, 5), "float64"), randn(rng, (4, 3), "float64")
+    lin(x)
+    lin.backward(dy)
+    once = lin.weight.grad.numpy().copy()
+    lin(x)
+    lin.backward(dy)
+    np.testing.assert_allclose(lin.weight.grad.numpy(), 2 * once, rtol=1e-12)
+    lin.zero_grad()
+    assert not lin.weight.grad.numpy().any()
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm_module_train_and_eval(affine, dtype, rng):
+    bn = nn.BatchNorm1d(7, affine=affine, dtype=dtype)
+    tb = torch.nn.BatchNorm1d(7, affine=affine).to(getattr(torch, dtype))
+    for step in range(3):
+        x = randn(rng, (9, 7), dtype, scale=2.0) + 3
+        assert_close(bn(x), tb(torch_of(x)).detach(), dtype, what=f"train y step {step}")
+    assert_close(bn.running_mean, tb.running_mean, dtype, what="running_mean")
+    assert_close(bn.running_var, tb.running_var, dtype, what="running_var")
+    assert bn.num_batches_tracked.item() == tb.num_batches_tracked.item() == 3
+    bn.eval()
+    tb.eval()
+    x = randn(rng, (5, 7), dtype)
+    xt = torch_of(x, requires_grad=True)
+    yt = tb(xt)
+    dy = randn(rng, (5, 7), dtype)
+    yt.backward(torch_of(dy))
+    assert_close(bn(x), yt, dtype, what="eval y")
+    assert_close(bn.backward(dy), xt.grad, dtype, what="eval dx")
+
+
+def test_dropout_module_modes():
+    fastnn.manual_seed(3)
+    d = nn.Dropout(0.25)
+    x = np.ones((50, 40))
+    y = d(x).numpy()
+    kept = y != 0
+    np.testing.assert_array_equal(kept, F.dropout_mask(x.shape, 0.25, d._key).numpy())
+    np.testing.assert_allclose(y[kept], 1 / 0.75)
+    dx = d.backward(np.ones_like(x)).numpy()
+    np.testing.assert_array_equal(dx, y)
+    d.eval()
+    assert d(x) is x
+    with pytest.raises(ValueError, match="p: dropout probability"):
+        nn.Dropout(1.5)
+
+
+def test_manual_seed_reproduces_weights_and_masks():
+    def run():
+        fastnn.manual_seed(42)
+        m, _ = lecture_models("float32")
+        return m.state_dict(), m(np.ones((4, 20), np.float32)).numpy()
+
+    (sd1, y1), (sd2, y2) = run(), run()
+    for k in sd1:
+        np.testing.assert_array_equal(sd1[k], sd2[k])
+    np.testing.assert_array_equal(y1, y2)
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-9), ("float32", 2e-4)])
+def test_lecture_model_trains_in_lock_step_with_torch(dtype, rtol, rng):
+    # 20 Adam steps compound rounding (float32: Adam's m / sqrt(v) amplifies last-bit differences in
+    # gradients of near-zero entries), hence 2e-4 for float32 after 20 steps and 1e-9 for float64.
+    fastnn.manual_seed(0)
+    fm, tm = lecture_models(dtype)
+    fm.load_state_dict({k: v.numpy() for k, v in tm.state_dict().items()})
+    fopt = optim.Adam(fm.parameters(), lr=1e-2)
+    topt = torch.optim.Adam(tm.parameters(), lr=1e-2)
+    fcrit, tcrit = nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    for step in range(20):
+        x = randn(rng, (32, 20), dtype)
+        y = rng.integers(0, 7, 32)
+        floss = fcrit(fm(x), y)
+        fm.backward(fcrit.backward())
+        fopt.step()
+        fopt.zero_grad()
+        tloss = tcrit(torch_forward_with_fastnn_masks(tm, fm, torch_of(x)), torch.from_numpy(y))
+        topt.zero_grad()
+        tloss.backward()
+        topt.step()
+        assert_close(np.array(floss.item()), tloss.detach(), dtype, rtol=rtol, what=f"loss at step {step}")
+    tsd = tm.state_dict()
+    for k, v in fm.state_dict().items():
+        assert_close(v, tsd[k], dtype, rtol=rtol, what=k)
+
+
+def test_sequential_input_grad_and_plan(rng):
+    m = nn.Sequential(nn.Linear(6, 5, dtype="float64"), nn.Tanh(), nn.Linear(5, 2, dtype="float64"))
+    tm = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
+    x = randn(rng, (3, 6), "float64")
+    xt = torch_of(x, requires_grad=True)
+    tm(xt).sum().backward()
+    m(x)
+    dx = m.backward(np.ones((3, 2)))
+    assert_close(dx, xt.grad, "float64", what="dx")
+    assert [kind for kind, _ in m._plan] == ["linear_act", "single"]
+    m.needs_input_grad = False
+    m(x)
+    assert m.backward(np.ones((3, 2))) is None
