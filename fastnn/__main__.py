@@ -1,3 +1,5 @@
-from fastnn.demo import main
+import sys
 
-main()
+from fastnn.cli import main
+
+sys.exit(main())

@@ -146,13 +146,17 @@ class Dropout(Module):
     """Inverted dropout: zeroes each element with probability ``p`` and scales the rest by 1/(1-p).
 
     The mask is regenerated in backward from (seed, offset), never stored. Identity in eval mode.
+    Masks come from the global seed (:func:`fastnn.manual_seed`) unless ``seed`` gives this layer
+    a stream of its own.
     """
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, seed: int | None = None):
         super().__init__()
         if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p: dropout probability has to be between 0 and 1, but got {p!r}")
         self.p = float(p)
+        self.seed = None if seed is None else int(seed) & 0xFFFFFFFFFFFFFFFF
+        self._calls = 0
         self._key = None
         self._act = None
 
@@ -165,7 +169,11 @@ class Dropout(Module):
             self._key = None
             self._y = _C.activation_forward(x, activation) if activation else x
             return self._y
-        self._key = next_dropout_key()
+        if self.seed is None:
+            self._key = next_dropout_key()
+        else:
+            self._key = (self.seed, self._calls)
+            self._calls += 1
         self._y = _C.dropout_forward(x, self.p, *self._key, activation or "none")
         return self._y
 

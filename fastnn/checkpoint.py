@@ -1,0 +1,85 @@
+"""Checkpoints that cannot execute code on load: one ``.npz`` of arrays plus a JSON config.
+
+Written atomically (temporary file in the same directory, fsync, rename, fsync of the directory),
+so a crash or a full disk mid-write leaves the previous checkpoint intact. Loading never unpickles:
+``np.load(..., allow_pickle=False)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "fastnn-checkpoint"
+FORMAT_VERSION = 1
+_CONFIG_KEY = "__fastnn_config__"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable fastnn checkpoint (truncated, foreign, or a newer format)."""
+
+
+def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: dict) -> Path:
+    """Writes ``arrays`` and the JSON-serialisable ``config`` to ``path`` atomically."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    for key in arrays:
+        if key == _CONFIG_KEY:
+            raise ValueError(f"arrays: the key {_CONFIG_KEY!r} is reserved")
+    header = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "config": config})
+    payload = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    payload[_CONFIG_KEY] = np.frombuffer(header.encode("utf-8"), dtype=np.uint8)
+    directory = path.parent if str(path.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """Reads a checkpoint written by :func:`save`: ``(arrays, config)``.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError` for anything
+    that is not a complete fastnn checkpoint.
+    """
+    path = Path(path)
+    if not path.exists() and path.suffix != ".npz" and path.with_name(path.name + ".npz").exists():
+        path = path.with_name(path.name + ".npz")
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if _CONFIG_KEY not in z.files:
+                raise CheckpointError(f"{path}: not a fastnn checkpoint (no config record)")
+            header = json.loads(bytes(z[_CONFIG_KEY]).decode("utf-8"))
+            arrays = {k: z[k] for k in z.files if k != _CONFIG_KEY}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable fastnn checkpoint (truncated or foreign file): {e}") from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a fastnn checkpoint")
+    if header.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {header.get('version')} is newer than this fastnn reads ({FORMAT_VERSION})")
+    return arrays, header["config"]
