@@ -1,8 +1,170 @@
+#include <cstdint>
+
 #include "bindings/bindings.h"
 #include "bindings/convert.h"
+#include "ops/optim.h"
 
 namespace fastnn::bind {
 
-void bind_optim(py::module_& m) {}
+namespace {
+
+// The parameter being updated: floating and writable.
+Tensor param_arg(py::handle obj) {
+  Tensor param = to_tensor(obj, "param");
+  check_floating(param, "param");
+  check_writable(param, "param");
+  return param;
+}
+
+// A gradient or state tensor: param's dtype, device and shape; writable unless it is the gradient.
+Tensor like_param(py::handle obj, const Tensor& param, const char* arg, bool writable = true) {
+  Tensor t = to_tensor(obj, arg);
+  check_like(t, param, arg, "param");
+  check_shape(t, param.shape(), arg);
+  if (writable) check_writable(t, arg);
+  return t;
+}
+
+// An optional state tensor: an undefined Tensor when None; `needed` says whether the options use it.
+Tensor optional_like_param(py::handle obj, const Tensor& param, const char* arg, bool needed,
+                           const char* needed_when) {
+  if (obj.is_none()) {
+    FASTNN_CHECK(!needed, ValueError, arg, ": required when ", needed_when, ", got None");
+    return Tensor();
+  }
+  return like_param(obj, param, arg);
+}
+
+struct Named {
+  const Tensor* tensor;
+  const char* name;
+};
+
+// The kernels read and write each element of every tensor once, in one pass; a tensor that
+// shares memory with another would see values already updated.
+void check_disjoint(std::initializer_list<Named> tensors) {
+  for (auto a = tensors.begin(); a != tensors.end(); ++a) {
+    if (!a->tensor->defined() || a->tensor->nbytes() == 0) continue;
+    const auto a_begin = reinterpret_cast<uintptr_t>(a->tensor->raw_data());
+    const auto a_end = a_begin + a->tensor->nbytes();
+    for (auto b = tensors.begin(); b != a; ++b) {
+      if (!b->tensor->defined() || b->tensor->nbytes() == 0) continue;
+      const auto b_begin = reinterpret_cast<uintptr_t>(b->tensor->raw_data());
+      const auto b_end = b_begin + b->tensor->nbytes();
+      FASTNN_CHECK(a_end <= b_begin || b_end <= a_begin, ValueError, a->name,
+                   ": shares memory with ", b->name, "; every tensor needs its own memory");
+    }
+  }
+}
+
+}  // namespace
+
+void bind_optim(py::module_& m) {
+  m.def("sgd_step", [](py::handle param_, py::handle grad_, py::handle momentum_buffer_, double lr,
+                       double momentum, double dampening, double weight_decay, bool nesterov,
+                       bool maximize, bool first_step) {
+          Tensor param = param_arg(param_);
+          Tensor grad = like_param(grad_, param, "grad", false);
+          Tensor buf = optional_like_param(momentum_buffer_, param, "momentum_buffer", momentum != 0,
+                                           "momentum != 0");
+          check_disjoint({{&param, "param"}, {&grad, "grad"}, {&buf, "momentum_buffer"}});
+          SgdOptions o;
+          o.lr = lr, o.momentum = momentum, o.dampening = dampening, o.weight_decay = weight_decay;
+          o.nesterov = nesterov, o.maximize = maximize, o.first_step = first_step;
+          py::gil_scoped_release no_gil;
+          sgd_step(param, grad, buf, o);
+        },
+        py::arg("param"), py::arg("grad"), py::arg("momentum_buffer") = py::none(), py::kw_only(),
+        py::arg("lr"), py::arg("momentum") = 0.0, py::arg("dampening") = 0.0,
+        py::arg("weight_decay") = 0.0, py::arg("nesterov") = false, py::arg("maximize") = false,
+        py::arg("first_step") = false,
+        R"doc(One SGD step, in place, as torch.optim.SGD computes it for one tensor.
+
+g = -grad if maximize; g += weight_decay * param; with momentum != 0: momentum_buffer = g when
+first_step, else momentum * momentum_buffer + (1 - dampening) * g, and g = g + momentum *
+momentum_buffer (nesterov) or momentum_buffer; param -= lr * g. momentum_buffer is required when
+momentum != 0. All tensors: param's shape, dtype and device, no two sharing memory.)doc");
+
+  m.def("adam_step", [](py::handle param_, py::handle grad_, py::handle exp_avg_,
+                        py::handle exp_avg_sq_, py::handle max_exp_avg_sq_, int64_t step, double lr,
+                        double beta1, double beta2, double eps, double weight_decay,
+                        bool decoupled_weight_decay, bool amsgrad, bool maximize) {
+          FASTNN_CHECK(step >= 1, ValueError, "step: expected the step number counting from 1, got ", step);
+          Tensor param = param_arg(param_);
+          Tensor grad = like_param(grad_, param, "grad", false);
+          Tensor m1 = like_param(exp_avg_, param, "exp_avg");
+          Tensor m2 = like_param(exp_avg_sq_, param, "exp_avg_sq");
+          Tensor m2_max = optional_like_param(max_exp_avg_sq_, param, "max_exp_avg_sq", amsgrad,
+                                              "amsgrad=True");
+          check_disjoint({{&param, "param"}, {&grad, "grad"}, {&m1, "exp_avg"},
+                          {&m2, "exp_avg_sq"}, {&m2_max, "max_exp_avg_sq"}});
+          AdamOptions o;
+          o.step = step, o.lr = lr, o.beta1 = beta1, o.beta2 = beta2, o.eps = eps;
+          o.weight_decay = weight_decay, o.decoupled_weight_decay = decoupled_weight_decay;
+          o.amsgrad = amsgrad, o.maximize = maximize;
+          py::gil_scoped_release no_gil;
+          adam_step(param, grad, m1, m2, m2_max, o);
+        },
+        py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
+        py::arg("max_exp_avg_sq") = py::none(), py::kw_only(), py::arg("step"), py::arg("lr"),
+        py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay") = 0.0,
+        py::arg("decoupled_weight_decay") = false, py::arg("amsgrad") = false,
+        py::arg("maximize") = false,
+        R"doc(One Adam (or AdamW) step, in place, as torch.optim.Adam computes it for one tensor.
+
+`step` is this step's number counting from 1 (the bias corrections use it). weight_decay is added
+to the gradient as L2, or with decoupled_weight_decay=True (AdamW) multiplies param by
+1 - lr * weight_decay first. max_exp_avg_sq is required with amsgrad=True. All tensors: param's
+shape, dtype and device, no two sharing memory.)doc");
+
+  m.def("rmsprop_step", [](py::handle param_, py::handle grad_, py::handle square_avg_,
+                           py::handle momentum_buffer_, py::handle grad_avg_, double lr,
+                           double alpha, double eps, double weight_decay, double momentum,
+                           bool centered, bool maximize) {
+          Tensor param = param_arg(param_);
+          Tensor grad = like_param(grad_, param, "grad", false);
+          Tensor sq = like_param(square_avg_, param, "square_avg");
+          Tensor buf = optional_like_param(momentum_buffer_, param, "momentum_buffer", momentum > 0,
+                                           "momentum > 0");
+          Tensor g_avg = optional_like_param(grad_avg_, param, "grad_avg", centered, "centered=True");
+          check_disjoint({{&param, "param"}, {&grad, "grad"}, {&sq, "square_avg"},
+                          {&buf, "momentum_buffer"}, {&g_avg, "grad_avg"}});
+          RmspropOptions o;
+          o.lr = lr, o.alpha = alpha, o.eps = eps, o.weight_decay = weight_decay;
+          o.momentum = momentum, o.centered = centered, o.maximize = maximize;
+          py::gil_scoped_release no_gil;
+          rmsprop_step(param, grad, sq, buf, g_avg, o);
+        },
+        py::arg("param"), py::arg("grad"), py::arg("square_avg"),
+        py::arg("momentum_buffer") = py::none(), py::arg("grad_avg") = py::none(), py::kw_only(),
+        py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay") = 0.0,
+        py::arg("momentum") = 0.0, py::arg("centered") = false, py::arg("maximize") = false,
+        R"doc(One RMSprop step, in place, as torch.optim.RMSprop computes it for one tensor.
+
+momentum_buffer is required when momentum > 0, grad_avg when centered=True. All tensors: param's
+shape, dtype and device, no two sharing memory.)doc");
+
+  m.def("adagrad_step", [](py::handle param_, py::handle grad_, py::handle state_sum_,
+                           int64_t step, double lr, double lr_decay, double weight_decay,
+                           double eps, bool maximize) {
+          FASTNN_CHECK(step >= 1, ValueError, "step: expected the step number counting from 1, got ", step);
+          Tensor param = param_arg(param_);
+          Tensor grad = like_param(grad_, param, "grad", false);
+          Tensor sum = like_param(state_sum_, param, "state_sum");
+          check_disjoint({{&param, "param"}, {&grad, "grad"}, {&sum, "state_sum"}});
+          AdagradOptions o;
+          o.step = step, o.lr = lr, o.lr_decay = lr_decay, o.weight_decay = weight_decay;
+          o.eps = eps, o.maximize = maximize;
+          py::gil_scoped_release no_gil;
+          adagrad_step(param, grad, sum, o);
+        },
+        py::arg("param"), py::arg("grad"), py::arg("state_sum"), py::kw_only(), py::arg("step"),
+        py::arg("lr"), py::arg("lr_decay") = 0.0, py::arg("weight_decay") = 0.0,
+        py::arg("eps") = 1e-10, py::arg("maximize") = false,
+        R"doc(One Adagrad step, in place, as torch.optim.Adagrad computes it for one dense tensor.
+
+`step` counts from 1; the learning rate is lr / (1 + (step - 1) * lr_decay). All tensors: param's
+shape, dtype and device, no two sharing memory.)doc");
+}
 
 }  // namespace fastnn::bind
