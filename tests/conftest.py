@@ -27,11 +27,20 @@ def rng():
 
 @pytest.fixture(autouse=True)
 def no_leaks():
-    """Every test must leave fastnn's live storage and DLPack export counters where it found them."""
-    gc.collect()
+    """Every test must leave fastnn's live storage and DLPack export counters no higher than it found them.
+
+    gc.collect() costs ~0.1 s with torch loaded, so it runs only when the counters say it may matter.
+    """
     before = fastnn._C._debug_stats()
     yield
-    gc.collect()
-    after = fastnn._C._debug_stats()
-    assert after["live_export_contexts"] == before["live_export_contexts"], (before, after)
-    assert after["live_storages"] <= before["live_storages"], (before, after)
+
+    def grew():
+        after = fastnn._C._debug_stats()
+        return (after["live_export_contexts"] > before["live_export_contexts"]
+                or after["live_storages"] > before["live_storages"]), after
+
+    leaked, after = grew()
+    if leaked:
+        gc.collect()
+        leaked, after = grew()
+    assert not leaked, (before, after)

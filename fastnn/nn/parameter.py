@@ -16,7 +16,8 @@ class Parameter:
     __slots__ = ("data", "grad", "flat", "offset", "__weakref__")
 
     def __init__(self, data, requires_grad: bool = True):
-        self.data = data if isinstance(data, _C.Tensor) else _C.from_dlpack(np.ascontiguousarray(data), copy=True)
+        # np.array, not np.ascontiguousarray: the latter turns 0-d arrays into 1-d
+        self.data = data if isinstance(data, _C.Tensor) else _C.from_dlpack(np.array(data, order="C"), copy=True)
         self.grad = _C.zeros(self.data.shape, self.data.dtype, self.data.device)
         self.flat = None
         self.offset = 0
