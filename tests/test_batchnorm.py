@@ -243,7 +243,6 @@ for dt in ("float32", "float64"):
 np.savez({str(tmp_path / 'out')!r} + fastnn.build_info()["cpu_isa"] + ".npz", **out)
 """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    isas = set()
     for isa in ("scalar", "avx2", "avx512"):
         subprocess.run([sys.executable, "-c", code], env=dict(env, FASTNN_ISA=isa), check=True)
     isas = sorted(p.name for p in tmp_path.glob("out*.npz"))
@@ -275,7 +274,8 @@ def test_empty_batch_and_no_channels(dtype):
     assert np.asarray(y).shape == (0, 5)
     dx, dw, db = _C.batchnorm_backward(x, x, np.ones(5, dtype), m, s, False)
     assert np.asarray(dx).shape == (0, 5)
-    np.testing.assert_array_equal(dw, np.zeros(5)) and np.testing.assert_array_equal(db, np.zeros(5))
+    np.testing.assert_array_equal(dw, np.zeros(5))
+    np.testing.assert_array_equal(db, np.zeros(5))
     dx, dw, db = _C.batchnorm_backward(x, x, np.ones(5, dtype), m, s, True)
     np.testing.assert_array_equal(dw, np.zeros(5))
     y, m, s = _C.batchnorm_forward(np.empty((4, 0), dtype), None, None, None, None, True)
