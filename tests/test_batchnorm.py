@@ -1,0 +1,330 @@
+"""BatchNorm1d on (N, C) against torch.nn.functional.batch_norm and torch autograd.
+
+float32 results are compared with torch in float64 on the same (upcast) values: the truth, rather
+than torch's own float32 rounding."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastnn
+from fastnn import _C
+from tests.utils import assert_close, randn
+
+SHAPES = [(2, 2), (2, 1000), (7, 33), (33, 7), (1000, 2), (1000, 33), (33, 1000), (65, 257), (9, 513)]
+
+
+def t64(a, requires_grad=False):
+    t = torch.tensor(np.asarray(a), dtype=torch.float64)
+    return t.requires_grad_(requires_grad) if requires_grad else t
+
+
+def reference(x, w, b, rm, rv, training, momentum, eps, dy):
+    """torch in float64: y, dx, dweight, dbias, running_mean, running_var (after the update)."""
+    xt = t64(x, True)
+    wt = t64(w, True) if w is not None else None
+    bt = t64(b, True) if b is not None else None
+    rmt = t64(rm) if rm is not None else None
+    rvt = t64(rv) if rv is not None else None
+    y = F.batch_norm(xt, rmt, rvt, wt, bt, training, momentum, eps)
+    y.backward(t64(dy))
+    grad = lambda t: None if t is None else t.grad
+    return y, xt.grad, grad(wt), grad(bt), rmt, rvt
+
+
+def make(rng, shape, dtype, affine=True, tracked=True, loc=0.5, scale=2.0):
+    n, c = shape
+    x = randn(rng, shape, dtype, scale) + np.asarray(loc, dtype=dtype)
+    w = randn(rng, c, dtype) if affine else None
+    b = randn(rng, c, dtype) if affine else None
+    rm = randn(rng, c, dtype) if tracked else None
+    rv = (rng.random(c) + 0.5).astype(dtype) if tracked else None
+    dy = randn(rng, shape, dtype)
+    return x, w, b, rm, rv, dy
+
+
+def copy(a):
+    return None if a is None else a.copy()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_training_matches_torch(dtype, rng, shape):
+    for affine, tracked in [(True, True), (False, False), (True, False), (False, True)]:
+        check_training(dtype, rng, shape, affine, tracked)
+
+
+def check_training(dtype, rng, shape, affine, tracked):
+    x, w, b, rm, rv, dy = make(rng, shape, dtype, affine, tracked)
+    y_ref, dx_ref, dw_ref, db_ref, rm_ref, rv_ref = reference(x, w, b, copy(rm), copy(rv), True, 0.1, 1e-5, dy)
+
+    y, save_mean, save_invstd = _C.batchnorm_forward(x, w, b, rm, rv, True)
+    assert_close(y, y_ref, dtype, what="y")
+    assert save_mean.dtype == np.float64 and save_invstd.dtype == np.float64
+    x64 = x.astype(np.float64)
+    assert_close(save_mean, x64.mean(0), dtype, what="save_mean")
+    assert_close(save_invstd, 1 / np.sqrt(x64.var(0) + 1e-5), dtype, what="save_invstd")
+    if tracked:
+        assert_close(rm, rm_ref, dtype, what="running_mean")
+        assert_close(rv, rv_ref, dtype, what="running_var")
+
+    dx, dw, db = _C.batchnorm_backward(x, dy, w, save_mean, save_invstd, True)
+    assert_close(dx, dx_ref, dtype, what="dx")
+    if affine:
+        assert_close(dw, dw_ref, dtype, what="dweight")
+        assert_close(db, db_ref, dtype, what="dbias")
+    else:
+        assert dw is None and db is None
+
+
+@pytest.mark.parametrize("shape", [(2, 7), (33, 1000), (1000, 33), (1, 5), (0, 5)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_eval_matches_torch(dtype, rng, shape, affine):
+    x, w, b, rm, rv, dy = make(rng, shape, dtype, affine)
+    rm0, rv0 = rm.copy(), rv.copy()
+    y_ref, dx_ref, dw_ref, db_ref, _, _ = reference(x, w, b, rm, rv, False, 0.1, 1e-3, dy)
+
+    y, save_mean, save_invstd = _C.batchnorm_forward(x, w, b, rm, rv, False, eps=1e-3)
+    assert_close(y, y_ref, dtype, what="y")
+    np.testing.assert_array_equal(rm, rm0)  # eval never moves the running statistics
+    np.testing.assert_array_equal(rv, rv0)
+    np.testing.assert_array_equal(save_mean, rm0)
+    assert_close(save_invstd, 1 / np.sqrt(rv0.astype(np.float64) + 1e-3), dtype, what="save_invstd")
+
+    dx, dw, db = _C.batchnorm_backward(x, dy, w, save_mean, save_invstd, False)
+    assert_close(dx, dx_ref, dtype, what="dx")
+    if affine:
+        assert_close(dw, dw_ref, dtype, what="dweight")
+        assert_close(db, db_ref, dtype, what="dbias")
+    else:
+        assert dw is None and db is None
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.3, 1.0, 0.0])
+def test_running_stats_over_several_steps(dtype, rng, momentum):
+    c = 33
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    rm_t, rv_t = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    for step in range(6):
+        n = [7, 1000, 2, 33, 64, 5][step]
+        x = randn(rng, (n, c), dtype, scale=1 + step) + np.asarray(step - 2.5, dtype=dtype)
+        _C.batchnorm_forward(x, None, None, rm, rv, True, momentum=momentum)
+        F.batch_norm(t64(x), rm_t, rv_t, None, None, True, momentum, 1e-5)
+    assert_close(rm, rm_t, dtype, what="running_mean")
+    assert_close(rv, rv_t, dtype, what="running_var")
+    # then eval normalises with exactly those statistics
+    x = randn(rng, (9, c), dtype)
+    y, _, _ = _C.batchnorm_forward(x, None, None, rm, rv, False)
+    assert_close(y, F.batch_norm(t64(x), t64(rm), t64(rv), None, None, False), dtype, what="eval y")
+
+
+def test_large_mean_float32(rng):
+    """float32 data 1e6 + O(1) noise: statistics, y and gradients stay accurate to float32."""
+    shape = (4096, 40)
+    noise_scale = np.linspace(0.5, 50, shape[1])
+    x = (1e6 + rng.standard_normal(shape) * noise_scale).astype(np.float32)
+    w, b = randn(rng, shape[1], "float32"), randn(rng, shape[1], "float32")
+    rm, rv = np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)
+    dy = randn(rng, shape, "float32")
+    y_ref, dx_ref, dw_ref, db_ref, rm_ref, rv_ref = reference(x, w, b, rm.copy(), rv.copy(), True, 0.1, 1e-5, dy)
+
+    y, save_mean, save_invstd = _C.batchnorm_forward(x, w, b, rm, rv, True)
+    assert_close(y, y_ref, "float32", what="y")
+    assert_close(save_invstd, 1 / np.sqrt(x.astype(np.float64).var(0) + 1e-5), "float32", what="invstd")
+    assert_close(rv, rv_ref, "float32", what="running_var")
+    dx, dw, db = _C.batchnorm_backward(x, dy, w, save_mean, save_invstd, True)
+    # save_mean is the float32 rounding of a mean near 1e6 (off by up to 1/32); the backward
+    # corrects for it, so dx is as accurate as y
+    assert_close(dx, dx_ref, "float32", what="dx")
+    assert_close(dw, dw_ref, "float32", what="dweight")
+    assert_close(db, db_ref, "float32", what="dbias")
+    # statistics rounded to float32 (as torch keeps them): the mean correction still holds dx
+    dx32, _, _ = _C.batchnorm_backward(x, dy, w, np.asarray(save_mean).astype(np.float32),
+                                       np.asarray(save_invstd).astype(np.float32), True)
+    assert_close(dx32, dx_ref, "float32", what="dx from float32 statistics")
+
+
+def test_large_mean_float64(rng):
+    x = 1e4 + rng.standard_normal((1000, 7)) * 1e-2
+    dy = rng.standard_normal(x.shape)
+    y_ref, dx_ref, _, _, _, _ = reference(x, None, None, None, None, True, 0.1, 1e-5, dy)
+    y, m, s = _C.batchnorm_forward(x, None, None, None, None, True)
+    assert_close(y, y_ref, "float64", rtol=1e-9, what="y")  # rounding of x near 1e4: 2e-12 / 1e-2
+    dx, _, _ = _C.batchnorm_backward(x, dy, None, m, s, True)
+    assert_close(dx, dx_ref, "float64", rtol=1e-9, what="dx")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_weight_or_bias_alone(dtype, rng, training):
+    x, w, b, rm, rv, dy = make(rng, (33, 70), dtype)
+    for weight, bias in [(w, None), (None, b)]:
+        ref = reference(x, weight, bias, rm.copy(), rv.copy(), training, 0.1, 1e-5, dy)
+        y, m, s = _C.batchnorm_forward(x, weight, bias, rm.copy(), rv.copy(), training)
+        assert_close(y, ref[0], dtype, what="y")
+        dx, dw, db = _C.batchnorm_backward(x, dy, weight, m, s, training)
+        assert_close(dx, ref[1], dtype, what="dx")
+        if weight is not None:
+            assert_close(dw, ref[2], dtype, what="dweight")
+            assert_close(db, dy.astype(np.float64).sum(0), dtype, what="dbias")
+
+
+def test_accumulate_and_buffers(dtype, rng):
+    x, w, b, rm, rv, dy = make(rng, (33, 7), dtype)
+    _, dw_ref, db_ref = None, *reference(x, w, b, None, None, True, 0.1, 1e-5, dy)[2:4]
+    y, m, s = _C.batchnorm_forward(x, w, b, None, None, True)
+    dw_buf, db_buf = np.full(7, 2.0, dtype), np.full(7, -1.0, dtype)
+    dx_buf = np.empty_like(x)
+    dx, dw, db = _C.batchnorm_backward(x, dy, w, m, s, True, dx=dx_buf, dweight=dw_buf, dbias=db_buf,
+                                       accumulate=True)
+    assert np.asarray(dx).ctypes.data == dx_buf.ctypes.data
+    assert np.asarray(dw).ctypes.data == dw_buf.ctypes.data
+    assert_close(dw_buf, dw_ref.numpy() + 2.0, dtype, what="accumulated dweight")
+    assert_close(db_buf, db_ref.numpy() - 1.0, dtype, what="accumulated dbias")
+    _C.batchnorm_backward(x, dy, w, m, s, True, dweight=dw_buf, dbias=db_buf)  # overwrite
+    assert_close(dw_buf, dw_ref, dtype, what="written dweight")
+    assert_close(db_buf, db_ref, dtype, what="written dbias")
+    # accumulate=True without buffers: fresh zeros, so the plain gradient
+    _, dw2, db2 = _C.batchnorm_backward(x, dy, w, m, s, True, accumulate=True)
+    assert_close(dw2, dw_ref, dtype, what="fresh dweight")
+    # no weight, but buffers given: the gradients with respect to a unit weight and zero bias
+    _, dw3, db3 = _C.batchnorm_backward(x, dy, None, m, s, True, dweight=np.empty(7, dtype))
+    assert db3 is None
+    assert_close(dw3, dw_ref, dtype, what="dweight without weight")
+
+
+def test_in_place_forward_and_backward(dtype, rng):
+    x, w, b, _, _, dy = make(rng, (64, 300), dtype)
+    y, m, s = _C.batchnorm_forward(x, w, b, None, None, True)
+    dx, _, _ = _C.batchnorm_backward(x, dy, w, m, s, True)
+    y, dx = np.asarray(y).copy(), np.asarray(dx).copy()
+    _C.batchnorm_backward(x, dy, w, m, s, True, dx=dy)  # dx aliasing dy
+    np.testing.assert_array_equal(dy, dx)
+    _C.batchnorm_forward(x, w, b, None, None, True, out=x)  # y aliasing x
+    np.testing.assert_array_equal(x, y)
+
+
+def test_deterministic_across_thread_counts(dtype, rng):
+    x, w, b, rm, rv, dy = make(rng, (500, 1000), dtype)
+    before = fastnn.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            fastnn.set_num_threads(threads)
+            rm_i, rv_i = rm.copy(), rv.copy()
+            y, m, s = _C.batchnorm_forward(x, w, b, rm_i, rv_i, True)
+            dx, dw, db = _C.batchnorm_backward(x, dy, w, m, s, True)
+            outs.append([np.asarray(t).copy() for t in (y, m, s, dx, dw, db)] + [rm_i, rv_i])
+    finally:
+        fastnn.set_num_threads(before)
+    for a, b_ in zip(*outs):
+        assert a.tobytes() == b_.tobytes()
+
+
+def test_every_isa_variant_matches_torch(tmp_path, rng):
+    """The AVX-512, AVX2 and baseline builds of each kernel, run in subprocesses."""
+    x, w, b, rm, rv, dy = make(rng, (70, 300), "float64")
+    np.savez(tmp_path / "in.npz", x=x, w=w, b=b, rm=rm, rv=rv, dy=dy)
+    code = f"""
+import numpy as np, fastnn
+d = np.load({str(tmp_path / 'in.npz')!r})
+out = {{}}
+for dt in ("float32", "float64"):
+    x, w, b, dy = (d[k].astype(dt) for k in ("x", "w", "b", "dy"))
+    rm, rv = d["rm"].astype(dt), d["rv"].astype(dt)
+    y, m, s = fastnn._C.batchnorm_forward(x, w, b, rm, rv, True)
+    dx, dw, db = fastnn._C.batchnorm_backward(x, dy, w, m, s, True)
+    ye, me, se = fastnn._C.batchnorm_forward(x, w, b, rm, rv, False)
+    dxe, dwe, dbe = fastnn._C.batchnorm_backward(x, dy, w, me, se, False)
+    for k, v in dict(y=y, dx=dx, dw=dw, db=db, rm=rm, rv=rv, ye=ye, dxe=dxe, dwe=dwe).items():
+        out[dt + k] = np.asarray(v)
+np.savez({str(tmp_path / 'out')!r} + fastnn.build_info()["cpu_isa"] + ".npz", **out)
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for isa in ("scalar", "avx2", "avx512"):
+        subprocess.run([sys.executable, "-c", code], env=dict(env, FASTNN_ISA=isa), check=True)
+    isas = sorted(p.name for p in tmp_path.glob("out*.npz"))
+    assert "outscalar.npz" in isas
+    ref = reference(x, w, b, rm.copy(), rv.copy(), True, 0.1, 1e-5, dy)
+    ref_eval = reference(x, w, b, ref[4].numpy(), ref[5].numpy(), False, 0.1, 1e-5, dy)
+    for name in isas:
+        got = np.load(tmp_path / name)
+        for dt in ("float32", "float64"):
+            for key, expected in dict(y=ref[0], dx=ref[1], dw=ref[2], db=ref[3], rm=ref[4], rv=ref[5],
+                                      ye=ref_eval[0], dxe=ref_eval[1], dwe=ref_eval[2]).items():
+                assert_close(got[dt + key], expected, dt, what=f"{name} {dt} {key}")
+
+
+def test_nan_stays_in_its_column(dtype, rng):
+    x, w, b, _, _, dy = make(rng, (33, 7), dtype)
+    x[5, 2] = np.nan
+    y, m, s = _C.batchnorm_forward(x, w, b, None, None, True)
+    y = np.asarray(y)
+    assert np.isnan(y[:, 2]).all() and not np.isnan(np.delete(y, 2, axis=1)).any()
+    dx, dw, db = _C.batchnorm_backward(x, dy, w, m, s, True)
+    assert np.isnan(np.asarray(dx)[:, 2]).all() and not np.isnan(np.delete(np.asarray(dx), 2, axis=1)).any()
+
+
+def test_empty_batch_and_no_channels(dtype):
+    x = np.empty((0, 5), dtype)
+    rm, rv = np.zeros(5, dtype), np.ones(5, dtype)
+    y, m, s = _C.batchnorm_forward(x, None, None, rm, rv, False)
+    assert np.asarray(y).shape == (0, 5)
+    dx, dw, db = _C.batchnorm_backward(x, x, np.ones(5, dtype), m, s, False)
+    assert np.asarray(dx).shape == (0, 5)
+    np.testing.assert_array_equal(dw, np.zeros(5))
+    np.testing.assert_array_equal(db, np.zeros(5))
+    dx, dw, db = _C.batchnorm_backward(x, x, np.ones(5, dtype), m, s, True)
+    np.testing.assert_array_equal(dw, np.zeros(5))
+    y, m, s = _C.batchnorm_forward(np.empty((4, 0), dtype), None, None, None, None, True)
+    assert np.asarray(y).shape == (4, 0) and np.asarray(m).shape == (0,)
+
+
+def test_errors(rng):
+    x = randn(rng, (4, 3), "float64")
+    c3 = np.zeros(3)
+    with pytest.raises(ValueError, match=r"^x: expected more than 1 value per channel when training, "
+                                         r"got input of shape \(1, 3\)$"):
+        _C.batchnorm_forward(x[:1].copy(), None, None, None, None, True)
+    with pytest.raises(ValueError, match=r"x: expected more than 1 value per channel when training, "
+                                         r"got input of shape \(0, 3\)"):
+        _C.batchnorm_forward(x[:0].copy(), None, None, c3, c3 + 1, True)
+    with pytest.raises(ValueError, match="x: expected a 2-d tensor"):
+        _C.batchnorm_forward(np.zeros(3), None, None, None, None, True)
+    with pytest.raises(TypeError, match="x: "):
+        _C.batchnorm_forward(np.zeros((4, 3), np.int64), None, None, None, None, True)
+    with pytest.raises(ValueError, match="weight: expected shape"):
+        _C.batchnorm_forward(x, np.ones(4), None, None, None, True)
+    with pytest.raises(TypeError, match="bias: expected float64"):
+        _C.batchnorm_forward(x, None, np.ones(3, np.float32), None, None, True)
+    with pytest.raises(ValueError, match="running_var: "):
+        _C.batchnorm_forward(x, None, None, c3, None, True)
+    with pytest.raises(ValueError, match="running_mean: required when training=False"):
+        _C.batchnorm_forward(x, None, None, None, None, False)
+    with pytest.raises(ValueError, match="eps: "):
+        _C.batchnorm_forward(x, None, None, None, None, True, eps=-1.0)
+    with pytest.raises(ValueError, match="out: expected shape"):
+        _C.batchnorm_forward(x, None, None, None, None, True, out=np.zeros((3, 4)))
+    frozen = np.zeros(3)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="running_mean: .*read-only"):
+        _C.batchnorm_forward(x, None, None, frozen, c3 + 1, True)
+    y, m, s = _C.batchnorm_forward(x, None, None, None, None, True)
+    with pytest.raises(ValueError, match="dy: expected shape"):
+        _C.batchnorm_backward(x, np.zeros((4, 4)), None, m, s, True)
+    with pytest.raises(TypeError, match="dy: expected float64"):
+        _C.batchnorm_backward(x, np.zeros((4, 3), np.float32), None, m, s, True)
+    with pytest.raises(TypeError, match="save_mean: "):
+        _C.batchnorm_backward(x, x, None, None, s, True)
+    with pytest.raises(TypeError, match="save_mean: expected float64 or float64"):
+        _C.batchnorm_backward(x, x, None, np.zeros(3, np.int64), s, True)
+    with pytest.raises(TypeError, match="save_invstd: expected float64 or float32"):
+        _C.batchnorm_backward(x.astype(np.float32), x.astype(np.float32), None, m, np.ones(3, np.int32), True)
+    with pytest.raises(ValueError, match="save_invstd: expected shape"):
+        _C.batchnorm_backward(x, x, None, m, np.ones(4), True)
+    with pytest.raises(ValueError, match="dweight: expected shape"):
+        _C.batchnorm_backward(x, x, np.ones(3), m, s, True, dweight=np.zeros(4))
+    with pytest.raises(ValueError, match="dx: expected shape"):
+        _C.batchnorm_backward(x, x, None, m, s, True, dx=np.zeros(12))
