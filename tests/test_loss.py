@@ -5,6 +5,10 @@ count independence and argument errors.
 References are computed by torch in float64 from the very same (possibly float32) inputs, so the
 tolerance measures fastnn's own rounding error: ~1e-5 relative for float32, ~1e-10 for float64.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -225,8 +229,10 @@ def test_cross_entropy_dloss_forms(dtype, rng):
     a = np.asarray(_C.cross_entropy_backward(x, y, 2.0))
     b = np.asarray(_C.cross_entropy_backward(x, y, np.array(2.0, dtype)))
     c = np.asarray(_C.cross_entropy_backward(x, y, 2))
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, c)
+    d = np.asarray(_C.cross_entropy_backward(x, y, np.float32(2.0)))
+    e = np.asarray(_C.cross_entropy_backward(x, y, torch.tensor(2.0, dtype=getattr(torch, dtype))))
+    for other in (b, c, d, e):
+        np.testing.assert_array_equal(a, other)
 
 
 # ---- MSE ----------------------------------------------------------------------------------------
@@ -380,6 +386,22 @@ def test_float32_mean_accumulates_in_double(rng):
     y = labels(rng, 5000, 10)
     assert_close(_C.cross_entropy_forward(logits, y, reduction="sum"),
                  F.cross_entropy(f64(logits), torch.from_numpy(y), reduction="sum"), "float32", rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_other_isa_variants(isa):
+    """The kernels are compiled for the baseline x86-64, AVX2 and AVX-512 and the best runs; the
+    others are checked in a child process whose FASTNN_ISA caps the choice (read once per process)."""
+    env = dict(os.environ, FASTNN_ISA=isa)
+    info = subprocess.run([sys.executable, "-c", "import fastnn; print(fastnn.build_info()['cpu_isa'])"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert info in ("scalar", "AVX2" if isa == "avx2" else "scalar")
+    subset = ("accurate or extreme or fused_equals or independent or label_dtypes or "
+              "bce_with_logits_matches or mse_matches")
+    r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
+                        "-k", f"({subset}) and not other_isa"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
 # ---- argument errors ----------------------------------------------------------------------------

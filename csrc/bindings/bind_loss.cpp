@@ -17,10 +17,13 @@ Tensor optional_like(py::handle obj, const Tensor& ref, const char* arg, const c
   return t;
 }
 
-// The upstream gradient of a loss: a Python number (reduced losses only) or a tensor with the
-// dtype and device of `ref` and the shape of the loss.
+// The upstream gradient of a loss: a number (reduced losses only; Python or numpy scalar) or a
+// tensor with the dtype and device of `ref` and the shape of the loss.
 Tensor upstream(py::handle dloss, const Tensor& ref, const char* ref_arg, const Shape& loss_shape) {
-  if (py::isinstance<py::float_>(dloss) || py::isinstance<py::int_>(dloss)) {
+  const bool number = py::isinstance<py::float_>(dloss) || py::isinstance<py::int_>(dloss) ||
+                      (!py::isinstance<Tensor>(dloss) && !py::hasattr(dloss, "__dlpack__") &&
+                       py::hasattr(dloss, "__float__"));
+  if (number) {
     FASTNN_CHECK(loss_shape.empty(), ValueError, "dloss: reduction 'none' needs a tensor of shape ",
                  shape_str(loss_shape), ", got a Python number");
     Tensor t = Tensor::empty({}, ref.dtype(), ref.device());
