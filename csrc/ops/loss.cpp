@@ -1,0 +1,62 @@
+#include "ops/loss.h"
+
+namespace fastnn {
+
+Reduction parse_reduction(const std::string& name) {
+  if (name == "mean") return Reduction::mean;
+  if (name == "sum") return Reduction::sum;
+  if (name == "none") return Reduction::none;
+  throw ValueError("reduction: expected 'mean', 'sum' or 'none', got '" + name + "'");
+}
+
+const char* reduction_name(Reduction r) {
+  switch (r) {
+    case Reduction::mean: return "mean";
+    case Reduction::sum: return "sum";
+    default: return "none";
+  }
+}
+
+BadLabel cross_entropy_find_bad_label(const Tensor& target, int64_t classes, int64_t ignore_index) {
+  if (target.device().is_cuda()) no_cuda_kernel("cross_entropy_find_bad_label");
+  return cpu::cross_entropy_find_bad_label(target, classes, ignore_index);
+}
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                           Reduction reduction, int64_t ignore_index, Tensor& loss) {
+  FASTNN_ON_DEVICE(logits.device(), cross_entropy_forward, logits, target, weight, reduction,
+                   ignore_index, loss);
+}
+void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& dloss,
+                            const Tensor& weight, Reduction reduction, int64_t ignore_index,
+                            Tensor& dlogits) {
+  FASTNN_ON_DEVICE(logits.device(), cross_entropy_backward, logits, target, dloss, weight,
+                   reduction, ignore_index, dlogits);
+}
+void cross_entropy_fused(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                         Reduction reduction, int64_t ignore_index, Tensor& loss, Tensor& dlogits) {
+  FASTNN_ON_DEVICE(logits.device(), cross_entropy_fused, logits, target, weight, reduction,
+                   ignore_index, loss, dlogits);
+}
+
+void mse_forward(const Tensor& input, const Tensor& target, Reduction reduction, Tensor& loss) {
+  FASTNN_ON_DEVICE(input.device(), mse_forward, input, target, reduction, loss);
+}
+void mse_backward(const Tensor& input, const Tensor& target, const Tensor& dloss,
+                  Reduction reduction, Tensor& dinput) {
+  FASTNN_ON_DEVICE(input.device(), mse_backward, input, target, dloss, reduction, dinput);
+}
+
+void bce_with_logits_forward(const Tensor& input, const Tensor& target, const Tensor& weight,
+                             const Tensor& pos_weight, Reduction reduction, Tensor& loss) {
+  FASTNN_ON_DEVICE(input.device(), bce_with_logits_forward, input, target, weight, pos_weight,
+                   reduction, loss);
+}
+void bce_with_logits_backward(const Tensor& input, const Tensor& target, const Tensor& dloss,
+                              const Tensor& weight, const Tensor& pos_weight, Reduction reduction,
+                              Tensor& dinput) {
+  FASTNN_ON_DEVICE(input.device(), bce_with_logits_backward, input, target, dloss, weight,
+                   pos_weight, reduction, dinput);
+}
+
+}  // namespace fastnn

@@ -1,0 +1,666 @@
+// CPU loss kernels. The hot loops (exp over logits, exp + log1p over BCE elements) are written as
+// plain loops the compiler vectorises, with exp and log1p as branch-free polynomials instead of
+// libm calls (a libm call per element made BCE 10x slower than torch). Each kernel is compiled
+// three times, for the baseline x86-64, AVX2 and AVX-512, and picked by cpu_isa() at run time.
+// GCC's default -ftrapping-math treats every FP operation as a possible trap, so a select such as
+// `underflow ? 0 : p * 2^n` gets its arms sunk into branches the vectoriser may not speculate, and
+// the exp/log1p loops stay scalar. Nothing here reads FP exception flags; results are unchanged.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/cpu_features.h"
+#include "core/parallel.h"
+#include "ops/loss.h"
+
+#define FASTNN_LOSS_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) || defined(__i386__)
+#define FASTNN_LOSS_X86 1
+#define FASTNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FASTNN_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma")))
+#endif
+
+namespace fastnn::cpu {
+
+namespace {
+
+// ---- Vectorisable exp and log1p ----------------------------------------------------------------
+
+FASTNN_LOSS_INLINE uint32_t bits_of(float x) { uint32_t b; std::memcpy(&b, &x, 4); return b; }
+FASTNN_LOSS_INLINE uint64_t bits_of(double x) { uint64_t b; std::memcpy(&b, &x, 8); return b; }
+FASTNN_LOSS_INLINE float float_of(uint32_t b) { float x; std::memcpy(&x, &b, 4); return x; }
+FASTNN_LOSS_INLINE double double_of(uint64_t b) { double x; std::memcpy(&x, &b, 8); return x; }
+
+// exp(x) for x <= 0 (and NaN, -inf), within 2 ulp (measured: 1.0 float, 1.7 double): the only exponentials the losses need (x - max
+// in softmax, -|x| in BCE), so there is no overflow path. Cephes' range reduction: exp(x) =
+// 2^n exp(r), n = round(x / ln 2), |r| <= ln 2 / 2. Below the smallest normal result it returns 0
+// where libm returns a subnormal (an absolute difference under 1.2e-38, resp. 2.3e-308).
+FASTNN_LOSS_INLINE float exp_nonpositive(float x) {
+  const bool underflow = x < -87.0f;  // exp(-87) is a normal float, so 2^n is too
+  const float xc = underflow ? -87.0f : x;
+  // Adding 1.5 * 2^23 rounds x / ln 2 to an integer held in the low mantissa bits: n without a
+  // float-to-int conversion (which NaN would make undefined).
+  const float shifter = 12582912.0f;
+  const float k = xc * 1.44269504088896341f + shifter;
+  const float n = k - shifter;
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const float y = p * float_of((bits_of(k) - bits_of(shifter) + 127u) << 23);
+  return underflow ? 0.0f : y;
+}
+
+FASTNN_LOSS_INLINE double exp_nonpositive(double x) {
+  const bool underflow = x < -708.0;
+  const double xc = underflow ? -708.0 : x;
+  const double shifter = 6755399441055744.0;  // 1.5 * 2^52
+  const double k = xc * 1.4426950408889634074 + shifter;
+  const double n = k - shifter;
+  double r = xc - n * 6.93145751953125e-1;
+  r = r - n * 1.42860682030941723212e-6;
+  // Cephes' Pade form: exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2))
+  const double rr = r * r;
+  double px = 1.26177193074810590878e-4;
+  px = px * rr + 3.02994407707441961300e-2;
+  px = px * rr + 9.99999999999999999910e-1;
+  px = px * r;
+  double q = 3.00198505138664455042e-6;
+  q = q * rr + 2.52448340349684104192e-3;
+  q = q * rr + 2.27265548208155028766e-1;
+  q = q * rr + 2.00000000000000000009e0;
+  const double e = 1.0 + 2.0 * (px / (q - px));
+  const double y = e * double_of((bits_of(k) - bits_of(shifter) + 1023u) << 52);
+  return underflow ? 0.0 : y;
+}
+
+// log1p(u) for u in [0, 1] (u = exp(-|x|) in BCE), within 3 ulp: log(1 + u) = 2 atanh(s) with
+// s = u / (2 + u), or log 2 + 2 atanh(s) with s = (u - 1) / (u + 3) once 1 + u > sqrt 2, so that
+// |s| <= 0.1716 and the odd series of atanh converges fast. s comes from u directly, never from
+// 1 + u, so small u keep their full precision.
+template <class T>
+FASTNN_LOSS_INLINE T log1p_unit(T u);
+
+template <>
+FASTNN_LOSS_INLINE float log1p_unit(float u) {
+  const bool high = u > 0.41421356f;
+  const float u_minus_1 = u - 1.0f, u_plus_3 = u + 3.0f, u_plus_2 = u + 2.0f;
+  const float s = (high ? u_minus_1 : u) / (high ? u_plus_3 : u_plus_2);
+  const float z = s * s;
+  // atanh(s) / s = sum z^k / (2k + 1); the first omitted term is z^5 / 11 < 2e-9
+  float p = 1.0f / 9;
+  p = p * z + 1.0f / 7;
+  p = p * z + 1.0f / 5;
+  p = p * z + 1.0f / 3;
+  p = p * z + 1.0f;
+  return (high ? 0.693147180559945309f : 0.0f) + 2.0f * s * p;
+}
+
+template <>
+FASTNN_LOSS_INLINE double log1p_unit(double u) {
+  const bool high = u > 0.41421356237309505;
+  const double u_minus_1 = u - 1.0, u_plus_3 = u + 3.0, u_plus_2 = u + 2.0;
+  const double s = (high ? u_minus_1 : u) / (high ? u_plus_3 : u_plus_2);
+  const double z = s * s;
+  // the first omitted term is z^10 / 21 < 3e-17
+  double p = 1.0 / 19;
+  p = p * z + 1.0 / 17;
+  p = p * z + 1.0 / 15;
+  p = p * z + 1.0 / 13;
+  p = p * z + 1.0 / 11;
+  p = p * z + 1.0 / 9;
+  p = p * z + 1.0 / 7;
+  p = p * z + 1.0 / 5;
+  p = p * z + 1.0 / 3;
+  p = p * z + 1.0;
+  return (high ? 0.69314718055994530942 : 0.0) + 2.0 * s * p;
+}
+
+// ---- Deterministic blocked reduction -----------------------------------------------------------
+
+// Elements of exp/log-heavy work worth one extra thread (a quarter of plain elementwise work).
+constexpr int64_t kTranscendentalGrain = kParallelGrain / 4;
+// Items per reduction block. Blocks are fixed by the problem size alone, never by the thread
+// count, and their partial sums are added in block order: a reduced loss has the same bits on 1
+// thread or 64. (Within a block the sum is vectorised in an order fixed at compile time, so the
+// bits can differ between ISAs, i.e. between machines, never between runs.)
+constexpr int64_t kReduceBlock = 4096;
+
+// Sum over [0, n) of f(begin, end) evaluated on blocks of `block` items, blocks in parallel
+// (each thread taking at least `grain` items), partials added in block order.
+template <class F>
+double blocked_reduce(int64_t n, int64_t block, int64_t grain, F&& f) {
+  if (n <= 0) return 0.0;
+  const int64_t blocks = (n + block - 1) / block;
+  if (blocks == 1) return f(int64_t{0}, n);
+  std::vector<double> partial(static_cast<size_t>(blocks));
+  parallel_for(blocks, std::max<int64_t>(1, grain / block), [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) partial[k] = f(k * block, std::min(n, (k + 1) * block));
+  }, 1);
+  double total = 0;
+  for (const double p : partial) total += p;
+  return total;
+}
+
+// ---- Kernels, one per loss; each is instantiated per ISA below ----------------------------------
+
+template <class T>
+FASTNN_LOSS_INLINE T row_max(const T* x, int64_t n) {
+  T m = x[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t c = 1; c < n; ++c) m = x[c] > m ? x[c] : m;  // std::max here stays scalar
+  return m;
+}
+
+// Unweighted loss of one row, -log softmax(x)[y].
+template <class T>
+FASTNN_LOSS_INLINE T cross_entropy_row(const T* x, int64_t classes, int64_t y) {
+  const T m = row_max(x, classes);
+  T others = 0;
+#pragma omp simd reduction(+ : others)
+  for (int64_t c = 0; c < classes; ++c) {
+    const T e = exp_nonpositive(x[c] - m);
+    others += c == y ? T(0) : e;
+  }
+  return cross_entropy_row_loss(m, x[y], exp_nonpositive(x[y] - m), others);
+}
+
+// Writes coef * (softmax(x) - onehot(y)) into d and returns the row's unweighted loss (the same
+// bits as cross_entropy_row). The exponentials wait in d between the two passes, so softmax costs
+// one exp per logit. d may be x.
+template <class T>
+FASTNN_LOSS_INLINE T cross_entropy_row_grad(const T* x, T* d, int64_t classes, int64_t y, T coef) {
+  const T target_logit = x[y];
+  const T m = row_max(x, classes);
+  T others = 0;
+#pragma omp simd reduction(+ : others)
+  for (int64_t c = 0; c < classes; ++c) {
+    const T e = exp_nonpositive(x[c] - m);
+    d[c] = e;
+    others += c == y ? T(0) : e;
+  }
+  const T target_exp = exp_nonpositive(target_logit - m);
+  const T inv = T(1) / (target_exp + others);
+#pragma omp simd
+  for (int64_t c = 0; c < classes; ++c) d[c] = cross_entropy_grad(d[c], others, false, inv, coef);
+  d[y] = cross_entropy_grad(target_exp, others, true, inv, coef);
+  return cross_entropy_row_loss(m, target_logit, target_exp, others);
+}
+
+// One cross-entropy call over rows of logits (N, C) and their labels.
+template <class T, class I>
+struct CrossEntropyJob {
+  const T* logits;
+  const I* labels;
+  const T* weight;  // nullptr: every class weighs 1
+  int64_t classes;
+  int64_t ignore_index;
+  T* dlogits = nullptr;             // gradient out; nullptr for the forward
+  T* row_loss = nullptr;            // per-row weighted losses out (reduction "none" forward)
+  const T* row_upstream = nullptr;  // per-row upstream gradient (reduction "none" backward)
+  double scale = 0;                 // else: d loss / d (weighted row loss) of every row
+
+  bool ignored(int64_t r) const { return static_cast<int64_t>(labels[r]) == ignore_index; }
+  T class_weight(int64_t label) const { return weight ? weight[label] : T(1); }
+  // Rows per reduction block (about kReduceBlock logits) and per thread.
+  int64_t block_rows() const { return std::max<int64_t>(1, kReduceBlock / classes); }
+  int64_t grain_rows() const { return std::max<int64_t>(1, kTranscendentalGrain / classes); }
+};
+
+template <class T, class I>
+FASTNN_LOSS_INLINE void write_ignored_row(const CrossEntropyJob<T, I>& j, int64_t r) {
+  const int64_t C = j.classes;
+  if (j.dlogits) std::fill(j.dlogits + r * C, j.dlogits + (r + 1) * C, T(0));
+  if (j.row_loss) j.row_loss[r] = T(0);
+}
+
+// d loss / d (unweighted loss of row r), times the row's class weight w.
+template <class T, class I>
+FASTNN_LOSS_INLINE T row_coef(const CrossEntropyJob<T, I>& j, int64_t r, T w) {
+  const double upstream = j.row_upstream ? static_cast<double>(j.row_upstream[r]) : j.scale;
+  return static_cast<T>(static_cast<double>(w) * upstream);
+}
+
+// Rows [b, e), one at a time (many classes): writes what the job asks for and returns the sum of
+// w[y] * loss over the rows.
+template <class T, class I>
+FASTNN_LOSS_INLINE double run_rows(const CrossEntropyJob<T, I>& j, int64_t b, int64_t e) {
+  const int64_t C = j.classes;
+  double total = 0;
+  for (int64_t r = b; r < e; ++r) {
+    if (j.ignored(r)) {
+      write_ignored_row(j, r);
+      continue;
+    }
+    const int64_t y = static_cast<int64_t>(j.labels[r]);
+    const T w = j.class_weight(y);
+    const T loss = j.dlogits ? cross_entropy_row_grad(j.logits + r * C, j.dlogits + r * C, C, y, row_coef(j, r, w))
+                             : cross_entropy_row(j.logits + r * C, C, y);
+    if (j.row_loss) j.row_loss[r] = w * loss;
+    total += static_cast<double>(w) * static_cast<double>(loss);
+  }
+  return total;
+}
+
+// Below this many classes a row's exp loop is too short to vectorise (with 10 classes the whole
+// row is a loop epilogue), so run_rows_tiled exponentiates a tile of rows in one flat loop.
+constexpr int64_t kFewClasses = 64;
+constexpr int64_t kTileElements = 1024;
+
+// run_rows for C < kFewClasses: each tile of rows is shifted by its row maxes into a buffer, the
+// buffer is exponentiated at full vector width, then each row is finished from its exponentials.
+template <class T, class I>
+FASTNN_LOSS_INLINE double run_rows_tiled(const CrossEntropyJob<T, I>& j, int64_t b, int64_t e) {
+  const int64_t C = j.classes, tile_rows = kTileElements / C;
+  alignas(64) T ex[kTileElements];
+  T maxes[kTileElements];
+  double total = 0;
+  for (int64_t r0 = b; r0 < e; r0 += tile_rows) {
+    const int64_t rows = std::min(e - r0, tile_rows), n = rows * C;
+    const T* x = j.logits + r0 * C;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T m = row_max(x + r * C, C);
+      maxes[r] = m;
+      for (int64_t c = 0; c < C; ++c) ex[r * C + c] = x[r * C + c] - m;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) ex[i] = exp_nonpositive(ex[i]);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t row = r0 + r;
+      if (j.ignored(row)) {
+        write_ignored_row(j, row);
+        continue;
+      }
+      const int64_t y = static_cast<int64_t>(j.labels[row]);
+      const T w = j.class_weight(y);
+      const T* er = ex + r * C;
+      T others = 0;
+      for (int64_t c = 0; c < C; ++c) others += c == y ? T(0) : er[c];
+      const T target_exp = er[y];
+      // read before the gradient is written: dlogits may be the logits
+      const T loss = cross_entropy_row_loss(maxes[r], x[r * C + y], target_exp, others);
+      if (j.dlogits) {
+        const T coef = row_coef(j, row, w), inv = T(1) / (target_exp + others);
+        T* d = j.dlogits + row * C;
+        for (int64_t c = 0; c < C; ++c) d[c] = cross_entropy_grad(er[c], others, false, inv, coef);
+        d[y] = cross_entropy_grad(target_exp, others, true, inv, coef);
+      }
+      if (j.row_loss) j.row_loss[row] = w * loss;
+      total += static_cast<double>(w) * static_cast<double>(loss);
+    }
+  }
+  return total;
+}
+
+// One BCE-with-logits or MSE call over the flat elements of input.
+template <class T>
+struct ElementwiseJob {
+  const T* x;
+  const T* t;
+  const T* weight = nullptr;       // BCE: the shape of x; nullptr: 1
+  const T* pos_weight = nullptr;   // BCE: nullptr: 1
+  int64_t pos_weight_len = 1;      // 1, or the last dimension of x (pos_weight[i % len])
+  T* loss = nullptr;               // per-element losses out (reduction "none" forward)
+  T* grad = nullptr;               // gradient out (backward)
+  const T* upstream = nullptr;     // per-element upstream gradient (reduction "none" backward)
+  T scale = 0;                     // else: the upstream gradient of every element
+};
+
+// The BCE loops, one instance per combination of optional inputs: a loop-invariant "is there a
+// weight?" left inside the loop is control flow the vectoriser gives up on.
+template <class T, bool VECTOR_PW, bool WEIGHT, bool PER_ELEMENT_UPSTREAM>
+FASTNN_LOSS_INLINE void bce_grad_loop(const T* x, const T* t, const T* w, const T* pw, T pw_scalar,
+                                      const T* up, T scale, T* g, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    const T e = exp_nonpositive(-std::fabs(x[k]));
+    const T v = bce_with_logits_grad(x[k], t[k], VECTOR_PW ? pw[k] : pw_scalar, e) *
+                (PER_ELEMENT_UPSTREAM ? up[k] : scale);
+    g[k] = WEIGHT ? v * w[k] : v;  // torch weighs the gradient last
+  }
+}
+
+template <class T, bool VECTOR_PW, bool WEIGHT>
+FASTNN_LOSS_INLINE T bce_element(const T* x, const T* t, const T* w, const T* pw, T pw_scalar, int64_t k) {
+  const T e = exp_nonpositive(-std::fabs(x[k]));
+  const T l = bce_with_logits_loss(x[k], t[k], VECTOR_PW ? pw[k] : pw_scalar, log1p_unit(e));
+  return WEIGHT ? w[k] * l : l;  // torch weighs the loss last
+}
+
+template <class T, bool VECTOR_PW, bool WEIGHT>
+FASTNN_LOSS_INLINE void bce_loss_loop(const T* x, const T* t, const T* w, const T* pw, T pw_scalar,
+                                      T* out, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) out[k] = bce_element<T, VECTOR_PW, WEIGHT>(x, t, w, pw, pw_scalar, k);
+}
+
+template <class T, bool VECTOR_PW, bool WEIGHT>
+FASTNN_LOSS_INLINE double bce_sum_loop(const T* x, const T* t, const T* w, const T* pw, T pw_scalar,
+                                       int64_t n) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t k = 0; k < n; ++k) s += static_cast<double>(bce_element<T, VECTOR_PW, WEIGHT>(x, t, w, pw, pw_scalar, k));
+  return s;
+}
+
+// Elements [i0, i0 + n) of a BCE job whose pos_weight is pw[k] (VECTOR_PW) or pw_scalar: the sum
+// of the losses for a reduced forward, else 0 (outputs written).
+template <class T, bool VECTOR_PW>
+FASTNN_LOSS_INLINE double bce_segment(const ElementwiseJob<T>& j, int64_t i0, int64_t n,
+                                      const T* pw, T pw_scalar) {
+  const T* x = j.x + i0;
+  const T* t = j.t + i0;
+  const T* w = j.weight ? j.weight + i0 : nullptr;
+  if (j.grad) {
+    T* g = j.grad + i0;
+    const T* up = j.upstream ? j.upstream + i0 : nullptr;
+    if (w && up) bce_grad_loop<T, VECTOR_PW, true, true>(x, t, w, pw, pw_scalar, up, j.scale, g, n);
+    else if (w) bce_grad_loop<T, VECTOR_PW, true, false>(x, t, w, pw, pw_scalar, up, j.scale, g, n);
+    else if (up) bce_grad_loop<T, VECTOR_PW, false, true>(x, t, w, pw, pw_scalar, up, j.scale, g, n);
+    else bce_grad_loop<T, VECTOR_PW, false, false>(x, t, w, pw, pw_scalar, up, j.scale, g, n);
+    return 0.0;
+  }
+  if (j.loss) {
+    if (w) bce_loss_loop<T, VECTOR_PW, true>(x, t, w, pw, pw_scalar, j.loss + i0, n);
+    else bce_loss_loop<T, VECTOR_PW, false>(x, t, w, pw, pw_scalar, j.loss + i0, n);
+    return 0.0;
+  }
+  return w ? bce_sum_loop<T, VECTOR_PW, true>(x, t, w, pw, pw_scalar, n)
+           : bce_sum_loop<T, VECTOR_PW, false>(x, t, w, pw, pw_scalar, n);
+}
+
+// Elements [b, e) of a BCE job: the losses' sum for a reduced forward, else 0 (outputs written).
+template <class T>
+FASTNN_LOSS_INLINE double run_bce(const ElementwiseJob<T>& j, int64_t b, int64_t e) {
+  if (!j.pos_weight || j.pos_weight_len == 1)
+    return bce_segment<T, false>(j, b, e - b, nullptr, j.pos_weight ? j.pos_weight[0] : T(1));
+  // per-row segments, so pos_weight is read contiguously beside the row
+  const int64_t L = j.pos_weight_len;
+  double s = 0;
+  for (int64_t i = b; i < e;) {
+    const int64_t col = i % L, n = std::min(e - i, L - col);
+    s += bce_segment<T, true>(j, i, n, j.pos_weight + col, T(1));
+    i += n;
+  }
+  return s;
+}
+
+template <class T>
+FASTNN_LOSS_INLINE double run_mse(const ElementwiseJob<T>& j, int64_t b, int64_t e) {
+  const T* x = j.x;
+  const T* t = j.t;
+  if (j.grad) {
+    T* g = j.grad;
+    const T* up = j.upstream;
+    if (up) {
+#pragma omp simd
+      for (int64_t i = b; i < e; ++i) g[i] = mse_grad(x[i], t[i], up[i]);
+    } else {
+      const T scale = j.scale;
+#pragma omp simd
+      for (int64_t i = b; i < e; ++i) g[i] = mse_grad(x[i], t[i], scale);
+    }
+    return 0.0;
+  }
+  if (j.loss) {
+    T* out = j.loss;
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) out[i] = mse_loss(x[i], t[i]);
+    return 0.0;
+  }
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = b; i < e; ++i) s += static_cast<double>(mse_loss(x[i], t[i]));
+  return s;
+}
+
+// ---- Per-ISA instances -------------------------------------------------------------------------
+
+template <class T>
+struct BceJob : ElementwiseJob<T> {};
+template <class T>
+struct MseJob : ElementwiseJob<T> {};
+
+template <class T, class I>
+FASTNN_LOSS_INLINE double run_job(const CrossEntropyJob<T, I>& j, int64_t b, int64_t e) {
+  return j.classes < kFewClasses ? run_rows_tiled(j, b, e) : run_rows(j, b, e);
+}
+template <class T>
+FASTNN_LOSS_INLINE double run_job(const BceJob<T>& j, int64_t b, int64_t e) { return run_bce(j, b, e); }
+template <class T>
+FASTNN_LOSS_INLINE double run_job(const MseJob<T>& j, int64_t b, int64_t e) { return run_mse(j, b, e); }
+
+template <class Job>
+double run_baseline(const Job& j, int64_t b, int64_t e) { return run_job(j, b, e); }
+#ifdef FASTNN_LOSS_X86
+template <class Job>
+FASTNN_TARGET_AVX2 double run_avx2(const Job& j, int64_t b, int64_t e) { return run_job(j, b, e); }
+template <class Job>
+FASTNN_TARGET_AVX512 double run_avx512(const Job& j, int64_t b, int64_t e) { return run_job(j, b, e); }
+#endif
+
+template <class Job>
+using RunFn = double (*)(const Job&, int64_t, int64_t);
+
+template <class Job>
+RunFn<Job> pick_kernel() {
+#ifdef FASTNN_LOSS_X86
+  switch (cpu_isa()) {
+    case CpuIsa::avx512: return &run_avx512<Job>;
+    case CpuIsa::avx2: return &run_avx2<Job>;
+    default: break;
+  }
+#endif
+  return &run_baseline<Job>;
+}
+
+// Runs `job` over [0, n) in parallel: returns the sum of what its blocks return (deterministic),
+// or 0 when `reduce` is false (each chunk only writes its outputs).
+template <class Job>
+double run(const Job& job, int64_t n, int64_t block, int64_t grain, bool reduce) {
+  const RunFn<Job> fn = pick_kernel<Job>();
+  if (reduce) return blocked_reduce(n, block, grain, [&](int64_t b, int64_t e) { return fn(job, b, e); });
+  parallel_for(n, grain, [&](int64_t b, int64_t e) { fn(job, b, e); }, 1);
+  return 0.0;
+}
+
+// ---- Helpers of the entry points ---------------------------------------------------------------
+
+template <class T>
+double scalar_of(const Tensor& t) { return static_cast<double>(t.data<T>()[0]); }
+
+template <class T, class I>
+CrossEntropyJob<T, I> cross_entropy_job(const Tensor& logits, const Tensor& target,
+                                        const Tensor& weight, int64_t ignore_index) {
+  CrossEntropyJob<T, I> j;
+  j.logits = logits.data<T>();
+  j.labels = target.data<I>();
+  j.weight = weight.defined() ? weight.data<T>() : nullptr;
+  j.classes = logits.size(1);
+  j.ignore_index = ignore_index;
+  return j;
+}
+
+// sum over the rows not ignored of weight[label]: the denominator of the "mean" reduction. It
+// depends on the labels only, so the fused kernel knows it before reading a logit.
+template <class T, class I>
+double total_weight(const CrossEntropyJob<T, I>& j, int64_t rows) {
+  return blocked_reduce(rows, kReduceBlock, kParallelGrain, [&](int64_t b, int64_t e) {
+    double w = 0;
+    for (int64_t r = b; r < e; ++r)
+      if (!j.ignored(r)) w += static_cast<double>(j.class_weight(static_cast<int64_t>(j.labels[r])));
+    return w;
+  });
+}
+
+template <class F>
+void dispatch_cross_entropy(const Tensor& logits, const Tensor& target, F&& f) {
+  dispatch_floating(logits.dtype(), "logits", [&](auto ftag) {
+    dispatch_index(target.dtype(), "target", [&](auto itag) { f(ftag, itag); });
+  });
+}
+
+template <class T>
+BceJob<T> bce_job(const Tensor& input, const Tensor& target, const Tensor& weight,
+                  const Tensor& pos_weight) {
+  BceJob<T> j;
+  j.x = input.data<T>();
+  j.t = target.data<T>();
+  if (weight.defined()) j.weight = weight.data<T>();
+  if (pos_weight.defined()) {
+    j.pos_weight = pos_weight.data<T>();
+    j.pos_weight_len = pos_weight.numel();
+  }
+  return j;
+}
+
+// The upstream gradient of every element of a reduced elementwise loss.
+template <class T>
+T reduced_scale(const Tensor& dloss, Reduction reduction, int64_t n) {
+  const double g = scalar_of<T>(dloss);
+  return static_cast<T>(reduction == Reduction::mean ? g / static_cast<double>(n) : g);
+}
+
+template <class T>
+double reduced_value(double total, Reduction reduction, int64_t n) {
+  return reduction == Reduction::mean ? total / static_cast<double>(n) : total;
+}
+
+}  // namespace
+
+// ---- Entry points ------------------------------------------------------------------------------
+
+BadLabel cross_entropy_find_bad_label(const Tensor& target, int64_t classes, int64_t ignore_index) {
+  return dispatch_index(target.dtype(), "target", [&](auto tag) {
+    using I = decltype(tag);
+    const I* y = target.data<I>();
+    const int64_t n = target.numel();
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t v = static_cast<int64_t>(y[r]);
+      if (v != ignore_index && (v < 0 || v >= classes)) return BadLabel{r, v};
+    }
+    return BadLabel{};
+  });
+}
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                           Reduction reduction, int64_t ignore_index, Tensor& loss) {
+  const int64_t rows = logits.size(0);
+  dispatch_cross_entropy(logits, target, [&](auto ftag, auto itag) {
+    using T = decltype(ftag);
+    auto j = cross_entropy_job<T, decltype(itag)>(logits, target, weight, ignore_index);
+    if (reduction == Reduction::none) {
+      j.row_loss = loss.data<T>();
+      run(j, rows, j.block_rows(), j.grain_rows(), false);
+      return;
+    }
+    const double total = run(j, rows, j.block_rows(), j.grain_rows(), true);
+    loss.data<T>()[0] = static_cast<T>(reduction == Reduction::mean ? total / total_weight(j, rows) : total);
+  });
+}
+
+void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& dloss,
+                            const Tensor& weight, Reduction reduction, int64_t ignore_index,
+                            Tensor& dlogits) {
+  const int64_t rows = logits.size(0);
+  if (rows == 0) return;
+  dispatch_cross_entropy(logits, target, [&](auto ftag, auto itag) {
+    using T = decltype(ftag);
+    auto j = cross_entropy_job<T, decltype(itag)>(logits, target, weight, ignore_index);
+    j.dlogits = dlogits.data<T>();
+    if (reduction == Reduction::none) j.row_upstream = dloss.data<T>();
+    else if (reduction == Reduction::sum) j.scale = scalar_of<T>(dloss);
+    else j.scale = scalar_of<T>(dloss) / total_weight(j, rows);
+    run(j, rows, j.block_rows(), j.grain_rows(), false);
+  });
+}
+
+void cross_entropy_fused(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                         Reduction reduction, int64_t ignore_index, Tensor& loss, Tensor& dlogits) {
+  const int64_t rows = logits.size(0);
+  dispatch_cross_entropy(logits, target, [&](auto ftag, auto itag) {
+    using T = decltype(ftag);
+    auto j = cross_entropy_job<T, decltype(itag)>(logits, target, weight, ignore_index);
+    j.dlogits = dlogits.data<T>();
+    const double denominator = reduction == Reduction::mean ? total_weight(j, rows) : 1.0;
+    j.scale = 1.0 / denominator;
+    const double total = run(j, rows, j.block_rows(), j.grain_rows(), true);
+    loss.data<T>()[0] = static_cast<T>(reduction == Reduction::mean ? total / denominator : total);
+  });
+}
+
+void mse_forward(const Tensor& input, const Tensor& target, Reduction reduction, Tensor& loss) {
+  const int64_t n = input.numel();
+  dispatch_floating(input.dtype(), "input", [&](auto tag) {
+    using T = decltype(tag);
+    MseJob<T> j;
+    j.x = input.data<T>();
+    j.t = target.data<T>();
+    if (reduction == Reduction::none) {
+      j.loss = loss.data<T>();
+      run(j, n, kReduceBlock, kParallelGrain, false);
+      return;
+    }
+    const double total = run(j, n, kReduceBlock, kParallelGrain, true);
+    loss.data<T>()[0] = static_cast<T>(reduced_value<T>(total, reduction, n));
+  });
+}
+
+void mse_backward(const Tensor& input, const Tensor& target, const Tensor& dloss,
+                  Reduction reduction, Tensor& dinput) {
+  const int64_t n = input.numel();
+  if (n == 0) return;
+  dispatch_floating(input.dtype(), "input", [&](auto tag) {
+    using T = decltype(tag);
+    MseJob<T> j;
+    j.x = input.data<T>();
+    j.t = target.data<T>();
+    j.grad = dinput.data<T>();
+    if (reduction == Reduction::none) j.upstream = dloss.data<T>();
+    else j.scale = reduced_scale<T>(dloss, reduction, n);
+    run(j, n, kReduceBlock, kParallelGrain, false);
+  });
+}
+
+void bce_with_logits_forward(const Tensor& input, const Tensor& target, const Tensor& weight,
+                             const Tensor& pos_weight, Reduction reduction, Tensor& loss) {
+  const int64_t n = input.numel();
+  dispatch_floating(input.dtype(), "input", [&](auto tag) {
+    using T = decltype(tag);
+    BceJob<T> j = bce_job<T>(input, target, weight, pos_weight);
+    if (reduction == Reduction::none) {
+      j.loss = loss.data<T>();
+      run(j, n, kReduceBlock, kTranscendentalGrain, false);
+      return;
+    }
+    const double total = run(j, n, kReduceBlock, kTranscendentalGrain, true);
+    loss.data<T>()[0] = static_cast<T>(reduced_value<T>(total, reduction, n));
+  });
+}
+
+void bce_with_logits_backward(const Tensor& input, const Tensor& target, const Tensor& dloss,
+                              const Tensor& weight, const Tensor& pos_weight, Reduction reduction,
+                              Tensor& dinput) {
+  const int64_t n = input.numel();
+  if (n == 0) return;
+  dispatch_floating(input.dtype(), "input", [&](auto tag) {
+    using T = decltype(tag);
+    BceJob<T> j = bce_job<T>(input, target, weight, pos_weight);
+    j.grad = dinput.data<T>();
+    if (reduction == Reduction::none) j.upstream = dloss.data<T>();
+    else j.scale = reduced_scale<T>(dloss, reduction, n);
+    run(j, n, kReduceBlock, kTranscendentalGrain, false);
+  });
+}
+
+}  // namespace fastnn::cpu
