@@ -1,5 +1,14 @@
 #pragma once
 
+// Kernels keep one portable build and compile their hot loops once per ISA with these attributes,
+// picking the variant at run time from cpu_isa(). prefer-vector-width=512: GCC otherwise keeps
+// auto-vectorised loops at 256 bits even inside AVX-512 functions.
+#define FASTNN_FORCE_INLINE inline __attribute__((always_inline))
+#define FASTNN_ALWAYS_INLINE __attribute__((always_inline))  // for lambdas, which take no `inline`
+#define FASTNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FASTNN_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")))
+
 namespace fastnn {
 
 // The widest SIMD instruction set this CPU runs, detected once at run time. Kernels compiled for

@@ -11,10 +11,6 @@
 #include "core/parallel.h"
 #include "ops/batchnorm.h"
 
-#define FASTNN_INLINE inline __attribute__((always_inline))
-#define FASTNN_TARGET_AVX512 \
-  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")))
-#define FASTNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
 namespace fastnn::cpu {
 namespace {
@@ -53,7 +49,7 @@ struct BackwardArgs {
 };
 
 template <class T>
-FASTNN_INLINE void store_grad(T* out, int64_t c, double value, bool accumulate) {
+FASTNN_FORCE_INLINE void store_grad(T* out, int64_t c, double value, bool accumulate) {
   out[c] = static_cast<T>(accumulate ? static_cast<double>(out[c]) + value : value);
 }
 
@@ -61,7 +57,7 @@ FASTNN_INLINE void store_grad(T* out, int64_t c, double value, bool accumulate) 
 template <class T>
 struct ForwardTrainStrip {
   using Args = ForwardArgs<T>;
-  static FASTNN_INLINE void run(const Args& a, int64_t c0, int64_t w) {
+  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
     double mean[kStrip], m2[kStrip];
     for (int64_t c = 0; c < w; ++c) mean[c] = m2[c] = 0.0;
     for (int64_t n = 0; n < a.rows; ++n) {
@@ -97,7 +93,7 @@ struct ForwardTrainStrip {
 template <class T>
 struct ForwardEvalRows {
   using Args = ForwardArgs<T>;
-  static FASTNN_INLINE void run(const Args& a, int64_t r0, int64_t count) {
+  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) {
     const T* mean = a.running_mean;  // x - mean in T: exact near the mean, as mean is a T
     const double* invstd = a.save_invstd;
     for (int64_t n = r0; n < r0 + count; ++n) {
@@ -130,7 +126,7 @@ struct BackwardTrainStrip {
   using Args = BackwardArgs<T>;
   static constexpr bool kFloat = sizeof(T) < sizeof(double);
 
-  static FASTNN_INLINE void run(const Args& a, int64_t c0, int64_t w) {
+  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
     double shift[kStrip], sum_u[kStrip], sum_dy[kStrip], sum_dy_u[kStrip], sum_u2[kStrip], sum_dy2[kStrip];
     for (int64_t c = 0; c < w; ++c) {
       shift[c] = a.save_mean[c0 + c];
@@ -235,7 +231,7 @@ struct BackwardTrainStrip {
 template <class T>
 struct BackwardEvalStrip {
   using Args = BackwardArgs<T>;
-  static FASTNN_INLINE void run(const Args& a, int64_t c0, int64_t w) {
+  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
     T k[kStrip];
     double mean[kStrip], sum_dy[kStrip], sum_dy_u[kStrip];
     for (int64_t c = 0; c < w; ++c) {

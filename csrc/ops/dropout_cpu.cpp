@@ -12,10 +12,6 @@
 #include "core/parallel.h"
 #include "ops/dropout.h"
 
-#define FASTNN_INLINE inline __attribute__((always_inline))
-#define FASTNN_TARGET_AVX512 \
-  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")))
-#define FASTNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
 namespace fastnn::cpu {
 namespace {
@@ -32,7 +28,7 @@ enum class Kind { forward, forward_relu, backward, mask };
 // words[4j + r] = word r of Philox quad q0 + j for j < count (count <= kQuads). The portable
 // version: a loop of independent calls that the compiler vectorises as best it can.
 template <CpuIsa kIsa>
-FASTNN_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int count, uint32_t* words) {
+FASTNN_FORCE_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int count, uint32_t* words) {
   const uint32_t q_lo = static_cast<uint32_t>(q0), q_hi = static_cast<uint32_t>(q0 >> 32);
   const uint32_t o_lo = static_cast<uint32_t>(p.offset), o_hi = static_cast<uint32_t>(p.offset >> 32);
   const uint32_t k_lo = static_cast<uint32_t>(p.seed), k_hi = static_cast<uint32_t>(p.seed >> 32);
@@ -54,7 +50,7 @@ FASTNN_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int count, 
 // Not always_inline: the caller is generic until inlined into its ISA wrapper, and one call per
 // 256 elements costs nothing. These blocks compute whole vectors of quads, possibly past `count`: harmless, as words has room
 // for kQuads and blocks are aligned to kQuads, so the low counter word never wraps.
-FASTNN_TARGET_AVX2 FASTNN_INLINE void mulhilo_avx2(__m256i c, __m256i m, __m256i& hi, __m256i& lo) {
+FASTNN_TARGET_AVX2 FASTNN_FORCE_INLINE void mulhilo_avx2(__m256i c, __m256i m, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(c, m), odd = _mm256_mul_epu32(_mm256_srli_epi64(c, 32), m);
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
@@ -95,7 +91,7 @@ FASTNN_TARGET_AVX2 void philox_block<CpuIsa::avx2>(const DropoutParams& p, uint6
   }
 }
 
-FASTNN_TARGET_AVX512 FASTNN_INLINE void mulhilo_avx512(__m512i c, __m512i m, __m512i& hi, __m512i& lo) {
+FASTNN_TARGET_AVX512 FASTNN_FORCE_INLINE void mulhilo_avx512(__m512i c, __m512i m, __m512i& hi, __m512i& lo) {
   const __m512i even = _mm512_mul_epu32(c, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(c, 32), m);
   hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
   lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
@@ -145,7 +141,7 @@ FASTNN_TARGET_AVX512 void philox_block<CpuIsa::avx512>(const DropoutParams& p, u
 // Elements [begin, end) of one dropout call. Only for thresholds in (0, 2^32): callers handle
 // keep-all and keep-none without drawing numbers.
 template <CpuIsa kIsa, Kind kKind, class T>
-FASTNN_INLINE void dropout_range(const T* in, T* out, bool* mask, int64_t begin, int64_t end,
+FASTNN_FORCE_INLINE void dropout_range(const T* in, T* out, bool* mask, int64_t begin, int64_t end,
                                  const DropoutParams& p) {
   alignas(64) uint32_t words[kBlock];
   const uint32_t threshold = static_cast<uint32_t>(p.threshold);

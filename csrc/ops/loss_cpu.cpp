@@ -2,12 +2,8 @@
 // plain loops the compiler vectorises, with exp and log1p as branch-free polynomials instead of
 // libm calls (a libm call per element made BCE 10x slower than torch). Each kernel is compiled
 // three times, for the baseline x86-64, AVX2 and AVX-512, and picked by cpu_isa() at run time.
-// GCC's default -ftrapping-math treats every FP operation as a possible trap, so a select such as
-// `underflow ? 0 : p * 2^n` gets its arms sunk into branches the vectoriser may not speculate, and
-// the exp/log1p loops stay scalar. Nothing here reads FP exception flags; results are unchanged.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
+// They rely on -fno-trapping-math (CMakeLists.txt): with GCC's default every FP operation may trap,
+// so a select such as `underflow ? 0 : p * 2^n` is sunk into branches and the loops stay scalar.
 
 #include <algorithm>
 #include <cmath>
@@ -18,11 +14,8 @@
 #include "core/parallel.h"
 #include "ops/loss.h"
 
-#define FASTNN_LOSS_INLINE inline __attribute__((always_inline))
 #if defined(__x86_64__) || defined(__i386__)
 #define FASTNN_LOSS_X86 1
-#define FASTNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define FASTNN_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma")))
 #endif
 
 namespace fastnn::cpu {
@@ -31,16 +24,16 @@ namespace {
 
 // ---- Vectorisable exp and log1p ----------------------------------------------------------------
 
-FASTNN_LOSS_INLINE uint32_t bits_of(float x) { uint32_t b; std::memcpy(&b, &x, 4); return b; }
-FASTNN_LOSS_INLINE uint64_t bits_of(double x) { uint64_t b; std::memcpy(&b, &x, 8); return b; }
-FASTNN_LOSS_INLINE float float_of(uint32_t b) { float x; std::memcpy(&x, &b, 4); return x; }
-FASTNN_LOSS_INLINE double double_of(uint64_t b) { double x; std::memcpy(&x, &b, 8); return x; }
+FASTNN_FORCE_INLINE uint32_t bits_of(float x) { uint32_t b; std::memcpy(&b, &x, 4); return b; }
+FASTNN_FORCE_INLINE uint64_t bits_of(double x) { uint64_t b; std::memcpy(&b, &x, 8); return b; }
+FASTNN_FORCE_INLINE float float_of(uint32_t b) { float x; std::memcpy(&x, &b, 4); return x; }
+FASTNN_FORCE_INLINE double double_of(uint64_t b) { double x; std::memcpy(&x, &b, 8); return x; }
 
 // exp(x) for x <= 0 (and NaN, -inf), within 2 ulp (measured: 1.0 float, 1.7 double): the only exponentials the losses need (x - max
 // in softmax, -|x| in BCE), so there is no overflow path. Cephes' range reduction: exp(x) =
 // 2^n exp(r), n = round(x / ln 2), |r| <= ln 2 / 2. Below the smallest normal result it returns 0
 // where libm returns a subnormal (an absolute difference under 1.2e-38, resp. 2.3e-308).
-FASTNN_LOSS_INLINE float exp_nonpositive(float x) {
+FASTNN_FORCE_INLINE float exp_nonpositive(float x) {
   const bool underflow = x < -87.0f;  // exp(-87) is a normal float, so 2^n is too
   const float xc = underflow ? -87.0f : x;
   // Adding 1.5 * 2^23 rounds x / ln 2 to an integer held in the low mantissa bits: n without a
@@ -61,7 +54,7 @@ FASTNN_LOSS_INLINE float exp_nonpositive(float x) {
   return underflow ? 0.0f : y;
 }
 
-FASTNN_LOSS_INLINE double exp_nonpositive(double x) {
+FASTNN_FORCE_INLINE double exp_nonpositive(double x) {
   const bool underflow = x < -708.0;
   const double xc = underflow ? -708.0 : x;
   const double shifter = 6755399441055744.0;  // 1.5 * 2^52
@@ -89,10 +82,10 @@ FASTNN_LOSS_INLINE double exp_nonpositive(double x) {
 // |s| <= 0.1716 and the odd series of atanh converges fast. s comes from u directly, never from
 // 1 + u, so small u keep their full precision.
 template <class T>
-FASTNN_LOSS_INLINE T log1p_unit(T u);
+FASTNN_FORCE_INLINE T log1p_unit(T u);
 
 template <>
-FASTNN_LOSS_INLINE float log1p_unit(float u) {
+FASTNN_FORCE_INLINE float log1p_unit(float u) {
   const bool high = u > 0.41421356f;
   const float u_minus_1 = u - 1.0f, u_plus_3 = u + 3.0f, u_plus_2 = u + 2.0f;
   const float s = (high ? u_minus_1 : u) / (high ? u_plus_3 : u_plus_2);
@@ -107,7 +100,7 @@ FASTNN_LOSS_INLINE float log1p_unit(float u) {
 }
 
 template <>
-FASTNN_LOSS_INLINE double log1p_unit(double u) {
+FASTNN_FORCE_INLINE double log1p_unit(double u) {
   const bool high = u > 0.41421356237309505;
   const double u_minus_1 = u - 1.0, u_plus_3 = u + 3.0, u_plus_2 = u + 2.0;
   const double s = (high ? u_minus_1 : u) / (high ? u_plus_3 : u_plus_2);
@@ -155,7 +148,7 @@ double blocked_reduce(int64_t n, int64_t block, int64_t grain, F&& f) {
 // ---- Kernels, one per loss; each is instantiated per ISA below ----------------------------------
 
 template <class T>
-FASTNN_LOSS_INLINE T row_max(const T* x, int64_t n) {
+FASTNN_FORCE_INLINE T row_max(const T* x, int64_t n) {
   T m = x[0];
 #pragma omp simd reduction(max : m)
   for (int64_t c = 1; c < n; ++c) m = x[c] > m ? x[c] : m;  // std::max here stays scalar
@@ -164,7 +157,7 @@ FASTNN_LOSS_INLINE T row_max(const T* x, int64_t n) {
 
 // Unweighted loss of one row, -log softmax(x)[y].
 template <class T>
-FASTNN_LOSS_INLINE T cross_entropy_row(const T* x, int64_t classes, int64_t y) {
+FASTNN_FORCE_INLINE T cross_entropy_row(const T* x, int64_t classes, int64_t y) {
   const T m = row_max(x, classes);
   T others = 0;
 #pragma omp simd reduction(+ : others)
@@ -179,7 +172,7 @@ FASTNN_LOSS_INLINE T cross_entropy_row(const T* x, int64_t classes, int64_t y) {
 // bits as cross_entropy_row). The exponentials wait in d between the two passes, so softmax costs
 // one exp per logit. d may be x.
 template <class T>
-FASTNN_LOSS_INLINE T cross_entropy_row_grad(const T* x, T* d, int64_t classes, int64_t y, T coef) {
+FASTNN_FORCE_INLINE T cross_entropy_row_grad(const T* x, T* d, int64_t classes, int64_t y, T coef) {
   const T target_logit = x[y];
   const T m = row_max(x, classes);
   T others = 0;
@@ -218,7 +211,7 @@ struct CrossEntropyJob {
 };
 
 template <class T, class I>
-FASTNN_LOSS_INLINE void write_ignored_row(const CrossEntropyJob<T, I>& j, int64_t r) {
+FASTNN_FORCE_INLINE void write_ignored_row(const CrossEntropyJob<T, I>& j, int64_t r) {
   const int64_t C = j.classes;
   if (j.dlogits) std::fill(j.dlogits + r * C, j.dlogits + (r + 1) * C, T(0));
   if (j.row_loss) j.row_loss[r] = T(0);
@@ -226,7 +219,7 @@ FASTNN_LOSS_INLINE void write_ignored_row(const CrossEntropyJob<T, I>& j, int64_
 
 // d loss / d (unweighted loss of row r), times the row's class weight w.
 template <class T, class I>
-FASTNN_LOSS_INLINE T row_coef(const CrossEntropyJob<T, I>& j, int64_t r, T w) {
+FASTNN_FORCE_INLINE T row_coef(const CrossEntropyJob<T, I>& j, int64_t r, T w) {
   const double upstream = j.row_upstream ? static_cast<double>(j.row_upstream[r]) : j.scale;
   return static_cast<T>(static_cast<double>(w) * upstream);
 }
@@ -234,7 +227,7 @@ FASTNN_LOSS_INLINE T row_coef(const CrossEntropyJob<T, I>& j, int64_t r, T w) {
 // Rows [b, e), one at a time (many classes): writes what the job asks for and returns the sum of
 // w[y] * loss over the rows.
 template <class T, class I>
-FASTNN_LOSS_INLINE double run_rows(const CrossEntropyJob<T, I>& j, int64_t b, int64_t e) {
+FASTNN_FORCE_INLINE double run_rows(const CrossEntropyJob<T, I>& j, int64_t b, int64_t e) {
   const int64_t C = j.classes;
   double total = 0;
   for (int64_t r = b; r < e; ++r) {
@@ -260,7 +253,7 @@ constexpr int64_t kTileElements = 1024;
 // run_rows for C < kFewClasses: each tile of rows is shifted by its row maxes into a buffer, the
 // buffer is exponentiated at full vector width, then each row is finished from its exponentials.
 template <class T, class I>
-FASTNN_LOSS_INLINE double run_rows_tiled(const CrossEntropyJob<T, I>& j, int64_t b, int64_t e) {
+FASTNN_FORCE_INLINE double run_rows_tiled(const CrossEntropyJob<T, I>& j, int64_t b, int64_t e) {
   const int64_t C = j.classes, tile_rows = kTileElements / C;
   alignas(64) T ex[kTileElements];
   T maxes[kTileElements];
@@ -319,7 +312,7 @@ struct ElementwiseJob {
 // The BCE loops, one instance per combination of optional inputs: a loop-invariant "is there a
 // weight?" left inside the loop is control flow the vectoriser gives up on.
 template <class T, bool VECTOR_PW, bool WEIGHT, bool PER_ELEMENT_UPSTREAM>
-FASTNN_LOSS_INLINE void bce_grad_loop(const T* x, const T* t, const T* w, const T* pw, T pw_scalar,
+FASTNN_FORCE_INLINE void bce_grad_loop(const T* x, const T* t, const T* w, const T* pw, T pw_scalar,
                                       const T* up, T scale, T* g, int64_t n) {
 #pragma omp simd
   for (int64_t k = 0; k < n; ++k) {
@@ -331,21 +324,21 @@ FASTNN_LOSS_INLINE void bce_grad_loop(const T* x, const T* t, const T* w, const 
 }
 
 template <class T, bool VECTOR_PW, bool WEIGHT>
-FASTNN_LOSS_INLINE T bce_element(const T* x, const T* t, const T* w, const T* pw, T pw_scalar, int64_t k) {
+FASTNN_FORCE_INLINE T bce_element(const T* x, const T* t, const T* w, const T* pw, T pw_scalar, int64_t k) {
   const T e = exp_nonpositive(-std::fabs(x[k]));
   const T l = bce_with_logits_loss(x[k], t[k], VECTOR_PW ? pw[k] : pw_scalar, log1p_unit(e));
   return WEIGHT ? w[k] * l : l;  // torch weighs the loss last
 }
 
 template <class T, bool VECTOR_PW, bool WEIGHT>
-FASTNN_LOSS_INLINE void bce_loss_loop(const T* x, const T* t, const T* w, const T* pw, T pw_scalar,
+FASTNN_FORCE_INLINE void bce_loss_loop(const T* x, const T* t, const T* w, const T* pw, T pw_scalar,
                                       T* out, int64_t n) {
 #pragma omp simd
   for (int64_t k = 0; k < n; ++k) out[k] = bce_element<T, VECTOR_PW, WEIGHT>(x, t, w, pw, pw_scalar, k);
 }
 
 template <class T, bool VECTOR_PW, bool WEIGHT>
-FASTNN_LOSS_INLINE double bce_sum_loop(const T* x, const T* t, const T* w, const T* pw, T pw_scalar,
+FASTNN_FORCE_INLINE double bce_sum_loop(const T* x, const T* t, const T* w, const T* pw, T pw_scalar,
                                        int64_t n) {
   double s = 0;
 #pragma omp simd reduction(+ : s)
@@ -356,7 +349,7 @@ FASTNN_LOSS_INLINE double bce_sum_loop(const T* x, const T* t, const T* w, const
 // Elements [i0, i0 + n) of a BCE job whose pos_weight is pw[k] (VECTOR_PW) or pw_scalar: the sum
 // of the losses for a reduced forward, else 0 (outputs written).
 template <class T, bool VECTOR_PW>
-FASTNN_LOSS_INLINE double bce_segment(const ElementwiseJob<T>& j, int64_t i0, int64_t n,
+FASTNN_FORCE_INLINE double bce_segment(const ElementwiseJob<T>& j, int64_t i0, int64_t n,
                                       const T* pw, T pw_scalar) {
   const T* x = j.x + i0;
   const T* t = j.t + i0;
@@ -381,7 +374,7 @@ FASTNN_LOSS_INLINE double bce_segment(const ElementwiseJob<T>& j, int64_t i0, in
 
 // Elements [b, e) of a BCE job: the losses' sum for a reduced forward, else 0 (outputs written).
 template <class T>
-FASTNN_LOSS_INLINE double run_bce(const ElementwiseJob<T>& j, int64_t b, int64_t e) {
+FASTNN_FORCE_INLINE double run_bce(const ElementwiseJob<T>& j, int64_t b, int64_t e) {
   if (!j.pos_weight || j.pos_weight_len == 1)
     return bce_segment<T, false>(j, b, e - b, nullptr, j.pos_weight ? j.pos_weight[0] : T(1));
   // per-row segments, so pos_weight is read contiguously beside the row
@@ -396,7 +389,7 @@ FASTNN_LOSS_INLINE double run_bce(const ElementwiseJob<T>& j, int64_t b, int64_t
 }
 
 template <class T>
-FASTNN_LOSS_INLINE double run_mse(const ElementwiseJob<T>& j, int64_t b, int64_t e) {
+FASTNN_FORCE_INLINE double run_mse(const ElementwiseJob<T>& j, int64_t b, int64_t e) {
   const T* x = j.x;
   const T* t = j.t;
   if (j.grad) {
@@ -432,13 +425,13 @@ template <class T>
 struct MseJob : ElementwiseJob<T> {};
 
 template <class T, class I>
-FASTNN_LOSS_INLINE double run_job(const CrossEntropyJob<T, I>& j, int64_t b, int64_t e) {
+FASTNN_FORCE_INLINE double run_job(const CrossEntropyJob<T, I>& j, int64_t b, int64_t e) {
   return j.classes < kFewClasses ? run_rows_tiled(j, b, e) : run_rows(j, b, e);
 }
 template <class T>
-FASTNN_LOSS_INLINE double run_job(const BceJob<T>& j, int64_t b, int64_t e) { return run_bce(j, b, e); }
+FASTNN_FORCE_INLINE double run_job(const BceJob<T>& j, int64_t b, int64_t e) { return run_bce(j, b, e); }
 template <class T>
-FASTNN_LOSS_INLINE double run_job(const MseJob<T>& j, int64_t b, int64_t e) { return run_mse(j, b, e); }
+FASTNN_FORCE_INLINE double run_job(const MseJob<T>& j, int64_t b, int64_t e) { return run_mse(j, b, e); }
 
 template <class Job>
 double run_baseline(const Job& j, int64_t b, int64_t e) { return run_job(j, b, e); }

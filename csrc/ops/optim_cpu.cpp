@@ -6,7 +6,6 @@
 #include "core/parallel.h"
 #include "ops/optim.h"
 
-#define FASTNN_ALWAYS_INLINE __attribute__((always_inline))
 
 namespace fastnn::cpu {
 namespace {
