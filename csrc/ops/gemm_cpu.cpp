@@ -1,0 +1,309 @@
+// The GEMM driver (blocking, packing decisions, thread split) and the portable scalar
+// micro-kernel. The SIMD micro-kernels live in gemm_kernels_avx512.cpp / gemm_kernels_avx2.cpp.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "core/cpu_features.h"
+#include "core/parallel.h"
+#include "ops/gemm.h"
+
+namespace fastnn::cpu {
+namespace gemm_detail {
+
+// ---------------------------------------------------------------------------------------------
+// Portable scalar micro-kernel: the reference every SIMD variant must agree with, and the one
+// used where no SIMD variant is available or FASTNN_ISA=scalar asks for it.
+
+constexpr int kScalarMR = 4, kScalarNR = 8;
+
+template <class T>
+void micro_scalar(const MicroTile<T>& t) {
+  T acc[kScalarMR][kScalarNR] = {};
+  const int rows = t.rows, cols = t.cols;
+  for (int64_t k = 0; k < t.kc; ++k) {
+    const T* bk = t.b + k * t.b_rs;
+    T bv[kScalarNR];
+    for (int j = 0; j < kScalarNR; ++j) bv[j] = j < cols ? bk[j] : T(0);
+    for (int i = 0; i < rows; ++i) {
+      const T a = t.a_rs == 1 ? t.a[k * t.a_cs + i] : t.a[i * t.a_rs + k];
+      for (int j = 0; j < kScalarNR; ++j) acc[i][j] += a * bv[j];
+    }
+  }
+  for (int i = 0; i < rows; ++i) {
+    T* ci = t.c + i * t.ldc;
+    for (int j = 0; j < cols; ++j) {
+      T v = t.alpha * acc[i][j];
+      if (t.beta != T(0)) v += t.beta * ci[j];
+      if (t.bias) v += t.bias[j];
+      ci[j] = v;
+    }
+  }
+  activate_tile(t.act, t.c, t.ldc, rows, cols);
+}
+
+template <class T>
+void pack_b_generic(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc,
+                    int64_t nc, int nr, T* dst) {
+  for (int64_t jr = 0; jr < nc; jr += nr) {
+    const int cols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
+    T* panel = dst + (jr / nr) * kc * nr;
+    if (!trans_b) {
+      const T* src = b + pc * ldb + jc + jr;
+      for (int64_t k = 0; k < kc; ++k) {
+        std::memcpy(panel + k * nr, src + k * ldb, sizeof(T) * cols);
+        for (int j = cols; j < nr; ++j) panel[k * nr + j] = T(0);
+      }
+    } else {
+      // op(B)(k, j) = b[j * ldb + k]: read each stored row once, scatter it down a panel column.
+      for (int j = 0; j < cols; ++j) {
+        const T* src = b + (jc + jr + j) * ldb + pc;
+        for (int64_t k = 0; k < kc; ++k) panel[k * nr + j] = src[k];
+      }
+      for (int j = cols; j < nr; ++j)
+        for (int64_t k = 0; k < kc; ++k) panel[k * nr + j] = T(0);
+    }
+  }
+}
+
+template <class T>
+KernelSet<T> kernels_scalar() {
+  KernelSet<T> ks;
+  ks.name = "scalar";
+  ks.mr = kScalarMR;
+  ks.nr = kScalarNR;
+  ks.vec = 1;
+  ks.micro = micro_scalar<T>;
+  ks.pack_b = pack_b_generic<T>;
+  return ks;
+}
+
+template <class T>
+const KernelSet<T>& active_kernels() {
+  static const KernelSet<T> ks = [] {
+    switch (cpu_isa()) {
+      case CpuIsa::avx512: return kernels_avx512<T>();
+      case CpuIsa::avx2: return kernels_avx2<T>();
+      default: return kernels_scalar<T>();
+    }
+  }();
+  return ks;
+}
+
+template KernelSet<float> kernels_scalar<float>();
+template KernelSet<double> kernels_scalar<double>();
+template void pack_b_generic<float>(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, float*);
+template void pack_b_generic<double>(bool, const double*, int64_t, int64_t, int64_t, int64_t, int64_t, int, double*);
+
+// ---------------------------------------------------------------------------------------------
+// Per-thread packing buffers. They live as long as the (persistent) OpenMP worker threads and
+// only grow, so after the first call of a given size a GEMM allocates nothing.
+
+class PackBuffer {
+ public:
+  PackBuffer() = default;
+  PackBuffer(const PackBuffer&) = delete;
+  PackBuffer& operator=(const PackBuffer&) = delete;
+  ~PackBuffer() { std::free(data_); }
+  template <class T>
+  T* get(size_t count) {
+    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+    if (bytes > capacity_) {
+      std::free(data_);
+      data_ = std::aligned_alloc(64, bytes);
+      if (!data_) {
+        capacity_ = 0;
+        throw std::bad_alloc();
+      }
+      capacity_ = bytes;
+    }
+    return static_cast<T*>(data_);
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+thread_local PackBuffer tl_pack_a, tl_pack_b;
+
+// ---------------------------------------------------------------------------------------------
+// The driver.
+
+struct Plan {
+  int64_t kc = 0, nc = 0;
+  bool pack_a = false, pack_b = false;
+};
+
+// Copies one micro-panel of op(A) (rows <= mr, kc columns) into k-major order: dst[k * mr + i].
+template <class T>
+void pack_a_panel(bool trans_a, const T* a, int64_t lda, int64_t ir, int64_t pc, int rows,
+                  int64_t kc, int mr, T* dst) {
+  if (trans_a) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* src = a + (pc + k) * lda + ir;
+      for (int i = 0; i < rows; ++i) dst[k * mr + i] = src[i];
+    }
+  } else {
+    for (int i = 0; i < rows; ++i) {
+      const T* src = a + (ir + i) * lda + pc;
+      for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = src[k];
+    }
+  }
+}
+
+// C[m0:m1, n0:n1] on the calling thread: the five loops around the micro-kernel.
+// Loop order jc -> pc -> ir -> jr: one micro-panel of A (mr x kc, a few KB) is reused across
+// the whole width of the B block, which streams from L2.
+template <class T>
+void gemm_block(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& plan, int64_t m0,
+                int64_t m1, int64_t n0, int64_t n1) {
+  const int mr = ks.mr, nr = ks.nr;
+  T* bpack = plan.pack_b ? tl_pack_b.get<T>(static_cast<size_t>(plan.kc) * ((plan.nc + nr - 1) / nr * nr)) : nullptr;
+  T* apack = plan.pack_a ? tl_pack_a.get<T>(static_cast<size_t>(plan.kc) * mr) : nullptr;
+
+  MicroTile<T> t{};
+  t.alpha = p.alpha;
+  t.ldc = p.ldc;
+  for (int64_t jc = n0; jc < n1; jc += plan.nc) {
+    const int64_t nc = std::min(plan.nc, n1 - jc);
+    for (int64_t pc = 0; pc < p.k; pc += plan.kc) {
+      const int64_t kc = std::min(plan.kc, p.k - pc);
+      const bool last_k = pc + kc == p.k;
+      t.kc = kc;
+      t.beta = pc == 0 ? p.beta : T(1);
+      t.act = last_k ? p.act : Activation::none;
+      const T* bias = last_k && p.bias ? p.bias + jc : nullptr;
+
+      const T* bsrc;
+      int64_t panel_stride;
+      if (plan.pack_b) {
+        ks.pack_b(p.trans_b, p.b, p.ldb, pc, jc, kc, nc, nr, bpack);
+        bsrc = bpack;
+        t.b_rs = nr;
+        panel_stride = kc * nr;
+      } else {  // only when !trans_b
+        bsrc = p.b + pc * p.ldb + jc;
+        t.b_rs = p.ldb;
+        panel_stride = nr;
+      }
+
+      for (int64_t ir = m0; ir < m1; ir += mr) {
+        t.rows = static_cast<int>(std::min<int64_t>(mr, m1 - ir));
+        if (plan.pack_a) {
+          pack_a_panel(p.trans_a, p.a, p.lda, ir, pc, t.rows, kc, mr, apack);
+          t.a = apack;
+          t.a_rs = 1;
+          t.a_cs = mr;
+        } else if (p.trans_a) {
+          t.a = p.a + pc * p.lda + ir;
+          t.a_rs = 1;
+          t.a_cs = p.lda;
+        } else {
+          t.a = p.a + ir * p.lda + pc;
+          t.a_rs = p.lda;
+          t.a_cs = 1;
+        }
+        T* crow = p.c + ir * p.ldc + jc;
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+          t.cols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
+          t.b = bsrc + (jr / nr) * panel_stride;
+          t.c = crow + jr;
+          t.bias = bias ? bias + jr : nullptr;
+          ks.micro(t);
+        }
+      }
+    }
+  }
+}
+
+// K == 0: no product, only C = act(beta * C + bias).
+template <class T>
+void scale_only(const GemmProblem<T>& p) {
+  parallel_for(p.m, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(p.n, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      T* ci = p.c + i * p.ldc;
+      for (int64_t j = 0; j < p.n; ++j) {
+        T v = p.beta == T(0) ? T(0) : p.beta * ci[j];
+        if (p.bias) v += p.bias[j];
+        ci[j] = activation_apply(p.act, v);
+      }
+    }
+  }, 1);
+}
+
+// Below this many flops a second thread costs more (waking it: ~1-2 us) than it saves.
+constexpr double kMinFlopsForThreads = 4e5;
+
+}  // namespace gemm_detail
+
+template <class T>
+void gemm(const GemmProblem<T>& p) {
+  using namespace gemm_detail;
+  if (p.m <= 0 || p.n <= 0) return;
+  if (p.k <= 0) {
+    scale_only(p);
+    return;
+  }
+  const KernelSet<T>& ks = active_kernels<T>();
+
+  Plan plan;
+  // 2 KB of K per micro-panel row (KC = 512 floats): long enough to amortise the C tile's load
+  // and store, short enough that an A micro-panel stays in L1 beside the B stream.
+  plan.kc = 2048 / sizeof(T);
+  plan.nc = 512 * 4 / sizeof(T);
+
+  const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const double flops = 2.0 * p.m * p.n * p.k;
+  const int threads = flops < kMinFlopsForThreads ? 1 : max_threads;
+  // Each thread owns a slice of C; split the columns unless C is too narrow to give every thread
+  // whole vectors while it has rows to spare.
+  const bool split_n = threads > 1 && (p.n >= int64_t(threads) * ks.nr || p.m < int64_t(threads) * ks.mr * 2);
+  const int64_t rows_per_thread = split_n ? p.m : (p.m + threads - 1) / threads;
+  // Packing B pays when each packed panel is reused by many rows, or when B is transposed and
+  // the micro-kernel needs its columns contiguous.
+  plan.pack_b = p.trans_b || rows_per_thread >= 256;
+  plan.pack_a = false;
+
+  if (threads <= 1) {
+    gemm_block(p, ks, plan, 0, p.m, 0, p.n);
+  } else if (split_n) {
+    parallel_for(p.n, std::max<int64_t>(1, p.n / threads),
+                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); }, ks.vec);
+  } else {
+    parallel_for(p.m, std::max<int64_t>(1, p.m / threads),
+                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n); }, ks.mr);
+  }
+}
+
+template void gemm<float>(const GemmProblem<float>&);
+template void gemm<double>(const GemmProblem<double>&);
+
+void gemm(const Tensor& a, const Tensor& b, Tensor& c, double alpha, double beta, bool trans_a,
+          bool trans_b, const Tensor* bias, Activation act) {
+  dispatch_floating(c.dtype(), "c", [&](auto tag) {
+    using T = decltype(tag);
+    GemmProblem<T> p;
+    p.trans_a = trans_a;
+    p.trans_b = trans_b;
+    p.m = c.size(0);
+    p.n = c.size(1);
+    p.k = trans_a ? a.size(0) : a.size(1);
+    p.alpha = static_cast<T>(alpha);
+    p.a = a.data<T>();
+    p.lda = a.size(1);
+    p.b = b.data<T>();
+    p.ldb = b.size(1);
+    p.beta = static_cast<T>(beta);
+    p.c = c.data<T>();
+    p.ldc = c.size(1);
+    p.bias = bias ? bias->data<T>() : nullptr;
+    p.act = act;
+    gemm(p);
+  });
+}
+
+}  // namespace fastnn::cpu
