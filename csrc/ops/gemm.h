@@ -82,9 +82,10 @@ struct KernelSet {
   int mr = 0, nr = 0;  // micro-tile shape
   int vec = 1;         // elements per SIMD register: column splits between threads align to it
   MicroKernel<T> micro = nullptr;
-  // Copies op(B)[pc:pc+kc, jc:jc+nc] into kc x NR panels (k-major, columns padded with zeros).
+  // Copies op(B)[pc:pc+kc, jc:jc+nc] into k-major panels of nr columns, the last one narrowed to
+  // packed_width(its columns) with the padding zeroed; panel p starts at dst + p * kc * nr.
   void (*pack_b)(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc,
-                 int64_t nc, int nr, T* dst) = nullptr;
+                 int64_t nc, int nr, int vec, T* dst) = nullptr;
 };
 
 // Each returns the scalar set when its ISA was not compiled in (non-x86 builds).
@@ -95,10 +96,16 @@ template <class T> KernelSet<T> kernels_avx512();
 // The variant cpu_isa() selects (FASTNN_ISA=scalar|avx2 caps it).
 template <class T> const KernelSet<T>& active_kernels();
 
+// Width of a packed B panel holding `cols` columns: a narrow last panel (a 10-wide layer) is
+// padded to whole vectors only, not to nr, so it costs no more to pack and stream than it holds.
+inline int packed_width(int64_t cols, int nr, int vec) {
+  return cols >= nr ? nr : static_cast<int>((cols + vec - 1) / vec * vec);
+}
+
 // Portable B packer, shared by the variants that have no faster one.
 template <class T>
 void pack_b_generic(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc,
-                    int64_t nc, int nr, T* dst);
+                    int64_t nc, int nr, int vec, T* dst);
 
 // The activation part of the epilogue, on a tile just stored (still in L1). One switch per
 // tile; the loops call activation_apply with a constant activation, so relu vectorises.

@@ -47,24 +47,30 @@ void micro_scalar(const MicroTile<T>& t) {
 
 template <class T>
 void pack_b_generic(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc,
-                    int64_t nc, int nr, T* dst) {
+                    int64_t nc, int nr, int vec, T* dst) {
   for (int64_t jr = 0; jr < nc; jr += nr) {
     const int cols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
+    const int w = packed_width(cols, nr, vec);
     T* panel = dst + (jr / nr) * kc * nr;
     if (!trans_b) {
       const T* src = b + pc * ldb + jc + jr;
       for (int64_t k = 0; k < kc; ++k) {
-        std::memcpy(panel + k * nr, src + k * ldb, sizeof(T) * cols);
-        for (int j = cols; j < nr; ++j) panel[k * nr + j] = T(0);
+        std::memcpy(panel + k * w, src + k * ldb, sizeof(T) * cols);
+        for (int j = cols; j < w; ++j) panel[k * w + j] = T(0);
       }
     } else {
-      // op(B)(k, j) = b[j * ldb + k]: read each stored row once, scatter it down a panel column.
-      for (int j = 0; j < cols; ++j) {
-        const T* src = b + (jc + jr + j) * ldb + pc;
-        for (int64_t k = 0; k < kc; ++k) panel[k * nr + j] = src[k];
+      // op(B)(k, j) = b[j * ldb + k]. Blocks of 16 k keep the 16 panel rows being written in L1
+      // while each source row is read one cache line at a time.
+      constexpr int64_t kb = 16;
+      for (int64_t k0 = 0; k0 < kc; k0 += kb) {
+        const int64_t k1 = std::min(kc, k0 + kb);
+        for (int j = 0; j < cols; ++j) {
+          const T* src = b + (jc + jr + j) * ldb + pc;
+          for (int64_t k = k0; k < k1; ++k) panel[k * w + j] = src[k];
+        }
+        for (int64_t k = k0; k < k1; ++k)
+          for (int j = cols; j < w; ++j) panel[k * w + j] = T(0);
       }
-      for (int j = cols; j < nr; ++j)
-        for (int64_t k = 0; k < kc; ++k) panel[k * nr + j] = T(0);
     }
   }
 }
@@ -95,8 +101,8 @@ const KernelSet<T>& active_kernels() {
 
 template KernelSet<float> kernels_scalar<float>();
 template KernelSet<double> kernels_scalar<double>();
-template void pack_b_generic<float>(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, float*);
-template void pack_b_generic<double>(bool, const double*, int64_t, int64_t, int64_t, int64_t, int64_t, int, double*);
+template void pack_b_generic<float>(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, float*);
+template void pack_b_generic<double>(bool, const double*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, double*);
 
 // ---------------------------------------------------------------------------------------------
 // Per-thread packing buffers. They live as long as the (persistent) OpenMP worker threads and
@@ -181,13 +187,11 @@ void gemm_block(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& pla
       const T* bsrc;
       int64_t panel_stride;
       if (plan.pack_b) {
-        ks.pack_b(p.trans_b, p.b, p.ldb, pc, jc, kc, nc, nr, bpack);
+        ks.pack_b(p.trans_b, p.b, p.ldb, pc, jc, kc, nc, nr, ks.vec, bpack);
         bsrc = bpack;
-        t.b_rs = nr;
         panel_stride = kc * nr;
       } else {  // only when !trans_b
         bsrc = p.b + pc * p.ldb + jc;
-        t.b_rs = p.ldb;
         panel_stride = nr;
       }
 
@@ -211,6 +215,7 @@ void gemm_block(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& pla
         for (int64_t jr = 0; jr < nc; jr += nr) {
           t.cols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
           t.b = bsrc + (jr / nr) * panel_stride;
+          t.b_rs = plan.pack_b ? packed_width(t.cols, nr, ks.vec) : p.ldb;
           t.c = crow + jr;
           t.bias = bias ? bias + jr : nullptr;
           ks.micro(t);
