@@ -10,7 +10,7 @@ from utils import assert_close, randn, torch_of
 
 ACTIVATIONS = ["none", "relu", "tanh", "sigmoid"]
 # (N, in, out): 1, 7, 33, 1000 and sizes that are no multiple of a 6 x 64 / 6 x 32 tile or vector
-SHAPES = [(1, 1, 1), (7, 33, 13), (33, 7, 1000), (100, 1000, 10), (1000, 70, 33), (128, 784, 100)]
+SHAPES = [(1, 1, 1), (7, 33, 13), (33, 7, 1000), (100, 1000, 10), (50, 100, 7), (1000, 70, 33), (128, 784, 100)]
 TORCH_ACT = {"none": lambda z: z, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 

@@ -254,6 +254,15 @@ void gemm(const GemmProblem<T>& p) {
     return;
   }
   const KernelSet<T>& ks = active_kernels<T>();
+  const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const double flops = 2.0 * p.m * p.n * p.k;
+  const int threads = flops < kMinFlopsForThreads ? 1 : max_threads;
+
+  if (ks.narrow_nt && !p.trans_a && p.trans_b && p.n < ks.vec && p.k >= 4 * ks.vec) {
+    parallel_for(p.m, std::max<int64_t>(1, p.m / threads),
+                 [&](int64_t b, int64_t e) { ks.narrow_nt(p, b, e); }, 4);
+    return;
+  }
 
   Plan plan;
   // 2 KB of K per micro-panel row (KC = 512 floats): long enough to amortise the C tile's load
@@ -261,9 +270,6 @@ void gemm(const GemmProblem<T>& p) {
   plan.kc = 2048 / sizeof(T);
   plan.nc = 512 * 4 / sizeof(T);
 
-  const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  const double flops = 2.0 * p.m * p.n * p.k;
-  const int threads = flops < kMinFlopsForThreads ? 1 : max_threads;
   // Each thread owns a slice of C; split the columns unless C is too narrow to give every thread
   // whole vectors while it has rows to spare.
   const bool split_n = threads > 1 && (p.n >= int64_t(threads) * ks.nr || p.m < int64_t(threads) * ks.mr * 2);
@@ -272,6 +278,10 @@ void gemm(const GemmProblem<T>& p) {
   // the micro-kernel needs its columns contiguous.
   plan.pack_b = p.trans_b || rows_per_thread >= 256;
   plan.pack_a = false;
+  // Equal K blocks (784 = 2 x 392, not 512 + 272): the short block would pay the same C-tile
+  // load and store for fewer flops.
+  const int64_t k_blocks = (p.k + plan.kc - 1) / plan.kc;
+  plan.kc = (p.k + k_blocks - 1) / k_blocks;
 
   if (threads <= 1) {
     gemm_block(p, ks, plan, 0, p.m, 0, p.n);

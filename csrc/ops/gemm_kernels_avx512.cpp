@@ -35,6 +35,7 @@ struct Zmm<float> {
   static FASTNN_AVX512_INLINE reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static FASTNN_AVX512_INLINE reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static constexpr mask first(int n) { return static_cast<mask>((1u << n) - 1u); }  // n in 1..16
+  static FASTNN_AVX512_INLINE float reduce(reg v) { return _mm512_reduce_add_ps(v); }
 };
 
 template <>
@@ -51,6 +52,7 @@ struct Zmm<double> {
   static FASTNN_AVX512_INLINE reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
   static FASTNN_AVX512_INLINE reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
   static constexpr mask first(int n) { return static_cast<mask>((1u << n) - 1u); }  // n in 1..8
+  static FASTNN_AVX512_INLINE double reduce(reg v) { return _mm512_reduce_add_pd(v); }
 };
 
 constexpr int kMR = 6;  // rows of the register tile
@@ -218,6 +220,74 @@ FASTNN_AVX512_TARGET void pack_b(bool trans_b, const T* b, int64_t ldb, int64_t 
   }
 }
 
+// Narrow X W^T: an RA x RB block of C as RA * RB dot products of length K, each accumulated in
+// one register across K and reduced once at the end.
+constexpr int kDotRA = 4, kDotRB = 5;
+
+template <class T, int RA, int RB>
+FASTNN_AVX512_TARGET void dot_block(const GemmProblem<T>& p, int64_t i0, int64_t j0) {
+  using Z = Zmm<T>;
+  using reg = typename Z::reg;
+  constexpr int W = Z::W;
+  reg acc[RA][RB];
+#pragma GCC unroll 4
+  for (int r = 0; r < RA; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < RB; ++j) acc[r][j] = Z::zero();
+  const T* a = p.a + i0 * p.lda;
+  const T* b = p.b + j0 * p.ldb;
+  const int64_t lda = p.lda, ldb = p.ldb;
+  auto step = [&](int64_t k, typename Z::mask m)
+      __attribute__((always_inline, target("avx512f,avx512dq,avx512bw,avx512vl,fma"))) {
+    reg bv[RB];
+#pragma GCC unroll 8
+    for (int j = 0; j < RB; ++j) bv[j] = Z::load(m, b + j * ldb + k);
+#pragma GCC unroll 4
+    for (int r = 0; r < RA; ++r) {
+      const reg av = Z::load(m, a + r * lda + k);
+#pragma GCC unroll 8
+      for (int j = 0; j < RB; ++j) acc[r][j] = Z::fmadd(av, bv[j], acc[r][j]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + W <= p.k; k += W) step(k, Z::first(W));
+  if (k < p.k) step(k, Z::first(static_cast<int>(p.k - k)));
+
+  T* c = p.c + i0 * p.ldc + j0;
+#pragma GCC unroll 4
+  for (int r = 0; r < RA; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < RB; ++j) {
+      T v = p.alpha * Z::reduce(acc[r][j]);
+      if (p.beta != T(0)) v += p.beta * c[r * p.ldc + j];
+      if (p.bias) v += p.bias[j0 + j];
+      c[r * p.ldc + j] = v;
+    }
+  if (p.act != Activation::none) activate_tile(p.act, c, p.ldc, RA, RB);
+}
+
+template <class T, int... I>
+constexpr std::array<void (*)(const GemmProblem<T>&, int64_t, int64_t), sizeof...(I)> make_dot_table(
+    std::integer_sequence<int, I...>) {
+  return {&dot_block<T, I / kDotRB + 1, I % kDotRB + 1>...};
+}
+
+template <class T>
+const auto kDotBlocks = make_dot_table<T>(std::make_integer_sequence<int, kDotRA * kDotRB>{});
+
+template <class T>
+void narrow_nt(const GemmProblem<T>& p, int64_t m0, int64_t m1) {
+  // Columns in equal groups of at most kDotRB (10 = 5 + 5, not 5 + 5 + 0 or 6 + 4).
+  const int64_t groups = (p.n + kDotRB - 1) / kDotRB, rb = (p.n + groups - 1) / groups;
+  for (int64_t i0 = m0; i0 < m1; i0 += kDotRA) {
+    const int ra = static_cast<int>(std::min<int64_t>(kDotRA, m1 - i0));
+    for (int64_t j0 = 0; j0 < p.n; j0 += rb) {
+      const int cols = static_cast<int>(std::min<int64_t>(rb, p.n - j0));
+      kDotBlocks<T>[(ra - 1) * kDotRB + cols - 1](p, i0, j0);
+    }
+  }
+}
+
 template <class T, bool A_ROWS, int... I>
 constexpr std::array<MicroKernel<T>, sizeof...(I)> make_tile_table(std::integer_sequence<int, I...>) {
   return {&micro_tile<T, I / kNV + 1, I % kNV + 1, A_ROWS>...};
@@ -250,6 +320,7 @@ KernelSet<T> kernels_avx512() {
   ks.vec = Zmm<T>::W;
   ks.micro = micro_entry<T>;
   ks.pack_b = pack_b<T>;
+  ks.narrow_nt = narrow_nt<T>;
   return ks;
 }
 
