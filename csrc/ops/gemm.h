@@ -4,8 +4,10 @@
 // The CPU version is a BLIS/Goto-style GEMM: loops over blocks of C and K around one
 // ISA-specific micro-kernel (AVX-512, AVX2 or portable scalar, chosen at run time through
 // cpu_isa()). The micro-kernel keeps an MR x NR tile of C in registers while streaming one
-// micro-panel of op(A) and one of op(B); the optional per-column bias and activation are applied
-// to that tile as it is stored, while it is still in L1 (the "fused epilogue").
+// micro-panel of op(A) and one of op(B) (packed when B is transposed or reused by many rows);
+// the optional per-column bias and activation are applied to that tile as it is stored, while
+// it is still in L1 (the "fused epilogue"). Each thread computes its own slice of C: one fork
+// and join per call, and every element of C is summed in the same order whatever the threads.
 #pragma once
 #include <cstdint>
 
@@ -53,8 +55,8 @@ namespace gemm_detail {
 //   C[i, j] = alpha * sum_{k < kc} A(i, k) * B(k, j) + beta * C[i, j]   (beta == 0: C not read)
 //   then, when bias is set, C[i, j] += bias[j]; then C[i, j] = act(C[i, j]).
 // A is addressed in one of two layouts:
-//   a_rs == 1 ("k-major"): A(i, k) = a[k * a_cs + i]  (packed panels, or op(A) = A^T read directly)
-//   a_cs == 1 ("row-major"): A(i, k) = a[i * a_rs + k]  (op(A) = A read directly)
+//   a_rs == 1 ("k-major"): A(i, k) = a[k * a_cs + i]  (op(A) = A^T, read in place)
+//   a_cs == 1 ("row-major"): A(i, k) = a[i * a_rs + k]  (op(A) = A, read in place)
 // B(k, j) = b[k * b_rs + j]: NR contiguous columns per k (a packed panel, or B read directly;
 // columns j >= cols are never read).
 template <class T>
