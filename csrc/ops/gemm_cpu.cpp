@@ -20,16 +20,17 @@ namespace gemm_detail {
 
 constexpr int kScalarMR = 4, kScalarNR = 8;
 
-template <class T>
-void micro_scalar(const MicroTile<T>& t) {
+// FULL: a whole MR x NR tile, with compile-time bounds the compiler vectorises (SSE2 / NEON).
+template <class T, bool A_ROWS, bool FULL>
+void micro_scalar_tile(const MicroTile<T>& t) {
   T acc[kScalarMR][kScalarNR] = {};
-  const int rows = t.rows, cols = t.cols;
+  const int rows = FULL ? kScalarMR : t.rows, cols = FULL ? kScalarNR : t.cols;
   for (int64_t k = 0; k < t.kc; ++k) {
     const T* bk = t.b + k * t.b_rs;
     T bv[kScalarNR];
-    for (int j = 0; j < kScalarNR; ++j) bv[j] = j < cols ? bk[j] : T(0);
+    for (int j = 0; j < kScalarNR; ++j) bv[j] = FULL || j < cols ? bk[j] : T(0);
     for (int i = 0; i < rows; ++i) {
-      const T a = t.a_rs == 1 ? t.a[k * t.a_cs + i] : t.a[i * t.a_rs + k];
+      const T a = A_ROWS ? t.a[i * t.a_rs + k] : t.a[k * t.a_cs + i];
       for (int j = 0; j < kScalarNR; ++j) acc[i][j] += a * bv[j];
     }
   }
@@ -43,6 +44,15 @@ void micro_scalar(const MicroTile<T>& t) {
     }
   }
   activate_tile(t.act, t.c, t.ldc, rows, cols);
+}
+
+template <class T>
+void micro_scalar(const MicroTile<T>& t) {
+  const bool full = t.rows == kScalarMR && t.cols == kScalarNR;
+  if (t.a_rs == 1)
+    full ? micro_scalar_tile<T, false, true>(t) : micro_scalar_tile<T, false, false>(t);
+  else
+    full ? micro_scalar_tile<T, true, true>(t) : micro_scalar_tile<T, true, false>(t);
 }
 
 template <class T>
