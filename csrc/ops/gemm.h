@@ -1,0 +1,139 @@
+// General matrix multiply, row-major: C = act(alpha * op(A) @ op(B) + beta * C + bias), op in
+// {identity, transpose}, float32 and float64.
+//
+// The CPU version is a BLIS/Goto-style GEMM: loops over blocks of C and K around one
+// ISA-specific micro-kernel (AVX-512, AVX2 or portable scalar, chosen at run time through
+// cpu_isa()). The micro-kernel keeps an MR x NR tile of C in registers while streaming one
+// micro-panel of op(A) and one of op(B) (packed when B is transposed or reused by many rows);
+// the optional per-column bias and activation are applied to that tile as it is stored, while
+// it is still in L1 (the "fused epilogue"). Each thread computes its own slice of C: one fork
+// and join per call, and every element of C is summed in the same order whatever the threads.
+#pragma once
+#include <cstdint>
+
+#include "core/dispatch.h"
+#include "core/tensor.h"
+#include "ops/activation.h"
+
+namespace fastnn {
+
+// c (M, N) = act(alpha * op(a) @ op(b) + beta * c + bias). op(a) is (M, K), op(b) is (K, N);
+// bias is (N,) or null. beta == 0 never reads c (it may hold NaN); K == 0 gives act(beta*c + bias).
+void gemm(const Tensor& a, const Tensor& b, Tensor& c, double alpha, double beta, bool trans_a,
+          bool trans_b, const Tensor* bias = nullptr, Activation act = Activation::none);
+
+namespace cpu {
+
+void gemm(const Tensor& a, const Tensor& b, Tensor& c, double alpha, double beta, bool trans_a,
+          bool trans_b, const Tensor* bias, Activation act);
+
+// The same product on raw row-major buffers, for kernels that call GEMM on their own data
+// (ops/linear_cpu.cpp). Element (i, j) of a matrix with leading dimension ld is at [i * ld + j].
+template <class T>
+struct GemmProblem {
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  T alpha = 1;
+  const T* a = nullptr;  // (m, k) row-major, or (k, m) when trans_a
+  int64_t lda = 0;
+  const T* b = nullptr;  // (k, n) row-major, or (n, k) when trans_b
+  int64_t ldb = 0;
+  T beta = 0;
+  T* c = nullptr;  // (m, n); must not overlap a or b
+  int64_t ldc = 0;
+  const T* bias = nullptr;  // n values added per column, or null
+  Activation act = Activation::none;
+};
+
+// Defined for float and double in gemm_cpu.cpp.
+template <class T>
+void gemm(const GemmProblem<T>& p);
+
+namespace gemm_detail {
+
+// Arguments of one micro-kernel call: one tile of C, rows <= MR, cols <= NR.
+//   C[i, j] = alpha * sum_{k < kc} A(i, k) * B(k, j) + beta * C[i, j]   (beta == 0: C not read)
+//   then, when bias is set, C[i, j] += bias[j]; then C[i, j] = act(C[i, j]).
+// A is addressed in one of two layouts:
+//   a_rs == 1 ("k-major"): A(i, k) = a[k * a_cs + i]  (op(A) = A^T, read in place)
+//   a_cs == 1 ("row-major"): A(i, k) = a[i * a_rs + k]  (op(A) = A, read in place)
+// B(k, j) = b[k * b_rs + j]: NR contiguous columns per k (a packed panel, or B read directly;
+// columns j >= cols are never read).
+template <class T>
+struct MicroTile {
+  int64_t kc;
+  const T* a;
+  int64_t a_rs, a_cs;
+  const T* b;
+  int64_t b_rs;
+  T* c;
+  int64_t ldc;
+  int rows, cols;
+  T alpha, beta;
+  const T* bias;
+  Activation act;
+};
+
+template <class T>
+using MicroKernel = void (*)(const MicroTile<T>&);
+
+// What one ISA variant provides.
+template <class T>
+struct KernelSet {
+  const char* name = "scalar";
+  int mr = 0, nr = 0;  // micro-tile shape
+  int vec = 1;         // elements per SIMD register: column splits between threads align to it
+  MicroKernel<T> micro = nullptr;
+  // Copies op(B)[pc:pc+kc, jc:jc+nc] into k-major panels of nr columns, the last one narrowed to
+  // packed_width(its columns) with the padding zeroed; panel p starts at dst + p * kc * nr.
+  void (*pack_b)(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc,
+                 int64_t nc, int nr, int vec, T* dst) = nullptr;
+  // Optional: rows [m0, m1) of C for op(A) = A, op(B) = B^T with few columns (the 10-wide output
+  // layer's X W^T): dot products along K with both operands read in place. A tile of a few
+  // columns would fill a fraction of each vector, and packing B^T would cost as much as the
+  // product; here every lane works and nothing is packed.
+  void (*narrow_nt)(const GemmProblem<T>& p, int64_t m0, int64_t m1) = nullptr;
+};
+
+// Each returns the scalar set when its ISA was not compiled in (non-x86 builds).
+template <class T> KernelSet<T> kernels_scalar();
+template <class T> KernelSet<T> kernels_avx2();
+template <class T> KernelSet<T> kernels_avx512();
+
+// The variant cpu_isa() selects (FASTNN_ISA=scalar|avx2 caps it).
+template <class T> const KernelSet<T>& active_kernels();
+
+// Width of a packed B panel holding `cols` columns: a narrow last panel (a 10-wide layer) is
+// padded to whole vectors only, not to nr, so it costs no more to pack and stream than it holds.
+inline int packed_width(int64_t cols, int nr, int vec) {
+  return cols >= nr ? nr : static_cast<int>((cols + vec - 1) / vec * vec);
+}
+
+// Portable B packer, shared by the variants that have no faster one.
+template <class T>
+void pack_b_generic(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc,
+                    int64_t nc, int nr, int vec, T* dst);
+
+// The activation part of the epilogue, on a tile just stored (still in L1). One switch per
+// tile; the loops call activation_apply with a constant activation, so relu vectorises.
+template <class T, Activation A>
+inline void activate_rows(T* c, int64_t ldc, int rows, int cols) {
+  for (int i = 0; i < rows; ++i) {
+    T* ci = c + i * ldc;
+    for (int j = 0; j < cols; ++j) ci[j] = activation_apply(A, ci[j]);
+  }
+}
+
+template <class T>
+inline void activate_tile(Activation act, T* c, int64_t ldc, int rows, int cols) {
+  switch (act) {
+    case Activation::relu: activate_rows<T, Activation::relu>(c, ldc, rows, cols); break;
+    case Activation::tanh: activate_rows<T, Activation::tanh>(c, ldc, rows, cols); break;
+    case Activation::sigmoid: activate_rows<T, Activation::sigmoid>(c, ldc, rows, cols); break;
+    default: break;
+  }
+}
+
+}  // namespace gemm_detail
+}  // namespace cpu
+}  // namespace fastnn

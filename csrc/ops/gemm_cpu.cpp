@@ -1,0 +1,322 @@
+// The GEMM driver (blocking, packing decisions, thread split) and the portable scalar
+// micro-kernel. The SIMD micro-kernels live in gemm_kernels_avx512.cpp / gemm_kernels_avx2.cpp.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "core/cpu_features.h"
+#include "core/parallel.h"
+#include "ops/gemm.h"
+
+namespace fastnn::cpu {
+namespace gemm_detail {
+
+// ---------------------------------------------------------------------------------------------
+// Portable scalar micro-kernel: the reference every SIMD variant must agree with, and the one
+// used where no SIMD variant is available or FASTNN_ISA=scalar asks for it.
+
+constexpr int kScalarMR = 4, kScalarNR = 8;
+
+// FULL: a whole MR x NR tile, with compile-time bounds the compiler vectorises (SSE2 / NEON).
+template <class T, bool A_ROWS, bool FULL>
+void micro_scalar_tile(const MicroTile<T>& t) {
+  T acc[kScalarMR][kScalarNR] = {};
+  const int rows = FULL ? kScalarMR : t.rows, cols = FULL ? kScalarNR : t.cols;
+  for (int64_t k = 0; k < t.kc; ++k) {
+    const T* bk = t.b + k * t.b_rs;
+    T bv[kScalarNR];
+    for (int j = 0; j < kScalarNR; ++j) bv[j] = FULL || j < cols ? bk[j] : T(0);
+    for (int i = 0; i < rows; ++i) {
+      const T a = A_ROWS ? t.a[i * t.a_rs + k] : t.a[k * t.a_cs + i];
+      for (int j = 0; j < kScalarNR; ++j) acc[i][j] += a * bv[j];
+    }
+  }
+  for (int i = 0; i < rows; ++i) {
+    T* ci = t.c + i * t.ldc;
+    for (int j = 0; j < cols; ++j) {
+      T v = t.alpha * acc[i][j];
+      if (t.beta != T(0)) v += t.beta * ci[j];
+      if (t.bias) v += t.bias[j];
+      ci[j] = v;
+    }
+  }
+  activate_tile(t.act, t.c, t.ldc, rows, cols);
+}
+
+template <class T>
+void micro_scalar(const MicroTile<T>& t) {
+  const bool full = t.rows == kScalarMR && t.cols == kScalarNR;
+  if (t.a_rs == 1)
+    full ? micro_scalar_tile<T, false, true>(t) : micro_scalar_tile<T, false, false>(t);
+  else
+    full ? micro_scalar_tile<T, true, true>(t) : micro_scalar_tile<T, true, false>(t);
+}
+
+template <class T>
+void pack_b_generic(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc,
+                    int64_t nc, int nr, int vec, T* dst) {
+  for (int64_t jr = 0; jr < nc; jr += nr) {
+    const int cols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
+    const int w = packed_width(cols, nr, vec);
+    T* panel = dst + (jr / nr) * kc * nr;
+    if (!trans_b) {
+      const T* src = b + pc * ldb + jc + jr;
+      for (int64_t k = 0; k < kc; ++k) {
+        std::memcpy(panel + k * w, src + k * ldb, sizeof(T) * cols);
+        for (int j = cols; j < w; ++j) panel[k * w + j] = T(0);
+      }
+    } else {
+      // op(B)(k, j) = b[j * ldb + k]. Blocks of 16 k keep the 16 panel rows being written in L1
+      // while each source row is read one cache line at a time.
+      constexpr int64_t kb = 16;
+      for (int64_t k0 = 0; k0 < kc; k0 += kb) {
+        const int64_t k1 = std::min(kc, k0 + kb);
+        for (int j = 0; j < cols; ++j) {
+          const T* src = b + (jc + jr + j) * ldb + pc;
+          for (int64_t k = k0; k < k1; ++k) panel[k * w + j] = src[k];
+        }
+        for (int64_t k = k0; k < k1; ++k)
+          for (int j = cols; j < w; ++j) panel[k * w + j] = T(0);
+      }
+    }
+  }
+}
+
+template <class T>
+KernelSet<T> kernels_scalar() {
+  KernelSet<T> ks;
+  ks.name = "scalar";
+  ks.mr = kScalarMR;
+  ks.nr = kScalarNR;
+  ks.vec = 1;
+  ks.micro = micro_scalar<T>;
+  ks.pack_b = pack_b_generic<T>;
+  return ks;
+}
+
+template <class T>
+const KernelSet<T>& active_kernels() {
+  static const KernelSet<T> ks = [] {
+    switch (cpu_isa()) {
+      case CpuIsa::avx512: return kernels_avx512<T>();
+      case CpuIsa::avx2: return kernels_avx2<T>();
+      default: return kernels_scalar<T>();
+    }
+  }();
+  return ks;
+}
+
+template KernelSet<float> kernels_scalar<float>();
+template KernelSet<double> kernels_scalar<double>();
+template void pack_b_generic<float>(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, float*);
+template void pack_b_generic<double>(bool, const double*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, double*);
+
+// ---------------------------------------------------------------------------------------------
+// Per-thread packing buffers. They live as long as the (persistent) OpenMP worker threads and
+// only grow, so after the first call of a given size a GEMM allocates nothing.
+
+class PackBuffer {
+ public:
+  PackBuffer() = default;
+  PackBuffer(const PackBuffer&) = delete;
+  PackBuffer& operator=(const PackBuffer&) = delete;
+  ~PackBuffer() { std::free(data_); }
+  template <class T>
+  T* get(size_t count) {
+    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+    if (bytes > capacity_) {
+      std::free(data_);
+      data_ = std::aligned_alloc(64, bytes);
+      if (!data_) {
+        capacity_ = 0;
+        throw std::bad_alloc();
+      }
+      capacity_ = bytes;
+    }
+    return static_cast<T*>(data_);
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+thread_local PackBuffer tl_pack_b;
+
+// ---------------------------------------------------------------------------------------------
+// The driver.
+
+// A is never packed: the micro-kernel broadcasts its elements straight from op(A), whether rows
+// (6 row streams) or columns (A^T: 6 adjacent values per k). Packing A measured 2-15% slower at
+// batch 128 and no faster at 1024 (each packed element is used by only one micro-panel row).
+struct Plan {
+  int64_t kc = 0, nc = 0;
+  bool pack_b = false;
+};
+
+// C[m0:m1, n0:n1] on the calling thread: BLIS's loops around the micro-kernel (which runs the
+// innermost one, over k). Order jc -> pc -> ir -> jr: one micro-panel of A (mr x kc, a few KB)
+// is reused across the whole width of the B block, which streams from L2.
+template <class T>
+void gemm_block(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& plan, int64_t m0,
+                int64_t m1, int64_t n0, int64_t n1) {
+  const int mr = ks.mr, nr = ks.nr;
+  T* bpack = plan.pack_b ? tl_pack_b.get<T>(static_cast<size_t>(plan.kc) * ((plan.nc + nr - 1) / nr * nr)) : nullptr;
+
+  MicroTile<T> t{};
+  t.alpha = p.alpha;
+  t.ldc = p.ldc;
+  for (int64_t jc = n0; jc < n1; jc += plan.nc) {
+    const int64_t nc = std::min(plan.nc, n1 - jc);
+    for (int64_t pc = 0; pc < p.k; pc += plan.kc) {
+      const int64_t kc = std::min(plan.kc, p.k - pc);
+      const bool last_k = pc + kc == p.k;
+      t.kc = kc;
+      t.beta = pc == 0 ? p.beta : T(1);
+      t.act = last_k ? p.act : Activation::none;
+      const T* bias = last_k && p.bias ? p.bias + jc : nullptr;
+
+      const T* bsrc;
+      int64_t panel_stride;
+      if (plan.pack_b) {
+        ks.pack_b(p.trans_b, p.b, p.ldb, pc, jc, kc, nc, nr, ks.vec, bpack);
+        bsrc = bpack;
+        panel_stride = kc * nr;
+      } else {  // only when !trans_b
+        bsrc = p.b + pc * p.ldb + jc;
+        panel_stride = nr;
+      }
+
+      for (int64_t ir = m0; ir < m1; ir += mr) {
+        t.rows = static_cast<int>(std::min<int64_t>(mr, m1 - ir));
+        if (p.trans_a) {
+          t.a = p.a + pc * p.lda + ir;
+          t.a_rs = 1;
+          t.a_cs = p.lda;
+        } else {
+          t.a = p.a + ir * p.lda + pc;
+          t.a_rs = p.lda;
+          t.a_cs = 1;
+        }
+        T* crow = p.c + ir * p.ldc + jc;
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+          t.cols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
+          t.b = bsrc + (jr / nr) * panel_stride;
+          t.b_rs = plan.pack_b ? packed_width(t.cols, nr, ks.vec) : p.ldb;
+          t.c = crow + jr;
+          t.bias = bias ? bias + jr : nullptr;
+          ks.micro(t);
+        }
+      }
+    }
+  }
+}
+
+// K == 0: no product, only C = act(beta * C + bias).
+template <class T>
+void scale_only(const GemmProblem<T>& p) {
+  parallel_for(p.m, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(p.n, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      T* ci = p.c + i * p.ldc;
+      for (int64_t j = 0; j < p.n; ++j) {
+        T v = p.beta == T(0) ? T(0) : p.beta * ci[j];
+        if (p.bias) v += p.bias[j];
+        ci[j] = activation_apply(p.act, v);
+      }
+    }
+  }, 1);
+}
+
+// Below this many flops a second thread costs more (waking it: ~1-2 us) than it saves.
+constexpr double kMinFlopsForThreads = 4e5;
+
+}  // namespace gemm_detail
+
+template <class T>
+void gemm(const GemmProblem<T>& p) {
+  using namespace gemm_detail;
+  if (p.m <= 0 || p.n <= 0) return;
+  if (p.k <= 0) {
+    scale_only(p);
+    return;
+  }
+  const KernelSet<T>& ks = active_kernels<T>();
+  const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const double flops = 2.0 * p.m * p.n * p.k;
+  const int threads = flops < kMinFlopsForThreads ? 1 : max_threads;
+
+  if (ks.narrow_nt && !p.trans_a && p.trans_b && p.n < ks.vec && p.k >= 4 * ks.vec) {
+    parallel_for(p.m, std::max<int64_t>(1, p.m / threads),
+                 [&](int64_t b, int64_t e) { ks.narrow_nt(p, b, e); }, 4);
+    return;
+  }
+
+  Plan plan;
+  // 2 KB of K per micro-panel row (KC = 512 floats): long enough to amortise the C tile's load
+  // and store, short enough that an A micro-panel stays in L1 beside the B stream.
+  plan.kc = 2048 / sizeof(T);
+  // A^T read in place (dY^T X) takes one cache line per k for 6 of its 16 values; the next two
+  // micro-panels use the rest of those lines if kc of them still fit in L1 beside the B stream
+  // (kc = 256 floats: +2-7% on dW at batch 1024).
+  if (p.trans_a) plan.kc = 1024 / sizeof(T);
+  // Columns per B block: a packed kc x nc block (1 MB) is streamed from L2 once per micro-panel
+  // of A. Block sizes between 256 and 1024 columns measured within noise.
+  plan.nc = 2048 / sizeof(T);
+
+  // Each thread owns a slice of C; split the columns unless C is too narrow to give every thread
+  // whole vectors while it has rows to spare.
+  const bool split_n = threads > 1 && (p.n >= int64_t(threads) * ks.nr || p.m < int64_t(threads) * ks.mr * 2);
+  const int64_t rows_per_thread = split_n ? p.m : (p.m + threads - 1) / threads;
+  // Packing B pays when B is transposed (the micro-kernel needs its columns contiguous), when
+  // each packed panel is reused by many rows, or when B's rows lie a multiple of 4 KB apart: read
+  // in place, a kc x nr panel then maps to a few cache sets and misses L2 (dY W with 1024
+  // features: +9% at batch 128; packing a panel used by only ~10 rows cost 30%).
+  const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0;
+  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (b_rows_alias && rows_per_thread >= 32);
+  // Equal K blocks (784 = 2 x 392, not 512 + 272): the short block would pay the same C-tile
+  // load and store for fewer flops.
+  const int64_t k_blocks = (p.k + plan.kc - 1) / plan.kc;
+  plan.kc = (p.k + k_blocks - 1) / k_blocks;
+
+  if (threads <= 1) {
+    gemm_block(p, ks, plan, 0, p.m, 0, p.n);
+  } else if (split_n) {
+    parallel_for(p.n, std::max<int64_t>(1, p.n / threads),
+                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); }, ks.vec);
+  } else {
+    parallel_for(p.m, std::max<int64_t>(1, p.m / threads),
+                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n); }, ks.mr);
+  }
+}
+
+template void gemm<float>(const GemmProblem<float>&);
+template void gemm<double>(const GemmProblem<double>&);
+
+void gemm(const Tensor& a, const Tensor& b, Tensor& c, double alpha, double beta, bool trans_a,
+          bool trans_b, const Tensor* bias, Activation act) {
+  dispatch_floating(c.dtype(), "c", [&](auto tag) {
+    using T = decltype(tag);
+    GemmProblem<T> p;
+    p.trans_a = trans_a;
+    p.trans_b = trans_b;
+    p.m = c.size(0);
+    p.n = c.size(1);
+    p.k = trans_a ? a.size(0) : a.size(1);
+    p.alpha = static_cast<T>(alpha);
+    p.a = a.data<T>();
+    p.lda = a.size(1);
+    p.b = b.data<T>();
+    p.ldb = b.size(1);
+    p.beta = static_cast<T>(beta);
+    p.c = c.data<T>();
+    p.ldc = c.size(1);
+    p.bias = bias ? bias->data<T>() : nullptr;
+    p.act = act;
+    gemm(p);
+  });
+}
+
+}  // namespace fastnn::cpu

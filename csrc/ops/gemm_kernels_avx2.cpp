@@ -1,0 +1,185 @@
+// AVX2 + FMA GEMM micro-kernels: a 6 x 16 float tile (6 x 8 for double) in 12 ymm accumulators,
+// which with two B vectors and one broadcast fills the 16 ymm registers. Same structure as the
+// AVX-512 kernel (gemm_kernels_avx512.cpp); edges use vmaskmov loads and stores.
+#include "ops/gemm.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#include <array>
+#include <cstdint>
+#include <utility>
+
+#define FASTNN_AVX2_TARGET __attribute__((target("avx2,fma")))
+#define FASTNN_AVX2_INLINE inline __attribute__((always_inline, target("avx2,fma")))
+
+namespace fastnn::cpu::gemm_detail {
+namespace {
+
+// Lane masks for vmaskmov: entries [8 - n, 16 - n) hold n leading all-ones lanes.
+alignas(64) constexpr int32_t kMask32[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+alignas(64) constexpr int64_t kMask64[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+
+template <class T>
+struct Ymm;
+
+template <>
+struct Ymm<float> {
+  using reg = __m256;
+  using mask = __m256i;
+  static constexpr int W = 8;
+  static FASTNN_AVX2_INLINE reg zero() { return _mm256_setzero_ps(); }
+  static FASTNN_AVX2_INLINE reg set1(float x) { return _mm256_set1_ps(x); }
+  static FASTNN_AVX2_INLINE reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static FASTNN_AVX2_INLINE reg load(mask m, const float* p) { return _mm256_maskload_ps(p, m); }
+  static FASTNN_AVX2_INLINE void store(float* p, mask m, reg v) { _mm256_maskstore_ps(p, m, v); }
+  static FASTNN_AVX2_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static FASTNN_AVX2_INLINE reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static FASTNN_AVX2_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static FASTNN_AVX2_INLINE mask first(int n) {  // n in 1..8
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask32 + 8 - n));
+  }
+};
+
+template <>
+struct Ymm<double> {
+  using reg = __m256d;
+  using mask = __m256i;
+  static constexpr int W = 4;
+  static FASTNN_AVX2_INLINE reg zero() { return _mm256_setzero_pd(); }
+  static FASTNN_AVX2_INLINE reg set1(double x) { return _mm256_set1_pd(x); }
+  static FASTNN_AVX2_INLINE reg load(const double* p) { return _mm256_loadu_pd(p); }
+  static FASTNN_AVX2_INLINE reg load(mask m, const double* p) { return _mm256_maskload_pd(p, m); }
+  static FASTNN_AVX2_INLINE void store(double* p, mask m, reg v) { _mm256_maskstore_pd(p, m, v); }
+  static FASTNN_AVX2_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
+  static FASTNN_AVX2_INLINE reg mul(reg a, reg b) { return _mm256_mul_pd(a, b); }
+  static FASTNN_AVX2_INLINE reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
+  static FASTNN_AVX2_INLINE mask first(int n) {  // n in 1..4
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask64 + 4 - n));
+  }
+};
+
+constexpr int kMR = 6;  // rows of the register tile
+constexpr int kNV = 2;  // ymm registers per row: NR = 2 * W columns
+
+// One R x (NV * W) tile; see micro_tile in gemm_kernels_avx512.cpp for the layouts.
+template <class T, int R, int NV, bool A_ROWS>
+FASTNN_AVX2_TARGET void micro_tile(const MicroTile<T>& t) {
+  using Y = Ymm<T>;
+  using reg = typename Y::reg;
+  constexpr int W = Y::W;
+  reg acc[R][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = Y::zero();
+
+  const typename Y::mask tail = Y::first(t.cols - (NV - 1) * W);
+  const T* b = t.b;
+  const int64_t b_rs = t.b_rs, kc = t.kc;
+  if constexpr (A_ROWS) {
+    const T* ar[R];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) ar[i] = t.a + i * t.a_rs;
+#pragma GCC unroll 2
+    for (int64_t k = 0; k < kc; ++k) {
+      reg bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV - 1; ++v) bv[v] = Y::load(b + v * W);
+      bv[NV - 1] = Y::load(tail, b + (NV - 1) * W);
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        const reg ai = Y::set1(ar[i][k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = Y::fmadd(ai, bv[v], acc[i][v]);
+      }
+      b += b_rs;
+    }
+  } else {
+    const T* a = t.a;
+    const int64_t a_cs = t.a_cs;
+#pragma GCC unroll 2
+    for (int64_t k = 0; k < kc; ++k) {
+      reg bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV - 1; ++v) bv[v] = Y::load(b + v * W);
+      bv[NV - 1] = Y::load(tail, b + (NV - 1) * W);
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        const reg ai = Y::set1(a[i]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = Y::fmadd(ai, bv[v], acc[i][v]);
+      }
+      a += a_cs;
+      b += b_rs;
+    }
+  }
+
+  const reg va = Y::set1(t.alpha), vb = Y::set1(t.beta);
+  const bool read_c = t.beta != T(0);
+  const typename Y::mask full = Y::first(W);
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    T* c = t.c + i * t.ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const typename Y::mask m = v == NV - 1 ? tail : full;
+      reg x = Y::mul(acc[i][v], va);
+      if (read_c) x = Y::fmadd(Y::load(m, c + v * W), vb, x);
+      if (t.bias) x = Y::add(x, Y::load(m, t.bias + v * W));
+      Y::store(c + v * W, m, x);
+    }
+  }
+  if (t.act != Activation::none) activate_tile(t.act, t.c, t.ldc, R, t.cols);
+}
+
+template <class T, bool A_ROWS, int... I>
+constexpr std::array<MicroKernel<T>, sizeof...(I)> make_tile_table(std::integer_sequence<int, I...>) {
+  return {&micro_tile<T, I / kNV + 1, I % kNV + 1, A_ROWS>...};
+}
+
+template <class T, bool A_ROWS>
+const std::array<MicroKernel<T>, kMR * kNV> kTiles =
+    make_tile_table<T, A_ROWS>(std::make_integer_sequence<int, kMR * kNV>{});
+
+template <class T>
+void micro_entry(const MicroTile<T>& t) {
+  const int nv = (t.cols + Ymm<T>::W - 1) / Ymm<T>::W;
+  const int idx = (t.rows - 1) * kNV + nv - 1;
+  if (t.a_rs == 1)
+    kTiles<T, false>[idx](t);
+  else
+    kTiles<T, true>[idx](t);
+}
+
+}  // namespace
+
+template <class T>
+KernelSet<T> kernels_avx2() {
+  KernelSet<T> ks;
+  ks.name = "avx2";
+  ks.mr = kMR;
+  ks.nr = kNV * Ymm<T>::W;
+  ks.vec = Ymm<T>::W;
+  ks.micro = micro_entry<T>;
+  ks.pack_b = pack_b_generic<T>;
+  return ks;
+}
+
+template KernelSet<float> kernels_avx2<float>();
+template KernelSet<double> kernels_avx2<double>();
+
+}  // namespace fastnn::cpu::gemm_detail
+
+#else  // not x86: no AVX2 variant
+
+namespace fastnn::cpu::gemm_detail {
+template <class T>
+KernelSet<T> kernels_avx2() {
+  return kernels_scalar<T>();
+}
+template KernelSet<float> kernels_avx2<float>();
+template KernelSet<double> kernels_avx2<double>();
+}  // namespace fastnn::cpu::gemm_detail
+
+#endif

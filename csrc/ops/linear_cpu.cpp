@@ -1,0 +1,119 @@
+#include <algorithm>
+
+#include "core/parallel.h"
+#include "ops/gemm.h"
+#include "ops/linear.h"
+
+namespace fastnn::cpu {
+namespace {
+
+// One pass over dy (and y): dz = act'(y) * dy, and the bias gradient db += column sums of dz.
+// Threads split the columns, each summing its columns over all rows in row order, so db is
+// deterministic. dz == null: only db (act none, where dz is dy itself); db == null: only dz.
+template <class T, Activation A>
+void grad_columns(const T* y, const T* dy, T* dz, T* db, int64_t rows, int64_t cols, int64_t c0,
+                  int64_t c1) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = dy + r * cols;
+    const T* yr = y ? y + r * cols : nullptr;
+    T* zr = dz ? dz + r * cols : nullptr;
+    if (A == Activation::none) {
+      for (int64_t c = c0; c < c1; ++c) db[c] += gr[c];
+    } else if (db) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const T g = activation_grad(A, yr[c], gr[c]);
+        zr[c] = g;
+        db[c] += g;
+      }
+    } else {
+      for (int64_t c = c0; c < c1; ++c) zr[c] = activation_grad(A, yr[c], gr[c]);
+    }
+  }
+}
+
+template <class T>
+void grad_pass(Activation act, const T* y, const T* dy, T* dz, T* db, bool accumulate, int64_t rows,
+               int64_t cols) {
+  parallel_for(cols, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(rows, 1)), [&](int64_t c0, int64_t c1) {
+    if (db && !accumulate) std::fill(db + c0, db + c1, T(0));
+    switch (act) {
+      case Activation::relu: grad_columns<T, Activation::relu>(y, dy, dz, db, rows, cols, c0, c1); break;
+      case Activation::tanh: grad_columns<T, Activation::tanh>(y, dy, dz, db, rows, cols, c0, c1); break;
+      case Activation::sigmoid: grad_columns<T, Activation::sigmoid>(y, dy, dz, db, rows, cols, c0, c1); break;
+      default: grad_columns<T, Activation::none>(y, dy, dz, db, rows, cols, c0, c1); break;
+    }
+  });
+}
+
+}  // namespace
+
+void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Activation act,
+                    Tensor& y) {
+  dispatch_floating(x.dtype(), "x", [&](auto tag) {
+    using T = decltype(tag);
+    GemmProblem<T> p;
+    p.trans_b = true;  // weight is (out, in): x @ weight^T
+    p.m = x.size(0);
+    p.n = weight.size(0);
+    p.k = x.size(1);
+    p.a = x.data<T>();
+    p.lda = p.k;
+    p.b = weight.data<T>();
+    p.ldb = p.k;
+    p.c = y.data<T>();
+    p.ldc = p.n;
+    p.bias = bias ? bias->data<T>() : nullptr;
+    p.act = act;
+    gemm(p);
+  });
+}
+
+void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, const Tensor* y,
+                     Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate) {
+  dispatch_floating(x.dtype(), "x", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n = x.size(0), in = x.size(1), out = weight.size(0);
+    T* db = dbias ? dbias->data<T>() : nullptr;
+
+    // dz: dy itself for a plain linear layer; otherwise the one temporary of the backward pass.
+    Tensor dz_buffer;
+    const T* dz = dy.data<T>();
+    if (act != Activation::none && n > 0) {
+      dz_buffer = Tensor::empty({n, out}, x.dtype(), x.device());
+      grad_pass<T>(act, y->data<T>(), dy.data<T>(), dz_buffer.data<T>(), db, accumulate, n, out);
+      dz = dz_buffer.data<T>();
+    } else if (db) {
+      grad_pass<T>(Activation::none, nullptr, dy.data<T>(), nullptr, db, accumulate, n, out);
+    }
+
+    GemmProblem<T> gw;  // dweight (out, in) = dz^T @ x
+    gw.trans_a = true;
+    gw.m = out;
+    gw.n = in;
+    gw.k = n;
+    gw.a = dz;
+    gw.lda = out;
+    gw.b = x.data<T>();
+    gw.ldb = in;
+    gw.beta = accumulate ? T(1) : T(0);
+    gw.c = dweight.data<T>();
+    gw.ldc = in;
+    gemm(gw);
+
+    if (dx) {  // dx (N, in) = dz @ weight
+      GemmProblem<T> gx;
+      gx.m = n;
+      gx.n = in;
+      gx.k = out;
+      gx.a = dz;
+      gx.lda = out;
+      gx.b = weight.data<T>();
+      gx.ldb = in;
+      gx.c = dx->data<T>();
+      gx.ldc = in;
+      gemm(gx);
+    }
+  });
+}
+
+}  // namespace fastnn::cpu
