@@ -32,7 +32,7 @@ def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: dict) -
         if key == _CONFIG_KEY:
             raise ValueError(f"arrays: the key {_CONFIG_KEY!r} is reserved")
     header = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "config": config})
-    payload = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    payload = {k: np.array(v, order="C") for k, v in arrays.items()}  # keeps 0-d arrays 0-d
     payload[_CONFIG_KEY] = np.frombuffer(header.encode("utf-8"), dtype=np.uint8)
     directory = path.parent if str(path.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)

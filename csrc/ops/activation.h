@@ -28,7 +28,7 @@ FASTNN_HD T sigmoid_stable(T x) {
 template <class T>
 FASTNN_HD T activation_apply(Activation a, T x) {
   switch (a) {
-    case Activation::relu: return x > T(0) ? x : T(0);
+    case Activation::relu: return x < T(0) ? T(0) : x;  // NaN stays NaN, as in torch
     case Activation::tanh: return std::tanh(x);
     case Activation::sigmoid: return sigmoid_stable(x);
     default: return x;
@@ -39,7 +39,7 @@ FASTNN_HD T activation_apply(Activation a, T x) {
 template <class T>
 FASTNN_HD T activation_grad(Activation a, T y, T dy) {
   switch (a) {
-    case Activation::relu: return y > T(0) ? dy : T(0);
+    case Activation::relu: return y <= T(0) ? T(0) : dy;  // torch's threshold_backward rule
     case Activation::tanh: return dy * (T(1) - y * y);
     case Activation::sigmoid: return dy * y * (T(1) - y);
     default: return dy;

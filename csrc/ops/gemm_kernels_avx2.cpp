@@ -6,12 +6,12 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
+#include "core/cpu_features.h"
+
 #include <array>
 #include <cstdint>
 #include <utility>
 
-#define FASTNN_AVX2_TARGET __attribute__((target("avx2,fma")))
-#define FASTNN_AVX2_INLINE inline __attribute__((always_inline, target("avx2,fma")))
 
 namespace fastnn::cpu::gemm_detail {
 namespace {
@@ -28,15 +28,15 @@ struct Ymm<float> {
   using reg = __m256;
   using mask = __m256i;
   static constexpr int W = 8;
-  static FASTNN_AVX2_INLINE reg zero() { return _mm256_setzero_ps(); }
-  static FASTNN_AVX2_INLINE reg set1(float x) { return _mm256_set1_ps(x); }
-  static FASTNN_AVX2_INLINE reg load(const float* p) { return _mm256_loadu_ps(p); }
-  static FASTNN_AVX2_INLINE reg load(mask m, const float* p) { return _mm256_maskload_ps(p, m); }
-  static FASTNN_AVX2_INLINE void store(float* p, mask m, reg v) { _mm256_maskstore_ps(p, m, v); }
-  static FASTNN_AVX2_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static FASTNN_AVX2_INLINE reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
-  static FASTNN_AVX2_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
-  static FASTNN_AVX2_INLINE mask first(int n) {  // n in 1..8
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg zero() { return _mm256_setzero_ps(); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg set1(float x) { return _mm256_set1_ps(x); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg load(mask m, const float* p) { return _mm256_maskload_ps(p, m); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 void store(float* p, mask m, reg v) { _mm256_maskstore_ps(p, m, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 mask first(int n) {  // n in 1..8
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask32 + 8 - n));
   }
 };
@@ -46,15 +46,15 @@ struct Ymm<double> {
   using reg = __m256d;
   using mask = __m256i;
   static constexpr int W = 4;
-  static FASTNN_AVX2_INLINE reg zero() { return _mm256_setzero_pd(); }
-  static FASTNN_AVX2_INLINE reg set1(double x) { return _mm256_set1_pd(x); }
-  static FASTNN_AVX2_INLINE reg load(const double* p) { return _mm256_loadu_pd(p); }
-  static FASTNN_AVX2_INLINE reg load(mask m, const double* p) { return _mm256_maskload_pd(p, m); }
-  static FASTNN_AVX2_INLINE void store(double* p, mask m, reg v) { _mm256_maskstore_pd(p, m, v); }
-  static FASTNN_AVX2_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
-  static FASTNN_AVX2_INLINE reg mul(reg a, reg b) { return _mm256_mul_pd(a, b); }
-  static FASTNN_AVX2_INLINE reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
-  static FASTNN_AVX2_INLINE mask first(int n) {  // n in 1..4
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg zero() { return _mm256_setzero_pd(); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg set1(double x) { return _mm256_set1_pd(x); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg load(const double* p) { return _mm256_loadu_pd(p); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg load(mask m, const double* p) { return _mm256_maskload_pd(p, m); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 void store(double* p, mask m, reg v) { _mm256_maskstore_pd(p, m, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg mul(reg a, reg b) { return _mm256_mul_pd(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 mask first(int n) {  // n in 1..4
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask64 + 4 - n));
   }
 };
@@ -64,7 +64,7 @@ constexpr int kNV = 2;  // ymm registers per row: NR = 2 * W columns
 
 // One R x (NV * W) tile; see micro_tile in gemm_kernels_avx512.cpp for the layouts.
 template <class T, int R, int NV, bool A_ROWS>
-FASTNN_AVX2_TARGET void micro_tile(const MicroTile<T>& t) {
+FASTNN_TARGET_AVX2 void micro_tile(const MicroTile<T>& t) {
   using Y = Ymm<T>;
   using reg = typename Y::reg;
   constexpr int W = Y::W;

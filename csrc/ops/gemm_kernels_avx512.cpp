@@ -7,13 +7,12 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
+#include "core/cpu_features.h"
+
 #include <algorithm>
 #include <array>
 #include <utility>
 
-#define FASTNN_AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma")))
-#define FASTNN_AVX512_INLINE \
-  inline __attribute__((always_inline, target("avx512f,avx512dq,avx512bw,avx512vl,fma")))
 
 namespace fastnn::cpu::gemm_detail {
 namespace {
@@ -26,16 +25,16 @@ struct Zmm<float> {
   using reg = __m512;
   using mask = __mmask16;
   static constexpr int W = 16;
-  static FASTNN_AVX512_INLINE reg zero() { return _mm512_setzero_ps(); }
-  static FASTNN_AVX512_INLINE reg set1(float x) { return _mm512_set1_ps(x); }
-  static FASTNN_AVX512_INLINE reg load(const float* p) { return _mm512_loadu_ps(p); }
-  static FASTNN_AVX512_INLINE reg load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-  static FASTNN_AVX512_INLINE void store(float* p, mask m, reg v) { _mm512_mask_storeu_ps(p, m, v); }
-  static FASTNN_AVX512_INLINE reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
-  static FASTNN_AVX512_INLINE reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
-  static FASTNN_AVX512_INLINE reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg zero() { return _mm512_setzero_ps(); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg set1(float x) { return _mm512_set1_ps(x); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(float* p, mask m, reg v) { _mm512_mask_storeu_ps(p, m, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static constexpr mask first(int n) { return static_cast<mask>((1u << n) - 1u); }  // n in 1..16
-  static FASTNN_AVX512_INLINE float reduce(reg v) { return _mm512_reduce_add_ps(v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 float reduce(reg v) { return _mm512_reduce_add_ps(v); }
 };
 
 template <>
@@ -43,16 +42,16 @@ struct Zmm<double> {
   using reg = __m512d;
   using mask = __mmask8;
   static constexpr int W = 8;
-  static FASTNN_AVX512_INLINE reg zero() { return _mm512_setzero_pd(); }
-  static FASTNN_AVX512_INLINE reg set1(double x) { return _mm512_set1_pd(x); }
-  static FASTNN_AVX512_INLINE reg load(const double* p) { return _mm512_loadu_pd(p); }
-  static FASTNN_AVX512_INLINE reg load(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
-  static FASTNN_AVX512_INLINE void store(double* p, mask m, reg v) { _mm512_mask_storeu_pd(p, m, v); }
-  static FASTNN_AVX512_INLINE reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
-  static FASTNN_AVX512_INLINE reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
-  static FASTNN_AVX512_INLINE reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg zero() { return _mm512_setzero_pd(); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg set1(double x) { return _mm512_set1_pd(x); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg load(const double* p) { return _mm512_loadu_pd(p); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg load(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(double* p, mask m, reg v) { _mm512_mask_storeu_pd(p, m, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
   static constexpr mask first(int n) { return static_cast<mask>((1u << n) - 1u); }  // n in 1..8
-  static FASTNN_AVX512_INLINE double reduce(reg v) { return _mm512_reduce_add_pd(v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 double reduce(reg v) { return _mm512_reduce_add_pd(v); }
 };
 
 constexpr int kMR = 6;  // rows of the register tile
@@ -61,7 +60,7 @@ constexpr int kNV = 4;  // zmm registers per row: NR = 4 * W columns
 // One R x (NV * W) tile (R <= 6, NV <= 4; the last vector masked to t.cols). A_ROWS: op(A) is read
 // row-major (A(i, k) = a[i * a_rs + k]); otherwise k-major (A(i, k) = a[k * a_cs + i]).
 template <class T, int R, int NV, bool A_ROWS>
-FASTNN_AVX512_TARGET void micro_tile(const MicroTile<T>& t) {
+FASTNN_TARGET_AVX512 void micro_tile(const MicroTile<T>& t) {
   using Z = Zmm<T>;
   using reg = typename Z::reg;
   constexpr int W = Z::W;
@@ -138,7 +137,7 @@ FASTNN_AVX512_TARGET void micro_tile(const MicroTile<T>& t) {
 }
 
 // In-register transposes: r[i] holds row i of a W x W block; afterwards r[j] holds column j.
-FASTNN_AVX512_INLINE void transpose(__m512 (&r)[16]) {
+FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void transpose(__m512 (&r)[16]) {
   __m512 t[16];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
@@ -169,7 +168,7 @@ FASTNN_AVX512_INLINE void transpose(__m512 (&r)[16]) {
   }
 }
 
-FASTNN_AVX512_INLINE void transpose(__m512d (&r)[8]) {
+FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void transpose(__m512d (&r)[8]) {
   // t[2i + c], 128-bit lane L: column 2L + c, rows 2i, 2i + 1
   __m512d t[8];
 #pragma GCC unroll 4
@@ -194,7 +193,7 @@ FASTNN_AVX512_INLINE void transpose(__m512d (&r)[8]) {
 // in-register transpose; the scalar packer's one element per cycle made packing a 1024 x 784
 // weight take a third as long as the GEMM itself.
 template <class T>
-FASTNN_AVX512_TARGET void pack_b(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc,
+FASTNN_TARGET_AVX512 void pack_b(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc,
                                  int64_t kc, int64_t nc, int nr, int vec, T* dst) {
   if (!trans_b) return pack_b_generic(trans_b, b, ldb, pc, jc, kc, nc, nr, vec, dst);
   using Z = Zmm<T>;
@@ -225,7 +224,7 @@ FASTNN_AVX512_TARGET void pack_b(bool trans_b, const T* b, int64_t ldb, int64_t 
 constexpr int kDotRA = 4, kDotRB = 5;
 
 template <class T, int RA, int RB>
-FASTNN_AVX512_TARGET void dot_block(const GemmProblem<T>& p, int64_t i0, int64_t j0) {
+FASTNN_TARGET_AVX512 void dot_block(const GemmProblem<T>& p, int64_t i0, int64_t j0) {
   using Z = Zmm<T>;
   using reg = typename Z::reg;
   constexpr int W = Z::W;
