@@ -1,4 +1,6 @@
-"""Creating fastnn Tensors from Python data."""
+"""Creating fastnn Tensors from Python data, and pickling them."""
+import weakref
+
 import numpy as np
 
 from fastnn import _C
@@ -33,3 +35,44 @@ def as_tensor(data, dtype=None, device=None) -> _C.Tensor:
     if device is not None and t.device != device:
         t = t.to(device)
     return t
+
+
+# -- pickling -----------------------------------------------------------------------------------
+# Like torch, fastnn pickles storages, not tensors: every tensor that views one Storage refers to a
+# single _StorageRef, which pickle's memo writes once. Unpickled, the views share memory again, so
+# a model's parameters stay views of its flat buffer and one optimizer call still updates them all.
+
+_live_refs: "weakref.WeakValueDictionary[int, _StorageRef]" = weakref.WeakValueDictionary()
+
+
+class _StorageRef:
+    __slots__ = ("bytes", "__weakref__")
+
+    def __init__(self, storage_bytes):
+        self.bytes = storage_bytes
+
+    def __reduce__(self):
+        device = self.bytes.device
+        data = np.array(self.bytes.to("cpu").numpy(), copy=True)
+        return _rebuild_storage, (data, device)
+
+
+def _rebuild_storage(data, device):
+    t = _C.from_dlpack(np.ascontiguousarray(data, dtype=np.uint8), copy=True)
+    return _StorageRef(t if device == "cpu" else t.to(device))
+
+
+def _rebuild_tensor(ref, byte_offset, shape, dtype):
+    return _C._tensor_view(ref.bytes, byte_offset, list(shape), dtype)
+
+
+def _reduce_tensor(t):
+    sid = t._storage_id()
+    ref = _live_refs.get(sid)
+    if ref is None:  # kept alive by pickle's memo for the rest of this dump
+        ref = _StorageRef(t._storage_bytes())
+        _live_refs[sid] = ref
+    return _rebuild_tensor, (ref, t._byte_offset, tuple(t.shape), str(t.dtype))
+
+
+_C.Tensor.__reduce__ = _reduce_tensor

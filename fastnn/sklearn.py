@@ -23,7 +23,7 @@ try:
     from sklearn.preprocessing import LabelBinarizer
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets, type_of_target
-    from sklearn.utils.validation import check_is_fitted, validate_data
+    from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 except ImportError as e:  # pragma: no cover - exercised only without scikit-learn
     raise ImportError("fastnn.sklearn needs scikit-learn and scipy: pip install scikit-learn") from e
 
@@ -148,9 +148,9 @@ class _BaseMLP(BaseEstimator):
 
     def _forward_eval(self, X):
         self._net.eval()
-        out = self._net(np.ascontiguousarray(X, dtype=self._dtype)).numpy().copy()
+        out = self._net(np.ascontiguousarray(X, dtype=self._dtype)).numpy()
         self._net.train()
-        return out
+        return out.astype(np.float64)  # scikit-learn's estimators predict in float64
 
     # -- fitting ------------------------------------------------------------------------------
     def _prepare(self, X, y, incremental):
@@ -320,6 +320,7 @@ class _BaseMLP(BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
+        tags.target_tags.multi_output = True  # multilabel classification, multi-target regression
         return tags
 
 
@@ -329,7 +330,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _prepare(self, X, y, reset):
         X, y = validate_data(self, X, y, reset=reset, dtype=(np.float64, np.float32), multi_output=True)
         if y.ndim == 2 and y.shape[1] == 1:
-            y = y.ravel()
+            y = column_or_1d(y, warn=True)  # scikit-learn's DataConversionWarning for a column y
         check_classification_targets(y)
         if reset or not hasattr(self, "_label_binarizer"):
             self._label_binarizer = LabelBinarizer().fit(y)

@@ -172,6 +172,13 @@ def test_lecture_model_trains_in_lock_step_with_torch(dtype, rtol, rng):
         assert_close(np.array(floss.item()), tloss.detach(), dtype, rtol=rtol, what=f"loss at step {step}")
     tsd = tm.state_dict()
     for k, v in fm.state_dict().items():
+        if dtype == "float32" and k in ("0.bias", "1.running_mean", "4.bias", "5.running_mean"):
+            # A bias feeding BatchNorm has an exactly zero gradient (BN subtracts the batch mean);
+            # what remains is float32 rounding noise, which Adam's m / sqrt(v) scales up to full
+            # +-lr steps, differently in any two float32 implementations; the running mean of the
+            # BatchNorm after it inherits that drift. Nothing downstream depends on either (the
+            # losses and every other tensor match); the float64 run checks these too.
+            continue
         assert_close(v, tsd[k], dtype, rtol=rtol, what=k)
 
 

@@ -64,6 +64,14 @@ copy nothing.)doc")
       .def("_flat_slice", &Tensor::flat_slice, py::arg("offset"), py::arg("shape"),
            "A view of elements [offset, offset + prod(shape)) of the flattened tensor.")
       .def("clone", &Tensor::clone)
+      // Pickling support (fastnn/_tensor.py): tensors that share a Storage are pickled as views of
+      // one byte buffer, so a model's flat parameter buffer and its per-parameter views stay shared.
+      .def("_storage_id", [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.storage().get()); })
+      .def("_storage_bytes", [](const Tensor& t) {
+        const auto& st = t.storage();
+        return Tensor(st, 0, Shape{static_cast<int64_t>(st ? st->nbytes : 0)}, DType::uint8, t.readonly());
+      })
+      .def_property_readonly("_byte_offset", &Tensor::byte_offset)
       .def("to", &tensor_to, py::arg("device"))
       .def("copy_", [](Tensor& t, py::handle src) {
              Tensor s = to_tensor(src, "src");
@@ -102,6 +110,15 @@ copy nothing.)doc")
   m.def("as_tensor", [](py::handle x, const char* arg) { return to_tensor(x, arg); },
         py::arg("x"), py::arg("name") = "x");
 
+  m.def("_tensor_view", [](const Tensor& bytes, size_t byte_offset, const Shape& shape, py::handle dtype) {
+        DType dt = parse_dtype(dtype);
+        FASTNN_CHECK(bytes.dtype() == DType::uint8 && bytes.byte_offset() == 0, ValueError,
+                     "_tensor_view: expected the uint8 storage tensor from _storage_bytes()");
+        const size_t need = byte_offset + static_cast<size_t>(shape_numel(shape)) * itemsize(dt);
+        FASTNN_CHECK(need <= static_cast<size_t>(bytes.numel()) && byte_offset % itemsize(dt) == 0, ValueError,
+                     "_tensor_view: view of ", need, " bytes does not fit a storage of ", bytes.numel());
+        return Tensor(bytes.storage(), byte_offset, shape, dt, bytes.readonly());
+      }, py::arg("storage_bytes"), py::arg("byte_offset"), py::arg("shape"), py::arg("dtype"));
   m.def("build_info", []() {
     py::dict d;
     d["version"] = FASTNN_VERSION;

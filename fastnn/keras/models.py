@@ -10,7 +10,7 @@ from fastnn import functional as F
 from fastnn._random import init_generator
 from fastnn.keras import callbacks as callbacks_module
 from fastnn.keras import optimizers
-from fastnn.keras.layers import Flatten, InputLayer, Layer, layer_from_config
+from fastnn.keras.layers import Activation, Dense, Flatten, InputLayer, Layer, layer_from_config
 from fastnn.keras.progress import ProgressBar
 
 LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy", "mse")
@@ -110,17 +110,20 @@ class Sequential:
         self._assemble()
 
     def _assemble(self):
-        """Chooses the head (fused softmax / sigmoid) for the loss, and makes the module stack."""
+        """Chooses the head (fused softmax / sigmoid) for the loss, and makes the module stack.
+
+        Idempotent: compile() may call it again with another loss.
+        """
         modules = list(self._modules)
-        self._head = None
-        last = modules[-1] if modules else None
-        loss = self.loss
-        if isinstance(last, nn.Softmax) and loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
-            modules, self._head = modules[:-1], "softmax"
-        elif isinstance(last, nn.Sigmoid) and loss == "binary_crossentropy":
-            modules, self._head = modules[:-1], "sigmoid"
-        elif isinstance(last, nn.Linear) and last.activation == "sigmoid" and loss == "binary_crossentropy":
-            last.activation, self._head = None, "sigmoid"
+        last_layer = self.layers[-1] if self.layers else None
+        final = getattr(last_layer, "activation", None) if isinstance(last_layer, (Dense, Activation)) else None
+        fuse = ((final == "softmax" and self.loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"))
+                or (final == "sigmoid" and self.loss == "binary_crossentropy"))
+        if isinstance(last_layer, Dense) and final == "sigmoid":
+            modules[-1].activation = None if fuse else "sigmoid"  # sigmoid lives in the GEMM epilogue
+        elif fuse:
+            modules = modules[:-1]  # the trailing Softmax / Sigmoid module
+        self._head = final if fuse else None
         net = nn.Sequential(*modules)
         net.needs_input_grad = False  # the data needs no gradient: the first GEMM's dX is skipped
         self._net = net
