@@ -194,12 +194,13 @@ class _BaseMLP(BaseEstimator):
             value, grad = self._loss_grad(out, y)
             self._net.backward(grad)
             value += self._add_l2(n)
+            self._last_loss = value
             return value, flat.grad.numpy().astype(np.float64)
 
         res = scipy.optimize.minimize(
             loss_grad, flat.data.numpy().astype(np.float64).copy(), method="L-BFGS-B", jac=True,
-            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
-                     "iprint": 1 if self.verbose else -1})
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol},
+            callback=(lambda xk: print(f"L-BFGS-B iteration, loss = {self._last_loss:.8f}")) if self.verbose else None)
         flat.data.numpy()[:] = res.x
         self.n_iter_ = int(res.nit)
         self.loss_ = float(res.fun)
