@@ -159,6 +159,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from fastnn.bench.suite import run
+
+    return run(args.bench_args)
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastnn", description="fastnn: MLPs on hand-written kernels")
     sub = p.add_subparsers(dest="command")
@@ -183,6 +189,10 @@ def make_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train a small MLP on a 3-spiral data set fastnn makes")
     d.add_argument("--epochs", type=int, default=30)
     d.set_defaults(func=cmd_demo)
+    bench = sub.add_parser("bench", help="fastnn vs PyTorch benchmarks (--quick, --device, --output)",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return p
 
 

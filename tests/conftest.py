@@ -1,4 +1,5 @@
 import gc
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,17 @@ torch = pytest.importorskip("torch")
 torch.set_default_dtype(torch.float64)
 # TF32 never applies on the CPU, but be explicit: parity is against plain float32 math.
 torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_outside_the_source_tree(tmp_path_factory):
+    """Subprocesses (`python -c ...`) put their cwd first on sys.path; from the repository root that
+    would import the source `fastnn/` (which has no compiled `_C` when fastnn is installed as a
+    wheel) instead of the installed package. Run the session from an empty directory."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
 
 
 def pytest_configure(config):

@@ -6,6 +6,7 @@
 #include "core/cpu_features.h"
 #include "core/dispatch.h"
 #include "core/dlpack.h"
+#include "core/probe.h"
 
 #include <cstring>
 
@@ -130,6 +131,10 @@ copy nothing.)doc")
     d["cuda_available"] = cuda_device_count() > 0;
     return d;
   });
+  m.def("_probe_peak_gflops", &probe_peak_gflops, py::arg("threads"), py::arg("seconds") = 0.05,
+        py::call_guard<py::gil_scoped_release>(), "float32 FMA-loop throughput, GFLOP/s");
+  m.def("_probe_copy_gbps", &probe_copy_gbps, py::arg("bytes"), py::arg("threads"), py::arg("repeats") = 5,
+        py::call_guard<py::gil_scoped_release>(), "memcpy bandwidth (read + write bytes), GB/s");
   m.def("set_num_threads", [](int n) {
     FASTNN_CHECK(n >= 1, ValueError, "set_num_threads: n must be >= 1, got ", n);
     omp_set_num_threads(n);

@@ -1,0 +1,199 @@
+"""Timing two implementations side by side: interleaved A/B rounds in random order, medians and
+paired ratios, the machine's own peak measured beside the rows, and rows flagged when other load
+disturbed them."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fastnn import _C
+
+
+@dataclass
+class Row:
+    group: str
+    name: str
+    fastnn_ms: float
+    torch_ms: float
+    fastnn_min_ms: float
+    torch_min_ms: float
+    speedup: float  # median over rounds of torch_time / fastnn_time, paired round by round
+    rate: float | None = None  # GFLOP/s or GB/s of fastnn
+    rate_unit: str = ""
+    torch_rate: float | None = None
+    peak_fraction: float | None = None  # fastnn's rate / the machine's measured peak
+    disturbed: bool = False
+    note: str = ""
+
+
+@dataclass
+class Machine:
+    cpu: str
+    threads: int
+    peak_gflops: float
+    copy_gbps: float
+    torch_version: str = ""
+    fastnn_version: str = ""
+    commit: str = ""
+    date: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+class Bench:
+    """Runs rows and keeps the results; `quick` trades repeats for time."""
+
+    def __init__(self, threads: int, quick: bool = False, log=print):
+        self.threads, self.quick, self.log = threads, quick, log
+        self.rows: list[Row] = []
+        self.rounds = 7 if quick else 21
+        self.min_measure_s = 0.002 if quick else 0.005
+        self.peak = max(_C._probe_peak_gflops(threads, 0.05) for _ in range(5))
+        self.copy = _C._probe_copy_gbps(256 << 20, threads, 3 if quick else 7)
+
+    def probe_ok(self) -> bool:
+        """A short FMA probe: below 85% of the session's peak means another process is on our cores."""
+        return _C._probe_peak_gflops(self.threads, 0.01) >= 0.85 * self.peak
+
+    @staticmethod
+    def _time(fn, inner: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - t0) / inner
+
+    def compare(self, group: str, name: str, fast, ref, work: float | None = None, unit: str = "",
+                peak: float | None = None, note: str = "", warmup: int = 3) -> Row:
+        """Times `fast` (fastnn) against `ref` (PyTorch). `work` is FLOP or bytes per call."""
+        for _ in range(warmup):
+            fast()
+            ref()
+        once = max(self._time(fast, 1), self._time(ref, 1), 1e-7)
+        inner = max(1, int(self.min_measure_s / once))
+        ok_before = self.probe_ok()
+        tf, tr, ratios = [], [], []
+        for _ in range(self.rounds):
+            pair = [("f", fast), ("r", ref)]
+            random.shuffle(pair)  # a fixed order makes whatever runs second pay for the first's cache traffic
+            got = {k: self._time(fn, inner) for k, fn in pair}
+            tf.append(got["f"])
+            tr.append(got["r"])
+            ratios.append(got["r"] / got["f"])
+        disturbed = not (ok_before and self.probe_ok())
+        med_f, med_r = statistics.median(tf), statistics.median(tr)
+        rate = torch_rate = frac = None
+        if work:
+            scale = 1e-9
+            rate, torch_rate = work * scale / med_f, work * scale / med_r
+            if peak:
+                frac = rate / peak
+        row = Row(group, name, med_f * 1e3, med_r * 1e3, min(tf) * 1e3, min(tr) * 1e3,
+                  statistics.median(ratios), rate, unit, torch_rate, frac, disturbed, note)
+        self.rows.append(row)
+        flag = "  [disturbed]" if disturbed else ""
+        rate_txt = f"  {rate:7.1f} {unit}" if rate else ""
+        self.log(f"{group:10s} {name:44s} fastnn {row.fastnn_ms:9.3f} ms  torch {row.torch_ms:9.3f} ms  "
+                 f"x{row.speedup:5.2f}{rate_txt}{flag}")
+        return row
+
+    def single(self, group: str, name: str, fn, note: str = "", repeats: int | None = None) -> Row:
+        """Times fastnn alone (no PyTorch counterpart), e.g. a whole MNIST epoch."""
+        repeats = repeats or (1 if self.quick else 3)
+        ok_before = self.probe_ok()
+        times = [self._time(fn, 1) for _ in range(repeats)]
+        disturbed = not (ok_before and self.probe_ok())
+        row = Row(group, name, statistics.median(times) * 1e3, float("nan"), min(times) * 1e3, float("nan"),
+                  float("nan"), disturbed=disturbed, note=note)
+        self.rows.append(row)
+        self.log(f"{group:10s} {name:44s} fastnn {row.fastnn_ms:9.1f} ms{'  [disturbed]' if disturbed else ''}  {note}")
+        return row
+
+    def add(self, row: Row):
+        self.rows.append(row)
+        self.log(f"{row.group:10s} {row.name:44s} {row.note}")
+
+
+def to_markdown(machine: Machine, rows: list[Row]) -> str:
+    out = [f"fastnn {machine.fastnn_version} (commit {machine.commit or '?'}) vs PyTorch {machine.torch_version}, "
+           f"{machine.date}", "",
+           f"Machine: {machine.cpu}, {machine.threads} threads; measured peak {machine.peak_gflops:.0f} GFLOP/s "
+           f"(FMA loop), copy {machine.copy_gbps:.1f} GB/s.", "",
+           "| group | benchmark | fastnn ms (min) | PyTorch ms (min) | speedup | fastnn rate | % of peak | note |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        torch_txt = "" if r.torch_ms != r.torch_ms else f"{r.torch_ms:.3f} ({r.torch_min_ms:.3f})"
+        speed = "" if r.speedup != r.speedup else f"**{r.speedup:.2f}x**"
+        rate = f"{r.rate:.1f} {r.rate_unit}" if r.rate else ""
+        frac = f"{100 * r.peak_fraction:.0f}%" if r.peak_fraction else ""
+        note = ("disturbed by other load; " if r.disturbed else "") + r.note
+        out.append(f"| {r.group} | {r.name} | {r.fastnn_ms:.3f} ({r.fastnn_min_ms:.3f}) | {torch_txt} | {speed} | "
+                   f"{rate} | {frac} | {note} |")
+    out.append("")
+    out.append("speedup = PyTorch time / fastnn time, the median of per-round ratios (rounds interleave the two "
+               "in random order); ms are medians with minimums in brackets.")
+    return "\n".join(out)
+
+
+def save(machine: Machine, rows: list[Row], out_dir: Path, log=print) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps({"machine": asdict(machine), "rows": [asdict(r) for r in rows]},
+                                                     indent=1, default=float))
+    (out_dir / "results.md").write_text(to_markdown(machine, rows) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        shown = [r for r in rows if r.speedup == r.speedup]
+        fig, ax = plt.subplots(figsize=(10, 0.32 * len(shown) + 1.5))
+        labels = [f"{r.group}: {r.name}" for r in shown]
+        colors = ["#999999" if r.disturbed else ("#2a9d8f" if r.speedup >= 1 else "#e76f51") for r in shown]
+        ax.barh(range(len(shown)), [r.speedup for r in shown], color=colors)
+        ax.axvline(1.0, color="black", lw=1)
+        ax.set_xscale("log")
+        ax.set_yticks(range(len(shown)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("speedup over PyTorch (log scale; grey = disturbed by other load)")
+        ax.set_title(f"fastnn vs PyTorch {machine.torch_version} — {machine.cpu}, {machine.threads} threads, {machine.date}",
+                     fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out_dir / "ratios.png", dpi=110)
+        plt.close(fig)
+    except ImportError:
+        log("matplotlib not installed: no chart written")
+    return out_dir
+
+
+def machine_info(bench: Bench, torch_version: str, fastnn_version: str) -> Machine:
+    return Machine(cpu=cpu_name(), threads=bench.threads, peak_gflops=bench.peak, copy_gbps=bench.copy,
+                   torch_version=torch_version, fastnn_version=fastnn_version, commit=git_commit(),
+                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   extra={"load_average": os.getloadavg()})
