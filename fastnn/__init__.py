@@ -18,7 +18,7 @@ from fastnn import functional, nn  # noqa: E402  (after _C: both build on it)
 
 
 def build_info() -> dict:
-    """Version, compiler, run-time CPU ISA, OpenMP threads, and whether CUDA is built and usable."""
+    """Version, compiler, run-time CPU ISA, worker threads, and whether CUDA is built and usable."""
     return _C.build_info()
 
 

@@ -197,10 +197,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the suite parses its own flags (argparse's REMAINDER drops leading options)
+        from fastnn.bench.suite import run
+
+        return run(argv[1:])
     parser = make_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # `fastnn` alone runs the main job
-        args = parser.parse_args(["train"] + list(argv or sys.argv[1:]))
+        args = parser.parse_args(["train"] + argv)
     return args.func(args)
 
 

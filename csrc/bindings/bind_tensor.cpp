@@ -1,4 +1,3 @@
-#include <omp.h>
 #include <pybind11/stl.h>
 
 #include "bindings/bindings.h"
@@ -6,6 +5,7 @@
 #include "core/cpu_features.h"
 #include "core/dispatch.h"
 #include "core/dlpack.h"
+#include "core/parallel.h"
 #include "core/probe.h"
 
 #include <cstring>
@@ -125,7 +125,7 @@ copy nothing.)doc")
     d["version"] = FASTNN_VERSION;
     d["compiler"] = FASTNN_COMPILER;
     d["cpu_isa"] = cpu_isa_name(cpu_isa());
-    d["openmp_threads"] = omp_get_max_threads();
+    d["threads"] = num_threads();  // fastnn's own pool (core/parallel.h), not OpenMP
     d["cuda_compiled"] = cuda_compiled();
     d["cuda_device_count"] = cuda_device_count();
     d["cuda_available"] = cuda_device_count() > 0;
@@ -137,9 +137,9 @@ copy nothing.)doc")
         py::call_guard<py::gil_scoped_release>(), "memcpy bandwidth (read + write bytes), GB/s");
   m.def("set_num_threads", [](int n) {
     FASTNN_CHECK(n >= 1, ValueError, "set_num_threads: n must be >= 1, got ", n);
-    omp_set_num_threads(n);
+    set_num_threads(n);
   }, py::arg("n"));
-  m.def("get_num_threads", []() { return omp_get_max_threads(); });
+  m.def("get_num_threads", []() { return num_threads(); });
   m.def("_debug_stats", []() {
     auto& s = debug_stats();
     py::dict d;

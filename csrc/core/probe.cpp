@@ -4,7 +4,6 @@
 #define FASTNN_PROBE_X86 1
 #include <immintrin.h>
 #endif
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "core/cpu_features.h"
+#include "core/parallel.h"
 
 namespace fastnn {
 
@@ -71,14 +71,18 @@ double fma_flops(long iters) {
 double probe_peak_gflops(int threads, double seconds) {
   threads = std::max(1, threads);
   const long chunk = 1 << 16;
-  double total_flops = 0;
+  std::vector<double> flops(threads, 0.0);
   const auto start = Clock::now();
-#pragma omp parallel num_threads(threads) reduction(+ : total_flops)
-  {
-    double flops = 0;
-    while (std::chrono::duration<double>(Clock::now() - start).count() < seconds) flops += fma_flops(chunk);
-    total_flops += flops;
-  }
+  // one chunk per thread, each running until the deadline, so all threads run at once
+  struct Ctx { std::vector<double>* flops; Clock::time_point start; double seconds; long chunk; } ctx{&flops, start, seconds, chunk};
+  detail::run_chunks(threads, [](void* p, int64_t t) {
+    auto* c = static_cast<Ctx*>(p);
+    double f = 0;
+    while (std::chrono::duration<double>(Clock::now() - c->start).count() < c->seconds) f += fma_flops(c->chunk);
+    (*c->flops)[t] = f;
+  }, &ctx);
+  double total_flops = 0;
+  for (double f : flops) total_flops += f;
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   return total_flops / elapsed * 1e-9;
 }
@@ -98,13 +102,13 @@ double probe_copy_gbps(size_t bytes, int threads, int repeats) {
   double best = 1e30;
   for (int r = 0; r < std::max(1, repeats); ++r) {
     const auto t0 = Clock::now();
-#pragma omp parallel num_threads(threads)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const size_t part = (bytes / nt + 63) / 64 * 64;
-      const size_t begin = std::min(bytes, part * t), end = std::min(bytes, begin + part);
-      if (end > begin) std::memcpy(dst + begin, src + begin, end - begin);
-    }
+    const size_t part = (bytes / threads + 63) / 64 * 64;
+    struct Ctx { char *dst, *src; size_t bytes, part; } ctx{dst, src, bytes, part};
+    detail::run_chunks(threads, [](void* p, int64_t t) {
+      auto* c = static_cast<Ctx*>(p);
+      const size_t begin = std::min(c->bytes, c->part * t), end = std::min(c->bytes, begin + c->part);
+      if (end > begin) std::memcpy(c->dst + begin, c->src + begin, end - begin);
+    }, &ctx);
     best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
   }
   std::free(src);

@@ -1,6 +1,5 @@
 // The GEMM driver (blocking, packing decisions, thread split) and the portable scalar
 // micro-kernel. The SIMD micro-kernels live in gemm_kernels_avx512.cpp / gemm_kernels_avx2.cpp.
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -244,7 +243,7 @@ void gemm(const GemmProblem<T>& p) {
     return;
   }
   const KernelSet<T>& ks = active_kernels<T>();
-  const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int max_threads = in_parallel() ? 1 : num_threads();
   const double flops = 2.0 * p.m * p.n * p.k;
   const int threads = flops < kMinFlopsForThreads ? 1 : max_threads;
 

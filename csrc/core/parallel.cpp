@@ -1,0 +1,189 @@
+#include "core/parallel.h"
+
+#include <pthread.h>
+#include <sched.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace fastnn {
+
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+int default_threads() {
+  for (const char* var : {"FASTNN_NUM_THREADS", "OMP_NUM_THREADS"}) {
+    if (const char* v = std::getenv(var)) {
+      const int n = std::atoi(v);
+      if (n >= 1) return n;
+    }
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// How long an idle worker spins (yielding) before it sleeps: long enough to cover the Python
+// between two ops of a training step, short enough not to hold a core between steps.
+constexpr auto kSpin = std::chrono::microseconds(100);
+
+thread_local bool tls_in_parallel = false;
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads) { resize(threads); }
+
+  int size() const { return threads_; }
+
+  void resize(int threads) {
+    threads = std::max(1, threads);
+    std::lock_guard<std::mutex> job(run_mu_);
+    stop_workers();
+    threads_ = threads;
+    stop_ = false;
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+
+  void run(int64_t chunks, void (*fn)(void*, int64_t), void* ctx) {
+    std::lock_guard<std::mutex> job(run_mu_);  // one job at a time (several Python threads)
+    fn_ = fn;
+    ctx_ = ctx;
+    chunks_ = chunks;
+    done_.store(0, std::memory_order_relaxed);
+    error_ = nullptr;
+    // Publishing the ticket (job id in the high half, next chunk in the low half) releases the
+    // fields above to any worker that claims a chunk of this job.
+    const uint64_t job_id = ++job_id_;
+    ticket_.store(job_id << 32, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lk(mu_);
+      cv_.notify_all();
+    }
+    work(job_id);
+    // Wait for chunks other threads claimed; yield so a worker sharing this core can finish.
+    for (int spins = 0; done_.load(std::memory_order_acquire) < chunks_; ++spins) {
+      if (spins < 64) cpu_relax();
+      else std::this_thread::yield();
+    }
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  // Claims and runs chunks of job `job_id` until none are left; false if the job has moved on.
+  void work(uint64_t job_id) {
+    tls_in_parallel = true;
+    for (;;) {
+      uint64_t t = ticket_.load(std::memory_order_acquire);
+      if ((t >> 32) != job_id) break;
+      const int64_t c = static_cast<int64_t>(t & 0xffffffffu);
+      if (c >= chunks_) break;
+      if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
+      // The job cannot change while this chunk is unfinished: run() waits for done_.
+      try {
+        fn_(ctx_, c);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(error_mu_);
+        if (!error_) error_ = std::current_exception();
+      }
+      done_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    tls_in_parallel = false;
+  }
+
+  bool has_work(uint64_t seen) const { return (ticket_.load(std::memory_order_seq_cst) >> 32) != seen || stop_; }
+
+  void worker_loop() {
+    uint64_t seen = ticket_.load() >> 32;
+    for (;;) {
+      const auto spin_until = std::chrono::steady_clock::now() + kSpin;
+      int spins = 0;
+      while (!has_work(seen)) {
+        if (++spins % 64 == 0) {
+          std::this_thread::yield();  // give the core to a runnable thread (ours or another process)
+          if (std::chrono::steady_clock::now() > spin_until) break;
+        } else {
+          cpu_relax();
+        }
+      }
+      if (!has_work(seen)) {
+        std::unique_lock<std::mutex> lk(mu_);
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        cv_.wait(lk, [&] { return has_work(seen); });
+        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+      }
+      if (stop_) return;
+      seen = ticket_.load(std::memory_order_acquire) >> 32;
+      work(seen);
+    }
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+      cv_.notify_all();
+    }
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
+
+  int threads_ = 1;
+  std::vector<std::thread> workers_;
+  std::mutex run_mu_, mu_, error_mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
+  uint64_t job_id_ = 0;
+  void (*fn_)(void*, int64_t) = nullptr;
+  void* ctx_ = nullptr;
+  int64_t chunks_ = 0;
+  std::exception_ptr error_;
+};
+
+// Leaked on purpose: workers may still be parked when static destructors run at exit.
+ThreadPool* g_pool = nullptr;
+std::once_flag g_pool_once;
+
+ThreadPool& pool() {
+  std::call_once(g_pool_once, [] {
+    g_pool = new ThreadPool(default_threads());
+    // A forked child has none of the parent's threads: give it a fresh pool (the old one leaks).
+    pthread_atfork(nullptr, nullptr, [] { g_pool = new ThreadPool(g_pool ? g_pool->size() : 1); });
+  });
+  return *g_pool;
+}
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+
+void set_num_threads(int n) {
+  if (n != pool().size()) pool().resize(n);
+}
+
+bool in_parallel() { return tls_in_parallel; }
+
+namespace detail {
+void run_chunks(int64_t chunks, void (*fn)(void*, int64_t), void* ctx) { pool().run(chunks, fn, ctx); }
+}  // namespace detail
+
+}  // namespace fastnn
