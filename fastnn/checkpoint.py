@@ -23,23 +23,15 @@ class CheckpointError(ValueError):
     """A file that is not a readable fastnn checkpoint (truncated, foreign, or a newer format)."""
 
 
-def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: dict) -> Path:
-    """Writes ``arrays`` and the JSON-serialisable ``config`` to ``path`` atomically."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    for key in arrays:
-        if key == _CONFIG_KEY:
-            raise ValueError(f"arrays: the key {_CONFIG_KEY!r} is reserved")
-    header = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "config": config})
-    payload = {k: np.array(v, order="C") for k, v in arrays.items()}  # keeps 0-d arrays 0-d
-    payload[_CONFIG_KEY] = np.frombuffer(header.encode("utf-8"), dtype=np.uint8)
+def atomic_write(path: Path, write) -> None:
+    """Calls ``write(file)`` on a temporary file beside ``path``, fsyncs it, then renames it over
+    ``path``: readers see the old file or the new one, never a part of either."""
     directory = path.parent if str(path.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,6 +46,20 @@ def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: dict) -
             os.close(dfd)
     except OSError:
         pass
+
+
+def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: dict) -> Path:
+    """Writes ``arrays`` and the JSON-serialisable ``config`` to ``path`` atomically."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    for key in arrays:
+        if key == _CONFIG_KEY:
+            raise ValueError(f"arrays: the key {_CONFIG_KEY!r} is reserved")
+    header = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "config": config})
+    payload = {k: np.array(v, order="C") for k, v in arrays.items()}  # keeps 0-d arrays 0-d
+    payload[_CONFIG_KEY] = np.frombuffer(header.encode("utf-8"), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **payload))
     return path
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from fastnn.checkpoint import atomic_write
 
 _IDX_FILES = {
     "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
@@ -82,20 +83,6 @@ def _find_idx(directory: Path, names: tuple[str, ...]) -> Path:
     raise FileNotFoundError(f"{directory}: none of {names} (or .gz) found.\n" + HOW_TO_GET_MNIST)
 
 
-def _save_npz_atomically(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_mnist(path: str | os.PathLike | None = None, cache: bool = True):
     """MNIST as ``((x_train, y_train), (x_test, y_test))``, uint8, like Keras's ``mnist.load_data()``.
 
@@ -127,7 +114,7 @@ def load_mnist(path: str | os.PathLike | None = None, cache: bool = True):
             raise ValueError(f"MNIST {split}: expected ({n}, 28, 28) images and ({n},) labels, got {x.shape} and {y.shape}")
     if cache and path is None:
         try:
-            _save_npz_atomically(cache_file, **arrays)
+            atomic_write(cache_file, lambda f: np.savez_compressed(f, **arrays))
         except OSError:
             pass  # a read-only home directory only costs a re-parse next time
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
