@@ -40,7 +40,8 @@ def _load_data(name: str):
     return xtr, ytr, xte, yte, f"digits ({len(xtr)} train / {len(xte)} test, 8x8)"
 
 
-def build_model(input_dim: int, hidden: list[int], dropout: float, batch_norm: bool, classes: int = 10):
+def build_model(input_dim: int, hidden: list[int], dropout: float, batch_norm: bool, classes: int = 10,
+                device: str = "cpu"):
     from fastnn.keras import Activation, BatchNormalization, Dense, Dropout, Sequential
 
     layers = []
@@ -52,7 +53,7 @@ def build_model(input_dim: int, hidden: list[int], dropout: float, batch_norm: b
         if dropout > 0:
             layers.append(Dropout(dropout))
     layers.append(Dense(classes, activation="softmax", input_shape=(input_dim,) if not hidden else None))
-    return Sequential(layers)
+    return Sequential(layers, device=device)
 
 
 def _plot(history: dict, path: Path) -> bool:
@@ -89,8 +90,8 @@ def cmd_train(args) -> int:
 
     if not 0.0 <= args.dropout < 1.0:
         raise SystemExit(f"--dropout: expected a value in [0, 1), got {args.dropout}")
-    if args.device != "cpu":
-        raise SystemExit(f"--device {args.device}: this build trains on the CPU only so far")
+    if args.device != "cpu" and not fastnn.build_info()["cuda_available"]:
+        raise SystemExit(f"--device {args.device}: no CUDA device is usable in this build ({fastnn.build_info()})")
     fastnn.manual_seed(args.seed)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,7 @@ def cmd_train(args) -> int:
                             history_rows.setdefault(k, []).append(float(v))
         print(f"Resuming from {ckpt} after epoch {done}")
     else:
-        model = build_model(xtr.shape[1], args.hidden, args.dropout, args.batch_norm)
+        model = build_model(xtr.shape[1], args.hidden, args.dropout, args.batch_norm, device=args.device)
         model.compile(args.optimizer, "categorical_crossentropy", metrics=["accuracy"])
         done = 0
     print(f"fastnn {fastnn.__version__} ({fastnn.build_info()['cpu_isa']}, {fastnn.get_num_threads()} threads) "

@@ -121,6 +121,10 @@ class _BaseMLP(BaseEstimator):
                     layers.append(nn.Dropout(self.dropout, seed=int(rs.randint(2**31 - 1))))
         self._net = nn.Sequential(*layers)
         self._net.needs_input_grad = False
+        if str(self.device) != "cpu":
+            # the L2 penalty and L-BFGS work on host views of the parameters; on a GPU they need
+            # device kernels that arrive with the CUDA backend
+            raise ValueError(f"device: {self.device!r} is not supported by the scikit-learn estimators yet; use 'cpu'")
 
     def _loss_grad(self, out, y):
         """Mean loss and d loss / d out for scikit-learn's output loss on a batch."""
@@ -161,8 +165,6 @@ class _BaseMLP(BaseEstimator):
         first_call = not hasattr(self, "_net")
         reset = not incremental and not (self.warm_start and not first_call)
         X, y_enc = self._prepare(X, y, reset=reset and not incremental or first_call)
-        if str(self.device) != "cpu":
-            raise ValueError(f"device: {self.device!r} is not available in this build yet; use device='cpu'")
         if reset or first_call:
             self._dtype = "float64" if self.solver == "lbfgs" else "float32"
             self._rs = check_random_state(self.random_state)

@@ -196,3 +196,17 @@ def test_sequential_input_grad_and_plan(rng):
     m.needs_input_grad = False
     m(x)
     assert m.backward(np.ones((3, 2))) is None
+
+
+def test_to_device_keeps_one_flat_buffer_and_fails_cleanly():
+    m = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    before = m.state_dict()
+    m.to("cpu")
+    assert m.device == "cpu" and m._flat.covers(m.parameters())
+    assert m.parameters()[0].data.data_ptr() == m._flat.data.data_ptr()
+    if not fastnn.build_info()["cuda_available"]:
+        with pytest.raises(ValueError):
+            m.to("cuda")
+        for k, v in m.state_dict().items():  # a failed move changes nothing
+            np.testing.assert_array_equal(v, before[k])
+        assert m(np.ones((2, 4), np.float32)).shape == (2, 2)

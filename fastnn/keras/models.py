@@ -54,8 +54,9 @@ class Sequential:
     activation is applied only when predicting.
     """
 
-    def __init__(self, layers=None, name: str = "sequential", dtype="float32"):
+    def __init__(self, layers=None, name: str = "sequential", dtype="float32", device: str = "cpu"):
         self.name = name
+        self.device = str(device)
         self.dtype = np.dtype(dtype).name
         self.layers: list[Layer] = []
         self._net = None
@@ -126,7 +127,19 @@ class Sequential:
         self._head = final if fuse else None
         net = nn.Sequential(*modules)
         net.needs_input_grad = False  # the data needs no gradient: the first GEMM's dX is skipped
+        if self.device != "cpu":
+            net.to(self.device)
         self._net = net
+
+    def _dev(self, array):
+        """A batch as the network's device wants it: numpy as is on the CPU, else copied over."""
+        if self.device == "cpu":
+            return array
+        return _C.from_dlpack(np.ascontiguousarray(array)).to(self.device)
+
+    @staticmethod
+    def _host(t) -> np.ndarray:
+        return t.to("cpu").numpy() if hasattr(t, "to") else np.asarray(t)
 
     def count_params(self) -> int:
         self.build()
@@ -220,11 +233,12 @@ class Sequential:
                 value, grad = _C.cross_entropy(out, y)
                 return value.item(), grad
             # soft targets: -sum(y * log_softmax(z)) / N, gradient (softmax(z) - y) / N for rows summing to 1
-            logp = F.log_softmax(out).numpy()
+            y = self._host(y)
+            logp = self._host(F.log_softmax(out))
             n = len(y)
             value = float(-(y * logp).sum() / n)
             grad = (np.exp(logp) * y.sum(axis=1, keepdims=True) - y) / n
-            return value, grad.astype(out.dtype)
+            return value, self._dev(grad.astype(out.dtype))
         if loss == "binary_crossentropy" and self._head == "sigmoid":
             value = _C.bce_with_logits_forward(out, y)
             return value.item(), (_C.bce_with_logits_backward(out, y, 1.0) if need_grad else None)
@@ -232,7 +246,8 @@ class Sequential:
             value = _C.mse_forward(out, y)
             return value.item(), (_C.mse_backward(out, y, 1.0) if need_grad else None)
         # probabilities out of a layer the loss cannot fuse with: Keras's clipped formulas
-        p = np.clip(out.numpy().astype(np.float64), _EPS, 1 - _EPS)
+        p = np.clip(self._host(out).astype(np.float64), _EPS, 1 - _EPS)
+        y = self._host(y)
         n = len(p)
         if loss == "binary_crossentropy":
             value = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
@@ -242,10 +257,10 @@ class Sequential:
                 y = np.eye(self._output_dim, dtype=np.float32)[y]
             value = float(-(y * np.log(p)).sum() / n)
             grad = -(y / p) / n
-        return value, np.ascontiguousarray(grad, dtype=self.dtype)
+        return value, self._dev(np.ascontiguousarray(grad, dtype=self.dtype))
 
     def _correct(self, out, y) -> int:
-        o = out.numpy() if hasattr(out, "numpy") else np.asarray(out)
+        o = self._host(out)
         if o.shape[1] == 1 or self.loss == "binary_crossentropy":
             threshold = 0.0 if self._head == "sigmoid" else 0.5
             return int(((o > threshold) == (y > 0.5)).sum()) // max(o.shape[1], 1)
@@ -303,8 +318,8 @@ class Sequential:
             logs = {}
             for step, idx in enumerate(batches, 1):
                 xb, yb = x[idx], y[idx]
-                out = self._net(xb)
-                value, grad = self._loss_and_grad(out, yb)
+                out = self._net(self._dev(xb))
+                value, grad = self._loss_and_grad(out, self._dev(yb))
                 self._net.backward(grad)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
@@ -339,7 +354,7 @@ class Sequential:
         self._net.eval()
         outs = []
         for s in range(0, len(x), max(int(batch_size), 1)):
-            outs.append(self._net(x[s:s + batch_size]).numpy().copy())
+            outs.append(np.array(self._host(self._net(self._dev(x[s:s + batch_size]))), copy=True))
         self._net.train()
         if not outs:
             return np.zeros((0, self._output_dim), self.dtype)
@@ -347,7 +362,7 @@ class Sequential:
 
     def _evaluate_arrays(self, x, y, batch_size):
         out = self._forward_eval(x, max(batch_size, 256))
-        value, _ = self._loss_and_grad(_C.from_dlpack(out), y, need_grad=False)
+        value, _ = self._loss_and_grad(self._dev(out), self._dev(y), need_grad=False)
         result = [value]
         if self.metrics:
             result.append(self._correct(out, y) / len(x))
@@ -426,7 +441,7 @@ class Sequential:
                 put(module.running_var, next(it))
 
     def get_config(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype,
+        return {"name": self.name, "dtype": self.dtype, "device": self.device,
                 "input_shape": list(self._input_shape) if self.built else None,
                 "layers": [{"type": type(layer).__name__, "config": layer.config()} for layer in self.layers]}
 
@@ -464,7 +479,7 @@ def load_model(filepath) -> Sequential:
         raise checkpoint.CheckpointError(f"{filepath}: not a fastnn.keras model checkpoint")
     mc = config["model"]
     model = Sequential([layer_from_config(entry["type"], entry["config"]) for entry in mc["layers"]],
-                       name=mc["name"], dtype=mc["dtype"])
+                       name=mc["name"], dtype=mc["dtype"], device=mc.get("device", "cpu"))
     compiled = config.get("compile")
     if compiled:
         model.loss = compiled["loss"]

@@ -103,6 +103,32 @@ class Module:
         self._flat = flat
         return flat
 
+    def to(self, device):
+        """Moves parameters, gradients and buffers to ``device`` ("cpu", "cuda", "cuda:1").
+
+        A model whose parameters lived in one flat buffer gets one again on the new device.
+        Integer buffers (``num_batches_tracked``) are host-side bookkeeping and stay on the CPU.
+        """
+        params = self.parameters()
+        flat = params[0].flat if params else None
+        was_flat = flat is not None and flat.covers(params)
+        # copy everything first: a failure (no such device, out of memory) leaves the model as it was
+        moved = [(p, p.data.to(device), p.grad.to(device)) for p in params]
+        buffers = [(m, name, b.to(device)) for m in self.modules() for name, b in m._buffers.items()
+                   if b is not None and str(b.dtype) in ("float32", "float64")]
+        for p, data, grad in moved:
+            p.data, p.grad, p.flat, p.offset = data, grad, None, 0
+        for m, name, b in buffers:
+            m._buffers[name] = b
+        if was_flat:
+            self.flatten_parameters()
+        return self
+
+    @property
+    def device(self) -> str:
+        params = self.parameters()
+        return params[0].device if params else "cpu"
+
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict:
         """Copies of parameters and buffers as numpy arrays, under torch's key names and layouts."""
