@@ -257,3 +257,27 @@ def test_cuda_device_without_gpu_raises_cleanly():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError):
         fastnn.zeros([2], "float32", "cuda")
+
+
+def test_thread_pool_survives_fork_and_thread_changes():
+    import multiprocessing as mp
+
+    x = np.random.default_rng(0).standard_normal((256, 300)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((200, 300)).astype(np.float32)
+    expected = _C.linear_forward(x, w).numpy().copy()  # starts the pool's workers in this process
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:  # the child has no worker threads: its kernels must still run
+        got = pool.apply(_forward_in_child, (x, w))
+    np.testing.assert_array_equal(got, expected)
+    threads = fastnn.get_num_threads()
+    try:
+        fastnn.set_num_threads(1)
+        np.testing.assert_array_equal(_C.linear_forward(x, w).numpy(), expected)
+        fastnn.set_num_threads(3)
+        np.testing.assert_array_equal(_C.linear_forward(x, w).numpy(), _C.linear_forward(x, w).numpy())
+    finally:
+        fastnn.set_num_threads(threads)
+
+
+def _forward_in_child(x, w):
+    return np.array(_C.linear_forward(x, w).numpy(), copy=True)

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -160,16 +161,30 @@ class ThreadPool {
 };
 
 // Leaked on purpose: workers may still be parked when static destructors run at exit.
-ThreadPool* g_pool = nullptr;
-std::once_flag g_pool_once;
+std::atomic<ThreadPool*> g_pool{nullptr};
+std::mutex g_pool_mu;
+int g_pool_size_before_fork = 0;
 
 ThreadPool& pool() {
-  std::call_once(g_pool_once, [] {
-    g_pool = new ThreadPool(default_threads());
-    // A forked child has none of the parent's threads: give it a fresh pool (the old one leaks).
-    pthread_atfork(nullptr, nullptr, [] { g_pool = new ThreadPool(g_pool ? g_pool->size() : 1); });
-  });
-  return *g_pool;
+  ThreadPool* p = g_pool.load(std::memory_order_acquire);
+  if (p) return *p;
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  if (!(p = g_pool.load(std::memory_order_relaxed))) {
+    static const bool registered = [] {
+      // A forked child has none of the parent's worker threads: it builds a fresh pool on first
+      // use (the parent's object leaks; creating threads inside the fork handler is not safe).
+      return pthread_atfork(nullptr, nullptr, [] {
+        ThreadPool* old = g_pool.load(std::memory_order_relaxed);
+        g_pool_size_before_fork = old ? old->size() : 0;
+        g_pool.store(nullptr, std::memory_order_relaxed);
+        new (&g_pool_mu) std::mutex();  // the parent may have held it while forking
+      }) == 0;
+    }();
+    (void)registered;
+    p = new ThreadPool(g_pool_size_before_fork > 0 ? g_pool_size_before_fork : default_threads());
+    g_pool.store(p, std::memory_order_release);
+  }
+  return *p;
 }
 
 }  // namespace
