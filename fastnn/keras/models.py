@@ -153,7 +153,7 @@ class Sequential:
             t, n = layer.param_counts(dim)
             trainable, frozen = trainable + t, frozen + n
             rows.append((f"{layer.name} ({type(layer).__name__})", f"(None, {layer.output_dim(dim)})", f"{t + n:,}"))
-        w = (29, 26, 10)
+        w = (max(29, max((len(r[0]) for r in rows), default=0) + 2), 26, 10)
         line = "_" * sum(w)
         out = [f'Model: "{self.name}"', line,
                f"{'Layer (type)':<{w[0]}}{'Output Shape':<{w[1]}}{'Param #':>{w[2]}}", "=" * sum(w)]
