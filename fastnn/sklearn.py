@@ -122,9 +122,8 @@ class _BaseMLP(BaseEstimator):
         self._net = nn.Sequential(*layers)
         self._net.needs_input_grad = False
         if str(self.device) != "cpu":
-            # the L2 penalty and L-BFGS work on host views of the parameters; on a GPU they need
-            # device kernels that arrive with the CUDA backend
-            raise ValueError(f"device: {self.device!r} is not supported by the scikit-learn estimators yet; use 'cpu'")
+            self._net.to(str(self.device))  # ValueError naming the device when it is not usable
+        self._zero_weights = [_C.zeros(list(lin.weight.shape), self._dtype, str(self.device)) for lin in self._linears]
 
     def _loss_grad(self, out, y):
         """Mean loss and d loss / d out for scikit-learn's output loss on a batch."""
@@ -138,21 +137,25 @@ class _BaseMLP(BaseEstimator):
         value = 0.5 * _C.mse_forward(out, y).item()
         return value, _C.mse_backward(out, y, 0.5)
 
-    def _add_l2(self, n) -> float:
-        """scikit-learn's penalty alpha/2 ||W||^2 / n on weights (not biases), added to the gradients."""
+    def _l2_penalty(self, n) -> float:
+        """scikit-learn's penalty alpha/2 ||W||^2 / n on the weights (not the biases), computed on
+        the parameters' device (||W||^2 as a sum-reduced squared error against zeros)."""
         if self.alpha == 0:
             return 0.0
-        penalty = 0.0
-        for lin in self._linears:
-            w = lin.weight.numpy()
-            penalty += float(np.dot(w.ravel(), w.ravel()))
-            g = lin.weight.grad.numpy()
-            g += (self.alpha / n) * w
-        return 0.5 * self.alpha * penalty / n
+        total = 0.0
+        for lin, zeros in zip(self._linears, self._zero_weights):
+            total += _C.mse_forward(lin.weight.data, zeros, "sum").item()
+        return 0.5 * self.alpha * total / n
+
+    def _dev(self, array):
+        if str(self.device) == "cpu":
+            return array
+        return _C.from_dlpack(np.ascontiguousarray(array)).to(str(self.device))
 
     def _forward_eval(self, X):
         self._net.eval()
-        out = self._net(np.ascontiguousarray(X, dtype=self._dtype)).numpy()
+        out = self._net(self._dev(np.ascontiguousarray(X, dtype=self._dtype)))
+        out = out.to("cpu").numpy() if str(self.device) != "cpu" else out.numpy()
         self._net.train()
         return out.astype(np.float64)  # scikit-learn's estimators predict in float64
 
@@ -189,21 +192,29 @@ class _BaseMLP(BaseEstimator):
         flat = self._net._flat
         n = len(X)
 
+        X, y = self._dev(X), self._dev(y)
+        weight_slices = [slice(lin.weight.offset, lin.weight.offset + lin.weight.numel()) for lin in self._linears]
+
         def loss_grad(theta):
-            flat.data.numpy()[:] = theta
+            flat.data.copy_(theta.astype(self._dtype))
             flat.grad.zero_()
             out = self._net(X)
             value, grad = self._loss_grad(out, y)
             self._net.backward(grad)
-            value += self._add_l2(n)
+            g = np.array(flat.grad.to("cpu").numpy(), dtype=np.float64)
+            if self.alpha:  # scikit-learn's L2 on the weights: alpha/2 ||W||^2 / n and alpha W / n
+                for sl in weight_slices:
+                    w = theta[sl]
+                    value += 0.5 * self.alpha * float(w @ w) / n
+                    g[sl] += (self.alpha / n) * w
             self._last_loss = value
-            return value, flat.grad.numpy().astype(np.float64)
+            return value, g
 
         res = scipy.optimize.minimize(
-            loss_grad, flat.data.numpy().astype(np.float64).copy(), method="L-BFGS-B", jac=True,
+            loss_grad, np.array(flat.data.to("cpu").numpy(), dtype=np.float64), method="L-BFGS-B", jac=True,
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol},
             callback=(lambda xk: print(f"L-BFGS-B iteration, loss = {self._last_loss:.8f}")) if self.verbose else None)
-        flat.data.numpy()[:] = res.x
+        flat.data.copy_(res.x.astype(self._dtype))
         self.n_iter_ = int(res.nit)
         self.loss_ = float(res.fun)
         self.loss_curve_ = getattr(self, "loss_curve_", []) or []
@@ -214,10 +225,17 @@ class _BaseMLP(BaseEstimator):
                           ConvergenceWarning)
 
     def _make_optimizer(self):
-        params = self._net.parameters()
+        # scikit-learn's L2 gradient alpha W / n on the weights is the optimizer's weight decay in a
+        # group of its own (set per batch, as n varies); biases and BatchNorm are not penalised.
+        weights = [lin.weight for lin in self._linears]
+        ids = {id(w) for w in weights}
+        others = [p for p in self._net.parameters() if id(p) not in ids]
+        groups = [{"params": weights, "weight_decay": 0.0}] + ([{"params": others, "weight_decay": 0.0}] if others else [])
+        if self.alpha == 0:
+            groups = [{"params": self._net.parameters(), "weight_decay": 0.0}]  # one flat launch
         if self.solver == "adam":
-            return optim.Adam(params, lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon)
-        return optim.SGD(params, lr=self.learning_rate_init, momentum=self.momentum,
+            return optim.Adam(groups, lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+        return optim.SGD(groups, lr=self.learning_rate_init, momentum=self.momentum,
                          nesterov=self.nesterovs_momentum and self.momentum > 0)
 
     def _fit_stochastic(self, X, y, incremental):
@@ -247,10 +265,12 @@ class _BaseMLP(BaseEstimator):
                 starts.pop()  # BatchNorm needs two samples: a trailing single joins the previous batch
             for i, s in enumerate(starts):
                 b = idx[s:(starts[i + 1] if i + 1 < len(starts) else n)]
-                out = self._net(X[b])
-                value, grad = self._loss_grad(out, y[b])
+                out = self._net(self._dev(X[b]))
+                value, grad = self._loss_grad(out, self._dev(y[b]))
                 self._net.backward(grad)
-                value += self._add_l2(len(b))
+                if self.alpha:
+                    value += self._l2_penalty(len(b))
+                    self._optimizer.param_groups[0]["weight_decay"] = self.alpha / len(b)
                 self._optimizer.step()
                 self._optimizer.zero_grad()
                 total += value * len(b)
@@ -402,7 +422,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return enc[:, :1] if enc.shape[1] != self._n_net_outputs else enc
 
     def _val_score(self, X, y_enc):
-        out = self._forward_eval(X)
+        out = self._forward_eval(X)  # host arrays: validation data stays on the host
         if self._out_kind == "softmax":
             return float((out.argmax(axis=1) == y_enc).mean())
         return float(np.all((out > 0) == (y_enc > 0.5), axis=1).mean())
