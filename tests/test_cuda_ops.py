@@ -61,7 +61,7 @@ def same_bits(a, b):
 
 # ---- GEMM ----------------------------------------------------------------------------------------
 
-# (M, N, K): 1, 7, 33, 70 and no multiple of a 64 x 64 tile, a 16-wide K slab or a 4-wide vector;
+# (M, N, K): 1, 7, 33, 70 and no multiple of a 32 or 64 tile, a 16-wide K slab or a 4-wide vector;
 # (64, 128, 32) and (33, 68, 36) take the 16-byte load and store paths, (130, 260, 70) several tiles
 # each way with 16-byte stores but scalar loads.
 GEMM_SHAPES = [(1, 1, 1), (1, 7, 33), (7, 33, 70), (33, 70, 7), (70, 1, 33), (64, 128, 32), (33, 68, 36),
@@ -93,12 +93,11 @@ def test_gemm_matches_torch_and_cpu(ta, tb, dtype, rng):
         assert_close(host(c), c_cpu, dtype, rtol_for(dtype, k), what=what + " vs CPU")
 
 
-@pytest.mark.parametrize("k", [16, 9])
-def test_gemm_large_tiles(k, rng):
-    """Enough 128 x 128 tiles for the large float32 configuration: with 16-byte loads (K = 16) and
-    scalar ones (K = 9), an A^T operand, partial edge tiles."""
-    m, n = 1030, 2050
-    ta, tb = k == 9, k == 16
+@pytest.mark.parametrize("m,n,k,ta,tb", [(1030, 2050, 16, False, True), (1030, 2050, 9, True, False),
+                                          (520, 1030, 32, False, False), (520, 1030, 33, True, True)])
+def test_gemm_float32_tile_configurations(m, n, k, ta, tb, rng):
+    """Enough tiles for the 128 x 128 (M = 1030) and 64 x 64 (M = 520) float32 configurations (the
+    shapes above use 32 x 32), with 16-byte loads (K = 16, 32) and scalar ones (K = 9, 33)."""
     a, b = gemm_operands(rng, m, n, k, ta, tb, "float32")
     got = host(_C.gemm(cu(a), cu(b), trans_a=ta, trans_b=tb))
     assert_close(got, gemm_reference(a, b, ta, tb), "float32", rtol_for("float32", k))

@@ -49,10 +49,13 @@ void launch_config(const GemmProblem<typename Cfg::Elem>& p, const char* name) {
   }
 }
 
-// 128 x 128 tiles pay once there are enough of them to fill the GPU (~130 SMs on an H100);
-// below that, 64 x 64 tiles give four times as many blocks. The choice depends on the shape only,
-// and both configurations sum every element in the same order: the same bits either way.
-constexpr int64_t kLargeTilesMin = 128;
+// Larger tiles do more FMAs per byte moved, but only pay while there are enough of them to fill
+// the GPU (~130 SMs on an H100): the largest configuration that still gives kTilesPerWave blocks
+// wins. The choice depends on the shape only, and every configuration sums each element of C in
+// the same order, k = 0, 1, ...: the same bits whichever runs.
+constexpr int64_t kTilesPerWave = 128;
+
+int64_t tiles(int64_t m, int64_t n, int64_t tile) { return ((m + tile - 1) / tile) * ((n + tile - 1) / tile); }
 
 }  // namespace
 
@@ -60,9 +63,9 @@ template <class T>
 void launch_gemm(const GemmProblem<T>& p) {
   if (p.m <= 0 || p.n <= 0) return;
   if constexpr (sizeof(T) == sizeof(float)) {
-    const int64_t large_tiles = ((p.m + 127) / 128) * ((p.n + 127) / 128);
-    if (large_tiles >= kLargeTilesMin) launch_config<ConfigF32Large>(p, "gemm_f32_128x128");
-    else launch_config<ConfigF32Small>(p, "gemm_f32_64x64");
+    if (tiles(p.m, p.n, 128) >= kTilesPerWave) launch_config<ConfigF32Large>(p, "gemm_f32_128x128");
+    else if (tiles(p.m, p.n, 64) >= kTilesPerWave) launch_config<ConfigF32Medium>(p, "gemm_f32_64x64");
+    else launch_config<ConfigF32Small>(p, "gemm_f32_32x32");
   } else {
     launch_config<ConfigF64>(p, "gemm_f64_64x64");
   }

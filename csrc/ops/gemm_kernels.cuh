@@ -57,8 +57,11 @@ struct TileConfig {
 // float32, large problems: 128 x 128 tiles, 8 x 8 per thread (64 FMAs per 16 shared loads); at most
 // 128 registers, so two blocks (16 warps) share an SM.
 using ConfigF32Large = TileConfig<float, 128, 128, 8, 8, 8, 2>;
-// float32, problems of fewer than ~one wave of large tiles (MLP layers at small batch): 64 x 64.
-using ConfigF32Small = TileConfig<float, 64, 64, 16, 4, 4, 1>;
+// float32, problems of fewer than ~one wave of large tiles: 64 x 64, 4 x 4 per thread.
+using ConfigF32Medium = TileConfig<float, 64, 64, 16, 4, 4, 1>;
+// float32, MLP layers at small batch (128 x 512 x 512 is 16 tiles of 64 x 64, a tenth of an H100):
+// 32 x 32 tiles of 64 threads, four times as many blocks again.
+using ConfigF32Small = TileConfig<float, 32, 32, 16, 4, 4, 1>;
 // float64: 64 x 64 tiles, 4 x 4 per thread (the register budget of 8 x 8 doubles is too high).
 using ConfigF64 = TileConfig<double, 64, 64, 8, 4, 4, 1>;
 
