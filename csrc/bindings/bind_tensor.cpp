@@ -128,6 +128,11 @@ copy nothing.)doc")
     d["cuda_compiled"] = cuda_compiled();
     d["cuda_device_count"] = cuda_device_count();
     d["cuda_available"] = cuda_device_count() > 0;
+#if defined(FASTNN_CUDA_EMULATED)
+    d["cuda_emulated"] = true;  // the 'cuda' device is the CPU emulation of CUDA (csrc/emu)
+#else
+    d["cuda_emulated"] = false;
+#endif
     return d;
   });
   m.def("set_num_threads", [](int n) {

@@ -1,6 +1,6 @@
 // The CUDA memory layer: device count, allocation and copies. Any CUDA error surfaces as a
 // RuntimeError naming the call. The caching allocator arrives with the CUDA kernels.
-#include <cuda_runtime.h>
+#include "core/cuda_runtime.h"
 
 #include "core/dispatch.h"
 #include "core/tensor.h"

@@ -36,8 +36,21 @@ void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device,
 
 }  // namespace fastnn
 
-#define FASTNN_ON_DEVICE(device, fn, ...)               \
-  do {                                                  \
-    if ((device).is_cuda()) ::fastnn::no_cuda_kernel(#fn); \
-    ::fastnn::cpu::fn(__VA_ARGS__);                     \
+// The one routing point. FASTNN_DEVICE_CALL is an expression with the backend's return type;
+// FASTNN_ON_DEVICE the statement form used by the void entry points. In a build with CUDA (real or
+// emulated) a CUDA tensor goes to ::fastnn::cuda::fn; a kernel not written yet is a weak fallback
+// in ops/cuda_pending.cpp that raises no_cuda_kernel's RuntimeError.
+#if defined(FASTNN_WITH_CUDA)
+#define FASTNN_DEVICE_CALL(device, fn, ...) \
+  ((device).is_cuda() ? ::fastnn::cuda::fn(__VA_ARGS__) : ::fastnn::cpu::fn(__VA_ARGS__))
+#else
+// A CUDA tensor cannot be created without CUDA; should one arrive anyway, say so clearly.
+#define FASTNN_DEVICE_CALL(device, fn, ...)                                                   \
+  ((device).is_cuda() ? (::fastnn::no_cuda_kernel(#fn), ::fastnn::cpu::fn(__VA_ARGS__)) \
+                      : ::fastnn::cpu::fn(__VA_ARGS__))
+#endif
+
+#define FASTNN_ON_DEVICE(device, fn, ...)          \
+  do {                                            \
+    FASTNN_DEVICE_CALL(device, fn, __VA_ARGS__); \
   } while (0)
