@@ -27,6 +27,16 @@ std::shared_ptr<Storage> cuda_allocate(size_t nbytes, Device device);
 void cuda_memset_zero(void* data, size_t nbytes, Device device);
 void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes);
 
+// The caching allocator's counters (all zero without CUDA). in_use: bytes handed to live tensors
+// (rounded to size classes); cached: freed blocks kept for reuse; malloc/free_calls: cudaMalloc and
+// cudaFree made so far; cache_hits: allocations served from the cache.
+struct CudaMemoryStats {
+  int64_t in_use_bytes = 0, cached_bytes = 0, malloc_calls = 0, free_calls = 0, cache_hits = 0;
+};
+CudaMemoryStats cuda_memory_stats(Device device);
+// Returns every cached block to the driver (cudaFree).
+void cuda_empty_cache();
+
 [[noreturn]] inline void no_cuda_kernel(const char* op) {
   throw std::runtime_error(detail::concat(
       op, ": no CUDA kernel in this build (", cuda_compiled() ? "CUDA kernels are not yet written"

@@ -4,9 +4,7 @@
 // entry is dead: delete it then. A signature that differs from the header's declaration links
 // against the fallback instead, which the CUDA parity tests catch (they would raise here).
 #if defined(FASTNN_WITH_CUDA)
-#include "ops/activation.h"
 #include "ops/batchnorm.h"
-#include "ops/dropout.h"
 #include "ops/gemm.h"
 #include "ops/linear.h"
 #include "ops/loss.h"
@@ -16,14 +14,6 @@
   [[gnu::weak]] ret fn(__VA_ARGS__) { no_cuda_kernel(#fn); }
 
 namespace fastnn::cuda {
-
-FASTNN_CUDA_PENDING(void, activation_forward, Activation, const Tensor&, Tensor&)
-FASTNN_CUDA_PENDING(void, activation_backward, Activation, const Tensor&, const Tensor&, Tensor&)
-FASTNN_CUDA_PENDING(void, softmax_forward, const Tensor&, Tensor&, bool)
-FASTNN_CUDA_PENDING(void, softmax_backward, const Tensor&, const Tensor&, Tensor&, bool)
-FASTNN_CUDA_PENDING(void, dropout_forward, const Tensor&, Tensor&, const DropoutParams&, Activation)
-FASTNN_CUDA_PENDING(void, dropout_backward, const Tensor&, const Tensor&, Tensor&, const DropoutParams&, Activation)
-FASTNN_CUDA_PENDING(void, dropout_mask, Tensor&, const DropoutParams&)
 
 FASTNN_CUDA_PENDING(void, gemm, const Tensor&, const Tensor&, Tensor&, double, double, bool, bool,
                     const Tensor*, Activation)
