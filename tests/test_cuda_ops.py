@@ -625,3 +625,74 @@ def test_optimizer_empty_buffer(dtype):
     _C.adam_step(p, cu(np.zeros(0, dtype)), cu(np.zeros(0, dtype)), cu(np.zeros(0, dtype)), step=1, lr=1e-3,
                  beta1=0.9, beta2=0.999, eps=1e-8)
     assert host(p).shape == (0,)
+
+
+# ---- a whole training run ------------------------------------------------------------------------
+
+def mlp_step(params, state, x, y, step, to_device):
+    """One training step of Linear(20, 33, bias=False) -> BatchNorm1d -> ReLU -> Linear(33, 7) ->
+    cross-entropy, Adam, through the _C kernels on whatever device `params` live on; returns the loss.
+    (No bias before the batch norm: its gradient is rounding noise, which Adam would amplify.)"""
+    w1, gamma, beta, w2, b2 = params
+    h = _C.linear_forward(x, w1, None, "none")
+    z, save_mean, save_invstd = _C.batchnorm_forward(h, gamma, beta, state["rm"], state["rv"], True)
+    a = _C.activation_forward(z, "relu")
+    logits = _C.linear_forward(a, w2, b2, "none")
+    loss, dlogits = _C.cross_entropy(logits, y)
+    da, dw2, db2 = _C.linear_backward(a, w2, dlogits, None, "none")
+    dz = _C.activation_backward(a, da, "relu")
+    dh, dgamma, dbeta = _C.batchnorm_backward(h, dz, gamma, save_mean, save_invstd, True)
+    _, dw1, _ = _C.linear_backward(x, w1, dh, None, "none", need_dx=False, need_dbias=False)
+    for p, g, m, v in zip(params, [dw1, dgamma, dbeta, dw2, db2], state["m"], state["v"]):
+        _C.adam_step(p, g, m, v, step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
+    return loss
+
+
+def torch_mlp_losses(values, x, y, steps):
+    params = [torch.tensor(v, requires_grad=True) for v in values]
+    w1, gamma, beta, w2, b2 = params
+    rm, rv = torch.zeros(33, dtype=torch.float64), torch.ones(33, dtype=torch.float64)
+    opt = torch.optim.Adam(params, lr=1e-2, foreach=False)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        h = F.batch_norm(F.linear(torch.from_numpy(x), w1), rm, rv, gamma, beta, True)
+        loss = F.cross_entropy(F.linear(torch.relu(h), w2, b2), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, [p.detach() for p in params]
+
+
+def test_mlp_training_run_matches_torch_and_cpu(rng):
+    """Six steps of a small MLP in float64 on cuda, on the CPU and in torch: the same losses, and the
+    same parameters after the last step. From the third step on, a step allocates no new device
+    memory: every scratch buffer (bias-gradient and loss partials, the mean denominator) comes back
+    from the caching allocator."""
+    steps = 6
+    x, y = rng.standard_normal((64, 20)), rng.integers(0, 7, 64)
+    values = [rng.standard_normal((33, 20)) / np.sqrt(20), 1 + 0.1 * rng.standard_normal(33), 0.1 * rng.standard_normal(33),
+              rng.standard_normal((7, 33)) / np.sqrt(33), rng.standard_normal(7) * 0.1]
+    ref_losses, ref_params = torch_mlp_losses(values, x, y, steps)
+
+    results = {}
+    for device, convert, read in [("cuda", cu, host), ("cpu", lambda a: np.array(a, copy=True), np.asarray)]:
+        params = [convert(v) for v in values]
+        state = {"rm": convert(np.zeros(33)), "rv": convert(np.ones(33)),
+                 "m": [convert(np.zeros_like(v)) for v in values], "v": [convert(np.zeros_like(v)) for v in values]}
+        xd, yd = convert(x), convert(y)
+        losses = []
+        for step in range(1, steps + 1):
+            if device == "cuda" and step == 3:
+                mallocs = _C._cuda_memory_stats()["malloc_calls"]
+            losses.append(float(read(mlp_step(params, state, xd, yd, step, convert))))
+        if device == "cuda":
+            assert _C._cuda_memory_stats()["malloc_calls"] == mallocs, "steady-state steps must not cudaMalloc"
+        results[device] = losses, [read(p) for p in params]
+
+    for device, (losses, params) in results.items():
+        assert_close(np.array(losses), np.array(ref_losses), "float64", 1e-10, what=f"{device} losses vs torch")
+        for i, (p, r) in enumerate(zip(params, ref_params)):
+            assert_close(p, r, "float64", 1e-10, what=f"{device} param {i} vs torch")
+    for i, (a, b) in enumerate(zip(results["cuda"][1], results["cpu"][1])):
+        assert_close(a, b, "float64", 1e-11, what=f"param {i} cuda vs cpu")

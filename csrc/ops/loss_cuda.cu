@@ -81,7 +81,7 @@ void bce_options(ElementwiseParams<T>& p, const Tensor& weight, const Tensor& po
   }
 }
 
-unsigned elementwise_grid(int64_t n) { return n > 0 ? reduce::elementwise_blocks(n) : 0u; }
+unsigned elementwise_grid(int64_t n) { return cuda_rt::grid_for(n, reduce::kReduceThreads); }
 
 template <class T, class Op>
 void elementwise_forward(ElementwiseParams<T> p, Reduction reduction, Tensor& loss, const Device device,

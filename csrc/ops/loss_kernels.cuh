@@ -35,7 +35,7 @@ template <class T>
 __global__ void __launch_bounds__(reduce::kReduceThreads)
     loss_finish_kernel(const double* __restrict__ partials, int64_t blocks, bool mean, T* __restrict__ loss) {
   double total[2];
-  reduce::final_reduce<reduce::SumOp>(partials, blocks, total);
+  reduce::final_reduce(partials, blocks, total, cuda_rt::SumOp{}, 0.0);
   if (threadIdx.x == 0) loss[0] = static_cast<T>(mean ? total[0] / total[1] : total[0]);
 }
 
@@ -55,12 +55,6 @@ struct CrossEntropyParams {
   double* partials;            // per block {sum w[y] l, sum w[y]} (reduced forward), or nullptr
 };
 
-// max(a, b) that never picks a NaN (the row max only shifts the exponentials; a NaN logit still
-// makes its row's loss NaN through its own exponential).
-struct MaxOp {
-  template <class T>
-  __device__ __forceinline__ static T apply(T a, T b) { return b > a ? b : a; }
-};
 
 template <class T, class I>
 __global__ void __launch_bounds__(reduce::kReduceThreads) cross_entropy_rows_kernel(CrossEntropyParams<T, I> p) {
@@ -80,12 +74,12 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) cross_entropy_rows_ker
       const T w = p.weight ? p.weight[y] : T(1);
       const T target_logit = x[y];
       T m = -INFINITY;
-      for (int64_t c = lane; c < C; c += 32) m = MaxOp::apply(m, x[c]);
-      m = reduce::warp_reduce<MaxOp>(m);
+      for (int64_t c = lane; c < C; c += 32) m = cuda_rt::MaxOp{}(m, x[c]);
+      m = cuda_rt::warp_reduce(m, cuda_rt::MaxOp{});
       T others = T(0);
       for (int64_t c = lane; c < C; c += 32)
         if (c != y) others += std::exp(x[c] - m);
-      others = reduce::warp_sum(others);
+      others = cuda_rt::warp_reduce(others, cuda_rt::SumOp{});
       const T target_exp = std::exp(target_logit - m);
       const T loss = cross_entropy_row_loss(m, target_logit, target_exp, others);
       if (d) {
@@ -144,14 +138,14 @@ __global__ void __launch_bounds__(reduce::kReduceThreads)
       if (v != ignore_index && (v < 0 || v >= classes) && r < first[0]) first[0] = r;
     }
   }
-  reduce::block_reduce<reduce::MinOp>(first);
+  reduce::block_reduce_n(first, reduce::MinOp{}, INT64_MAX);
   if (threadIdx.x == 0) block_first[blockIdx.x] = first[0];
 }
 
 __global__ void __launch_bounds__(reduce::kReduceThreads)
     bad_label_finish_kernel(const int64_t* __restrict__ block_first, int64_t blocks, int64_t* __restrict__ first) {
   int64_t m[1];
-  reduce::final_reduce<reduce::MinOp>(block_first, blocks, m);
+  reduce::final_reduce(block_first, blocks, m, reduce::MinOp{}, INT64_MAX);
   if (threadIdx.x == 0) first[0] = m[0];
 }
 
@@ -223,9 +217,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) elementwise_sum_kernel
 // Reduction "none" forward: one loss per element.
 template <class T, class Op>
 __global__ void __launch_bounds__(reduce::kReduceThreads) elementwise_loss_kernel(ElementwiseParams<T> p) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += stride)
-    p.loss[i] = Op::loss(p, i);
+  for (int64_t i = cuda_rt::global_thread_index(); i < p.n; i += cuda_rt::grid_stride()) p.loss[i] = Op::loss(p, i);
 }
 
 // Backward: the upstream gradient per element ("none"), or dloss (/ n for "mean") for all, rounded
@@ -237,8 +229,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) elementwise_grad_kerne
     const double g = static_cast<double>(p.dloss[0]);
     scale = static_cast<T>(p.mean ? g / static_cast<double>(p.n) : g);
   }
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += stride)
+  for (int64_t i = cuda_rt::global_thread_index(); i < p.n; i += cuda_rt::grid_stride())
     p.grad[i] = Op::grad(p, i, p.upstream ? p.upstream[i] : scale);
 }
 

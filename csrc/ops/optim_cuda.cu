@@ -10,15 +10,10 @@ namespace fastnn {
 namespace cuda {
 namespace {
 
-constexpr unsigned kThreads = 256;
-// Beyond this many blocks (about 8 per SM of the largest GPUs) each thread takes several elements.
-constexpr int64_t kMaxBlocks = 8192;
+constexpr unsigned kThreads = optim_detail::kOptimThreads;
 
-dim3 grid_for(int64_t n) {
-  int64_t blocks = (n + kThreads - 1) / kThreads;
-  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
-  return dim3(static_cast<unsigned>(blocks));
-}
+// Enough blocks to fill the GPU; beyond that each thread takes several elements (grid stride).
+dim3 grid_for(int64_t n) { return dim3(cuda_rt::grid_for(n, kThreads)); }
 
 template <class T>
 T* optional_data(const Tensor& t) {

@@ -6,10 +6,12 @@
 #pragma once
 #include <cstdint>
 
-#include "core/cuda_runtime.h"
+#include "core/cuda_launch.h"
 #include "ops/optim.h"
 
 namespace fastnn::cuda::optim_detail {
+
+constexpr unsigned kOptimThreads = 256;
 
 struct SgdFlags {
   bool maximize, weight_decay, momentum, nesterov, first_step;
@@ -24,16 +26,14 @@ struct AdagradFlags {
   bool maximize, weight_decay;
 };
 
-__device__ __forceinline__ int64_t first_index() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ __forceinline__ int64_t stride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+using cuda_rt::global_thread_index;
+using cuda_rt::grid_stride;
 
 template <class T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(kOptimThreads)
     sgd_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ momentum_buffer, int64_t n,
                SgdScalars<T> s, SgdFlags f) {
-  for (int64_t i = first_index(); i < n; i += stride()) {
+  for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
     T no_buffer = T(0);
     sgd_update<T>(param[i], grad[i], f.momentum ? momentum_buffer[i] : no_buffer, s, f.maximize,
                   f.weight_decay, f.momentum, f.nesterov, f.first_step);
@@ -41,11 +41,11 @@ __global__ void __launch_bounds__(256)
 }
 
 template <class T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(kOptimThreads)
     adam_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ exp_avg,
                 T* __restrict__ exp_avg_sq, T* __restrict__ max_exp_avg_sq, int64_t n, AdamScalars<T> s,
                 AdamFlags f) {
-  for (int64_t i = first_index(); i < n; i += stride()) {
+  for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
     T no_max = T(0);
     adam_update<T>(param[i], grad[i], exp_avg[i], exp_avg_sq[i], f.amsgrad ? max_exp_avg_sq[i] : no_max, s,
                    f.maximize, f.weight_decay, f.decoupled_weight_decay, f.amsgrad);
@@ -53,11 +53,11 @@ __global__ void __launch_bounds__(256)
 }
 
 template <class T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(kOptimThreads)
     rmsprop_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ square_avg,
                    T* __restrict__ momentum_buffer, T* __restrict__ grad_avg, int64_t n, RmspropScalars<T> s,
                    RmspropFlags f) {
-  for (int64_t i = first_index(); i < n; i += stride()) {
+  for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
     T no_buffer = T(0), no_avg = T(0);
     rmsprop_update<T>(param[i], grad[i], square_avg[i], f.momentum ? momentum_buffer[i] : no_buffer,
                       f.centered ? grad_avg[i] : no_avg, s, f.maximize, f.weight_decay, f.centered, f.momentum);
@@ -65,10 +65,10 @@ __global__ void __launch_bounds__(256)
 }
 
 template <class T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(kOptimThreads)
     adagrad_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ state_sum, int64_t n,
                    AdagradScalars<T> s, AdagradFlags f) {
-  for (int64_t i = first_index(); i < n; i += stride())
+  for (int64_t i = global_thread_index(); i < n; i += grid_stride())
     adagrad_update<T>(param[i], grad[i], state_sum[i], s, f.maximize, f.weight_decay);
 }
 

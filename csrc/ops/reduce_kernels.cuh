@@ -3,7 +3,7 @@
 // and every launch shape here is a function of the problem size alone (never of the GPU's SM count,
 // never of timing), so a result has the same bits run to run and GPU to GPU. No float atomics.
 //
-// Two shapes:
+// Built on core/cuda_reduce.cuh's warp reductions. Two shapes:
 // - 1-d blocks of kReduceThreads threads: block_reduce() over all threads (warp butterflies, then
 //   the warps' results through shared memory), and final_reduce() over an array of per-block
 //   partials, on one block.
@@ -15,78 +15,57 @@
 #pragma once
 #include <cstdint>
 
-#include "core/cuda_runtime.h"
+#include "core/cuda_launch.h"
+#include "core/cuda_reduce.cuh"
 
 namespace fastnn::cuda::reduce {
 
 constexpr int kReduceThreads = 256;
 constexpr int kReduceWarps = kReduceThreads / 32;
-constexpr unsigned kFullMask = 0xffffffffu;
 
-// Commutative operations for the 1-d reductions.
-struct SumOp {
-  template <class T>
-  __device__ __forceinline__ static T apply(T a, T b) { return a + b; }
-  template <class T>
-  __device__ __forceinline__ static T identity() { return T(0); }
-};
+// Minimum, for finding the first index with some property.
 struct MinOp {
   template <class T>
-  __device__ __forceinline__ static T apply(T a, T b) { return b < a ? b : a; }
-  template <class T>
-  __device__ __forceinline__ static T identity();
+  __device__ __forceinline__ T operator()(T a, T b) const { return b < a ? b : a; }
 };
-template <>
-__device__ __forceinline__ int64_t MinOp::identity<int64_t>() { return INT64_MAX; }
 
-// Op over the 32 lanes of a warp. A xor butterfly combines the same two operands on both lanes of
-// each pair, and Op is commutative (a + b == b + a exactly), so every lane ends with the same bits.
-template <class Op, class T>
-__device__ __forceinline__ T warp_reduce(T v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = Op::apply(v, __shfl_xor_sync(kFullMask, v, offset));
-  return v;
-}
-
-template <class T>
-__device__ __forceinline__ T warp_sum(T v) {
-  return warp_reduce<SumOp>(v);
-}
-
-// Op over NV values of all threads of a 1-d block of kReduceThreads; every thread gets the results.
-// Contains two __syncthreads: every thread of the block must call it.
-template <class Op, int NV, class T>
-__device__ __forceinline__ void block_reduce(T (&v)[NV]) {
+// Op (a commutative functor: cuda_rt::SumOp, MinOp) over NV values of all threads of a 1-d block
+// of kReduceThreads; every thread gets the results. cuda_rt::warp_reduce's xor butterfly combines
+// the same two operands on both lanes of each pair, so every lane holds the same bits, and the
+// warps' results are combined in warp order. Two __syncthreads: every thread must call it.
+template <int NV, class T, class Op>
+__device__ __forceinline__ void block_reduce_n(T (&v)[NV], Op op, T identity) {
   __shared__ T warp_results[kReduceWarps][NV];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-  for (int k = 0; k < NV; ++k) v[k] = warp_reduce<Op>(v[k]);
+  for (int k = 0; k < NV; ++k) v[k] = cuda_rt::warp_reduce(v[k], op);
   if (lane == 0) {
 #pragma unroll
     for (int k = 0; k < NV; ++k) warp_results[warp][k] = v[k];
   }
   __syncthreads();
 #pragma unroll
-  for (int k = 0; k < NV; ++k)
-    v[k] = warp_reduce<Op>(lane < kReduceWarps ? warp_results[lane][k] : Op::template identity<T>());
+  for (int k = 0; k < NV; ++k) v[k] = cuda_rt::warp_reduce(lane < kReduceWarps ? warp_results[lane][k] : identity, op);
   __syncthreads();  // warp_results may be reused by the next call
 }
 
 template <int NV, class T>
 __device__ __forceinline__ void block_sum(T (&v)[NV]) {
-  block_reduce<SumOp>(v);
+  block_reduce_n(v, cuda_rt::SumOp{}, T(0));
 }
 
 // Op over items[i * NV + k], i < count, for each k, on one block of kReduceThreads: thread t
-// combines items t, t + kReduceThreads, ... in order, then block_reduce. Every thread gets the results.
-template <class Op, int NV, class T>
-__device__ __forceinline__ void final_reduce(const T* items, int64_t count, T (&total)[NV]) {
+// combines items t, t + kReduceThreads, ... in order, then block_reduce_n. Every thread gets the
+// results; `identity` for none.
+template <int NV, class T, class Op>
+__device__ __forceinline__ void final_reduce(const T* items, int64_t count, T (&total)[NV], Op op, T identity) {
 #pragma unroll
-  for (int k = 0; k < NV; ++k) total[k] = Op::template identity<T>();
+  for (int k = 0; k < NV; ++k) total[k] = identity;
   for (int64_t i = threadIdx.x; i < count; i += kReduceThreads) {
 #pragma unroll
-    for (int k = 0; k < NV; ++k) total[k] = Op::apply(total[k], items[i * NV + k]);
+    for (int k = 0; k < NV; ++k) total[k] = op(total[k], items[i * NV + k]);
   }
-  block_reduce<Op>(total);
+  block_reduce_n(total, op, identity);
 }
 
 // Plain addition, for column_reduce.
@@ -109,7 +88,7 @@ __device__ __forceinline__ void column_reduce(double (&v)[NV]) {
   for (int offset = cx; offset < 32; offset <<= 1) {
     double other[NV];
 #pragma unroll
-    for (int k = 0; k < NV; ++k) other[k] = __shfl_xor_sync(kFullMask, v[k], offset);
+    for (int k = 0; k < NV; ++k) other[k] = __shfl_xor_sync(0xffffffffu, v[k], offset);
     Op::combine(v, other);
   }
   const int linear = threadIdx.y * cx + threadIdx.x, lane = linear & 31, warp = linear >> 5;
@@ -162,15 +141,6 @@ inline ColumnGrid column_grid(int64_t rows, int64_t cols) {
   if (g.rows_per_chunk > 0) g.chunks = (rows + g.rows_per_chunk - 1) / g.rows_per_chunk;
   if (g.chunks < 1) g.chunks = 1;
   return g;
-}
-
-// Elementwise launches: kReduceThreads-thread blocks, grid-stride beyond kMaxElementwiseBlocks.
-constexpr int64_t kMaxElementwiseBlocks = 4096;
-
-inline unsigned elementwise_blocks(int64_t n) {
-  int64_t blocks = (n + kReduceThreads - 1) / kReduceThreads;
-  if (blocks > kMaxElementwiseBlocks) blocks = kMaxElementwiseBlocks;
-  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
 }
 
 }  // namespace fastnn::cuda::reduce
