@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import fastnn
 from fastnn import _C
-from tests.utils import assert_close, randn
+from utils import assert_close, randn
 
 SHAPES = [(2, 2), (2, 1000), (7, 33), (33, 7), (1000, 2), (1000, 33), (33, 1000), (65, 257), (9, 513)]
 

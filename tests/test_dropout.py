@@ -12,7 +12,7 @@ import torch
 
 import fastnn
 from fastnn import _C
-from tests.utils import ODD_SIZES, assert_close, randn, torch_of
+from utils import ODD_SIZES, assert_close, randn, torch_of
 
 # Random123 tests/kat_vectors, the three "philox4x32 10" lines: counter[4], key[2] -> output[4].
 KAT = [

@@ -30,18 +30,21 @@
 #error "cuda_emu.h emulates CUDA on the CPU for g++ builds; nvcc builds include <cuda_runtime.h>"
 #endif
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -353,6 +356,9 @@ struct Stack {
 struct StackPool {
   std::vector<Stack> stacks;
   size_t stack_bytes = 0;
+  // ASan: a block that ended in an error abandoned its fibers mid-call, with their frames' redzones
+  // still poisoned; the next block unpoisons whole stacks, not just the top (see prepare_fiber).
+  bool dirty = false;
 
   // At least n stacks of the configured size.
   void reserve(size_t n, size_t bytes) {
@@ -529,7 +535,16 @@ inline std::string where(const BlockRun& b) {
 inline void fiber_main_uc() { fiber_main(); }
 #endif
 
-inline void prepare_fiber(Fiber& f) {
+inline void prepare_fiber(Fiber& f, bool whole_stack) {
+#if defined(CUEMU_ASAN)
+  // A finished fiber leaves only its two outermost frames (fiber_main, the last switch) poisoned,
+  // near the top: every deeper frame returned and cleaned up after itself.
+  const size_t span = whole_stack ? f.stack.size() : std::min<size_t>(f.stack.size(), 16 * 1024);
+  __asan_unpoison_memory_region(f.stack.top() - span, span);
+  f.fake_stack = nullptr;
+#else
+  (void)whole_stack;
+#endif
 #if defined(CUEMU_UCONTEXT)
   getcontext(&f.uc);
   f.uc.uc_stack.ss_sp = f.stack.bottom();
@@ -547,10 +562,6 @@ inline void prepare_fiber(Fiber& f) {
   asm volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(csr[0]), "=m"(csr[1]));
   std::memcpy(&top[-9], csr, 8);
   f.sp = &top[-9];
-#endif
-#if defined(CUEMU_ASAN)
-  __asan_unpoison_memory_region(f.stack.bottom(), f.stack.size());
-  f.fake_stack = nullptr;
 #endif
 }
 
@@ -892,8 +903,9 @@ inline void run_block(BlockRun& b, unsigned nthreads) {
     f.stack = pool.stacks[t];
     f.linear = t;
     f.tid = uint3{t % bd.x, t / bd.x % bd.y, t / (bd.x * bd.y)};
-    prepare_fiber(f);
+    prepare_fiber(f, pool.dirty);
   }
+  pool.dirty = true;  // until the block completes
   b.exited = 0;
   b.failure = nullptr;
   std::vector<unsigned> order(nthreads);
@@ -914,6 +926,7 @@ inline void run_block(BlockRun& b, unsigned nthreads) {
     if (b.exited == nthreads) break;
     complete_sync_points(b);
   }
+  pool.dirty = false;
   threadIdx = uint3{0, 0, 0};
 }
 
@@ -972,6 +985,149 @@ inline void run_blocks(const LaunchSpec& spec, uint64_t launch_id, uint64_t firs
   }
 }
 
+// ---- crash diagnostics: which kernel, block and thread was running
+// Writes "cuemu: <what> in kernel 'k' block (x,y,z) thread (x,y,z)<tail>" to stderr, if a kernel
+// is running on this OS thread. Only async-signal-safe calls (snprintf into a stack buffer, write).
+inline void describe_crash(const char* what, const char* tail) {
+  const BlockRun* b = tl_block;
+  if (!b || !b->current) return;
+  const uint3 t = b->current->tid, bi = blockIdx;
+  char buf[512];
+  const int len = std::snprintf(buf, sizeof buf, "cuemu: %s in kernel '%s' block (%u,%u,%u) thread (%u,%u,%u)%s\n",
+                                what, b->spec->name, bi.x, bi.y, bi.z, t.x, t.y, t.z, tail);
+  if (len > 0) (void)!write(2, buf, static_cast<size_t>(std::min<int>(len, sizeof buf - 1)));
+}
+
+#if defined(CUEMU_ASAN)
+extern "C" inline void cuemu_asan_death_callback() { describe_crash("the error above happened", ""); }
+inline void install_crash_reporting() {
+  static std::once_flag once;
+  std::call_once(once, [] { __sanitizer_set_death_callback(&cuemu_asan_death_callback); });
+}
+inline void prepare_signal_stack() {}
+#else
+// A SIGSEGV inside a kernel names the kernel, block and thread, and says so when it is a fiber
+// stack overflow (a hit on the guard page); then the previous handler (the default crash, or
+// Python's faulthandler) takes over, so the process dies as it would have.
+inline struct sigaction& previous_segv_action() {
+  static struct sigaction previous;
+  return previous;
+}
+
+extern "C" inline void cuemu_segv_handler(int, siginfo_t* info, void*) {
+  const BlockRun* b = tl_block;
+  if (b && b->current) {
+    const char* addr = static_cast<const char*>(info->si_addr);
+    const Stack& s = b->current->stack;
+    if (addr >= s.base && addr < s.bottom() + 256) {
+      char tail[160];
+      std::snprintf(tail, sizeof tail, ": the thread used more than its %zu KiB of stack; raise CUEMU_STACK_KB",
+                    s.size() / 1024);
+      describe_crash("stack overflow", tail);
+    } else {
+      describe_crash("segmentation fault", "");
+    }
+  }
+  sigaction(SIGSEGV, &previous_segv_action(), nullptr);  // the faulting access repeats and gets it
+}
+
+inline void install_crash_reporting() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction action {};
+    action.sa_sigaction = &cuemu_segv_handler;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, &previous_segv_action());
+  });
+}
+
+// The handler must run on another stack than the overflowed one. Each OS thread that runs blocks
+// gets an alternate signal stack, unless it has one already (Python's faulthandler sets one).
+inline void prepare_signal_stack() {
+  static thread_local bool done = false;
+  if (done) return;
+  done = true;
+  stack_t current{};
+  if (sigaltstack(nullptr, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return;
+  constexpr size_t kBytes = 64 * 1024;
+  static thread_local struct AltStack {
+    void* p = nullptr;
+    ~AltStack() {
+      if (p) {
+        stack_t off{};
+        off.ss_flags = SS_DISABLE;
+        sigaltstack(&off, nullptr);
+        munmap(p, kBytes);
+      }
+    }
+  } alt;
+  alt.p = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (alt.p == MAP_FAILED) {
+    alt.p = nullptr;
+    return;
+  }
+  stack_t st{};
+  st.ss_sp = alt.p;
+  st.ss_size = kBytes;
+  sigaltstack(&st, nullptr);
+}
+#endif
+
+// ---- OS threads for CUEMU_THREADS > 1: created once, kept, so their fiber stacks are reused.
+class WorkerPool {
+ public:
+  static WorkerPool& instance() {
+    static WorkerPool* pool = new WorkerPool;  // never destroyed: workers may outlive static destructors
+    return *pool;
+  }
+
+  // Runs job(w) for w in [0, workers): w = 0 on the calling thread, the others on pool threads.
+  // Returns when all are done. One run at a time.
+  void run(int workers, const std::function<void(int)>& job) {
+    std::lock_guard<std::mutex> one_at_a_time(run_mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (static_cast<int>(threads_.size()) < workers - 1) {
+      const int index = static_cast<int>(threads_.size()) + 1;
+      threads_.emplace_back([this, index] { loop(index); });
+      threads_.back().detach();
+    }
+    job_ = &job;
+    active_ = workers;
+    pending_ = workers - 1;
+    ++generation_;
+    lock.unlock();
+    wake_.notify_all();
+    job(0);
+    lock.lock();
+    done_.wait(lock, [&] { return pending_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void loop(int index) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (index >= active_) continue;
+      const std::function<void(int)>* job = job_;
+      lock.unlock();
+      (*job)(index);
+      lock.lock();
+      if (--pending_ == 0) done_.notify_all();
+    }
+  }
+
+  std::mutex run_mutex_, mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> threads_;
+  const std::function<void(int)>* job_ = nullptr;
+  int active_ = 0, pending_ = 0;
+  uint64_t generation_ = 0;
+};
+
 inline void run_launch(const LaunchSpec& spec, const void* kernel_id) {
   if (tl_block) throw error(cat("cuemu: kernel '", spec.name, "' launched from inside a kernel (dynamic parallelism is not emulated)"));
   const dim3 g = spec.grid, bl = spec.block;
@@ -999,27 +1155,27 @@ inline void run_launch(const LaunchSpec& spec, const void* kernel_id) {
                      limit == kDefaultSharedMemory
                          ? " (48 KiB unless cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, n) raises it)"
                          : ""));
+  install_crash_reporting();
   const uint64_t blocks = uint64_t{g.x} * g.y * g.z;
   const uint64_t launch_id = launch_counter().fetch_add(1);
   const int workers = static_cast<int>(std::min<uint64_t>(static_cast<uint64_t>(config().os_threads), blocks));
   if (workers <= 1) {
+    prepare_signal_stack();
     run_blocks(spec, launch_id, 0, blocks, nullptr, nullptr);
     return;
   }
   std::atomic<uint64_t> next{0};
   std::atomic<bool> stop{false};
   std::vector<std::exception_ptr> failures(static_cast<size_t>(workers));
-  std::vector<std::thread> threads;
-  for (int w = 0; w < workers; ++w)
-    threads.emplace_back([&, w] {
-      try {
-        run_blocks(spec, launch_id, 0, blocks, &next, &stop);
-      } catch (...) {
-        failures[static_cast<size_t>(w)] = std::current_exception();
-        stop = true;
-      }
-    });
-  for (std::thread& t : threads) t.join();
+  WorkerPool::instance().run(workers, [&](int w) {
+    try {
+      prepare_signal_stack();
+      run_blocks(spec, launch_id, 0, blocks, &next, &stop);
+    } catch (...) {
+      failures[static_cast<size_t>(w)] = std::current_exception();
+      stop = true;
+    }
+  });
   for (auto& f : failures)
     if (f) std::rethrow_exception(f);
 }
