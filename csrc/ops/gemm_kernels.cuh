@@ -19,7 +19,7 @@
 #pragma once
 #include <cstdint>
 
-#include "core/cuda_runtime.h"
+#include "core/cuda_elementwise.cuh"
 #include "ops/gemm.h"
 
 namespace fastnn::cuda::gemm_detail {
@@ -31,10 +31,6 @@ using GemmProblem = cpu::GemmProblem<T>;
 // C (or the raw problem) on the current stream. Defined for float and double in gemm_cuda.cu.
 template <class T>
 void launch_gemm(const GemmProblem<T>& p);
-
-template <class T> struct Vec16;
-template <> struct Vec16<float> { using type = float4; };
-template <> struct Vec16<double> { using type = double2; };
 
 // Tile shape: a block of (BN / TN) x (BM / TM) threads computes BM x BN of C in K-slabs of BK.
 template <class T, int BM_, int BN_, int BK_, int TM_, int TN_, int MIN_BLOCKS>
@@ -71,7 +67,7 @@ using ConfigF64 = TileConfig<double, 64, 64, 8, 4, 4, 1>;
 template <class Cfg, int R, bool CONTIG_K>
 struct SlabLoader {
   using T = typename Cfg::Elem;
-  using V = typename Vec16<T>::type;
+  using V = typename cuda_rt::Vec16<T>::type;  // float4 / double2
   static constexpr int VW = Cfg::VW, BK = Cfg::BK;
   static constexpr int kVectors = R * BK / VW / Cfg::kThreads;  // per thread
   static constexpr int kPerRow = CONTIG_K ? BK / VW : R / VW;    // vectors along the contiguous dim
