@@ -22,6 +22,21 @@ def run_outside_the_source_tree(tmp_path_factory):
     yield
     os.chdir(old)
 
+# Every backend this build can run: "cuda" is a real GPU, or the CPU emulation of CUDA in a
+# FASTNN_CUDA=EMULATE build. Parity tests that take the `device` fixture run once per device.
+CUDA_AVAILABLE = fastnn.build_info()["cuda_available"]
+DEVICES = ["cpu"] + (["cuda"] if CUDA_AVAILABLE else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def devices():
+    return list(DEVICES)
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer-running parity checks")

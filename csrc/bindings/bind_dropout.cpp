@@ -94,7 +94,8 @@ void bind_dropout(py::module_& m) {
         "Gradient of dropout_forward. activation='none': dx = dy * keep / (1 - p), the mask "
         "regenerated from (seed, offset); 'relu': dx = dy / (1 - p) where y > 0, else 0 (needs y).");
 
-  m.def("dropout_mask", [](py::handle shape_, py::handle p_, py::handle seed_, py::handle offset_) {
+  m.def("dropout_mask", [](py::handle shape_, py::handle p_, py::handle seed_, py::handle offset_,
+                           py::handle device_) {
           Shape shape;
           try {
             shape = py::isinstance<py::int_>(shape_) ? Shape{shape_.cast<int64_t>()} : shape_.cast<Shape>();
@@ -105,11 +106,12 @@ void bind_dropout(py::module_& m) {
             FASTNN_CHECK(s >= 0, ValueError, "shape: expected non-negative sizes, got ", shape_str(shape));
           const DropoutParams params = DropoutParams::make(
               to_probability(p_), to_unsigned(seed_, 64, "seed"), to_unsigned(offset_, 64, "offset"));
-          Tensor mask = Tensor::empty(shape, DType::bool_);
+          Tensor mask = Tensor::empty(shape, DType::bool_, parse_device(device_));
           dropout_mask(mask, params);
           return mask;
-        }, py::arg("shape"), py::arg("p"), py::arg("seed"), py::arg("offset"),
-        "The dropout mask (bool, True = kept) that dropout_forward uses for (p, seed, offset).");
+        }, py::arg("shape"), py::arg("p"), py::arg("seed"), py::arg("offset"), py::arg("device") = "cpu",
+        "The dropout mask (bool, True = kept) that dropout_forward uses for (p, seed, offset), "
+        "computed on `device`.");
 }
 
 }  // namespace fastnn::bind

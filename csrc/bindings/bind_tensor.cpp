@@ -129,12 +129,30 @@ copy nothing.)doc")
     d["cuda_compiled"] = cuda_compiled();
     d["cuda_device_count"] = cuda_device_count();
     d["cuda_available"] = cuda_device_count() > 0;
+#if defined(FASTNN_CUDA_EMULATED)
+    d["cuda_emulated"] = true;  // the 'cuda' device is the CPU emulation of CUDA (csrc/emu)
+#else
+    d["cuda_emulated"] = false;
+#endif
     return d;
   });
   m.def("_probe_peak_gflops", &probe_peak_gflops, py::arg("threads"), py::arg("seconds") = 0.05,
         py::call_guard<py::gil_scoped_release>(), "float32 FMA-loop throughput, GFLOP/s");
   m.def("_probe_copy_gbps", &probe_copy_gbps, py::arg("bytes"), py::arg("threads"), py::arg("repeats") = 5,
         py::call_guard<py::gil_scoped_release>(), "memcpy bandwidth (read + write bytes), GB/s");
+
+  m.def("_cuda_memory_stats", [](py::handle device) {
+    const CudaMemoryStats s = cuda_memory_stats(parse_device(device));
+    py::dict d;
+    d["in_use_bytes"] = s.in_use_bytes;
+    d["cached_bytes"] = s.cached_bytes;
+    d["malloc_calls"] = s.malloc_calls;
+    d["free_calls"] = s.free_calls;
+    d["cache_hits"] = s.cache_hits;
+    return d;
+  }, py::arg("device") = "cuda",
+  "Counters of the CUDA caching allocator: bytes in use and cached, cudaMalloc/cudaFree calls, cache hits.");
+  m.def("_cuda_empty_cache", &cuda_empty_cache, "Returns every cached CUDA block to the driver.");
   m.def("set_num_threads", [](int n) {
     FASTNN_CHECK(n >= 1, ValueError, "set_num_threads: n must be >= 1, got ", n);
     set_num_threads(n);

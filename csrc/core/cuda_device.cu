@@ -1,16 +1,130 @@
-// The CUDA memory layer: device count, allocation and copies. Any CUDA error surfaces as a
-// RuntimeError naming the call. The caching allocator arrives with the CUDA kernels.
-#include <cuda_runtime.h>
+// The CUDA memory layer: device count, a caching allocator, fills and copies. Every CUDA call is
+// checked; an error surfaces as a RuntimeError naming the call.
+//
+// The caching allocator keeps freed blocks in per-device free lists keyed by a size class, so a
+// training step that allocates the same tensors as the one before it is served from the lists and
+// makes no cudaMalloc (cudaMalloc synchronises the device and costs far more than a kernel).
+// Size classes are 512 bytes up to 2 KiB, then four per power of two (waste under 25%). Blocks are
+// only ever used on the legacy default stream (cuda_rt::current_stream), where work is ordered, so
+// a block freed on the host can be handed out again at once. cudaMalloc failing with out-of-memory
+// empties the cache and retries once.
+#include <algorithm>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
 
+#include "core/cuda_runtime.h"
 #include "core/dispatch.h"
 #include "core/tensor.h"
 
 namespace fastnn {
+namespace {
 
-static void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(detail::concat(what, " failed: ", cudaGetErrorString(err)));
+constexpr int kMaxDevices = 64;
+
+size_t size_class(size_t n) {
+  constexpr size_t kMin = 512;
+  if (n <= kMin) return kMin;
+  const int e = 63 - __builtin_clzll(n - 1);  // 2^e < n <= 2^(e + 1)
+  const size_t step = std::max(kMin, size_t{1} << (e - 2));
+  return (n + step - 1) / step * step;
 }
+
+class DeviceCache {
+ public:
+  explicit DeviceCache(int device) : device_(device) {}
+
+  void* allocate(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& list = free_[bytes];
+    if (!list.empty()) {
+      void* p = list.back();
+      list.pop_back();
+      cached_bytes_ -= bytes;
+      in_use_bytes_ += bytes;
+      ++stats_.cache_hits;
+      return p;
+    }
+    FASTNN_CUDA_CHECK(cudaSetDevice(device_));
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // not sticky: clear it, give the cache back and try once more
+      release_cached_locked();
+      err = cudaMalloc(&p, bytes);
+      if (err == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        throw std::runtime_error(detail::concat(
+            "CUDA out of memory: cannot allocate ", bytes, " bytes on cuda:", device_, " (",
+            in_use_bytes_, " bytes in use by live tensors; the allocator's cache was emptied)"));
+      }
+    }
+    if (err != cudaSuccess) cuda_rt::throw_cuda_error("cudaMalloc", err, __FILE__, __LINE__);
+    ++stats_.malloc_calls;
+    in_use_bytes_ += bytes;
+    return p;
+  }
+
+  // Called by Storage destructors: no CUDA call, nothing that can throw but bad_alloc.
+  void release(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_[bytes].push_back(p);
+    in_use_bytes_ -= bytes;
+    cached_bytes_ += bytes;
+  }
+
+  void empty_cache() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    release_cached_locked();
+  }
+
+  CudaMemoryStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    CudaMemoryStats s = stats_;
+    s.in_use_bytes = static_cast<int64_t>(in_use_bytes_);
+    s.cached_bytes = static_cast<int64_t>(cached_bytes_);
+    return s;
+  }
+
+ private:
+  void release_cached_locked() {
+    if (!cached_bytes_) return;
+    FASTNN_CUDA_CHECK(cudaSetDevice(device_));
+    for (auto& [bytes, list] : free_) {
+      for (void* p : list) {
+        FASTNN_CUDA_CHECK(cudaFree(p));
+        ++stats_.free_calls;
+      }
+      list.clear();
+    }
+    cached_bytes_ = 0;
+  }
+
+  const int device_;
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;  // size class -> blocks
+  size_t in_use_bytes_ = 0, cached_bytes_ = 0;
+  CudaMemoryStats stats_;
+};
+
+// Created on first use and never destroyed: Storage deleters may run during interpreter exit,
+// after static destructors; the driver reclaims the memory with the process.
+DeviceCache& device_cache(int device) {
+  static DeviceCache* caches[kMaxDevices] = {};
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!caches[device]) caches[device] = new DeviceCache(device);
+  return *caches[device];
+}
+
+void require_device(Device device) {
+  const int n = cuda_device_count();
+  FASTNN_CHECK(device.index >= 0 && device.index < n && device.index < kMaxDevices, ValueError, "device ",
+               device.str(), " is not available (", n, " CUDA device(s) usable)");
+  FASTNN_CUDA_CHECK(cudaSetDevice(device.index));
+}
+
+}  // namespace
 
 bool cuda_compiled() { return true; }
 
@@ -28,39 +142,40 @@ int cuda_device_count() {
   return count;
 }
 
-static void require_device(Device device) {
-  int n = cuda_device_count();
-  FASTNN_CHECK(device.index >= 0 && device.index < n, ValueError, "device ", device.str(),
-               " is not available (", n, " CUDA device(s) usable)");
-  check_cuda(cudaSetDevice(device.index), "cudaSetDevice");
-}
-
 std::shared_ptr<Storage> cuda_allocate(size_t nbytes, Device device) {
   require_device(device);
   void* p = nullptr;
-  if (nbytes) check_cuda(cudaMalloc(&p, nbytes), "cudaMalloc");
+  const size_t bytes = nbytes ? size_class(nbytes) : 0;
+  DeviceCache& cache = device_cache(device.index);
+  if (bytes) p = cache.allocate(bytes);
   debug_stats().owned_bytes += static_cast<int64_t>(nbytes);
-  return std::make_shared<Storage>(p, nbytes, device, [nbytes, device](void* q) {
+  return std::make_shared<Storage>(p, nbytes, device, [nbytes, bytes, &cache](void* q) {
     debug_stats().owned_bytes -= static_cast<int64_t>(nbytes);
-    if (q) {
-      cudaSetDevice(device.index);
-      cudaFree(q);  // errors at process exit (cudart unloading) are deliberately ignored
-    }
+    if (q) cache.release(q, bytes);
   });
+}
+
+CudaMemoryStats cuda_memory_stats(Device device) {
+  require_device(device);
+  return device_cache(device.index).stats();
+}
+
+void cuda_empty_cache() {
+  for (int d = 0; d < std::min(cuda_device_count(), kMaxDevices); ++d) device_cache(d).empty_cache();
 }
 
 void cuda_memset_zero(void* data, size_t nbytes, Device device) {
   require_device(device);
-  if (nbytes) check_cuda(cudaMemset(data, 0, nbytes), "cudaMemset");
+  if (nbytes) FASTNN_CUDA_CHECK(cudaMemset(data, 0, nbytes));
 }
 
 void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
   if (!nbytes) return;
-  cudaMemcpyKind kind = dst_device.is_cuda()
-                            ? (src_device.is_cuda() ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
-                            : cudaMemcpyDeviceToHost;
+  const cudaMemcpyKind kind =
+      dst_device.is_cuda() ? (src_device.is_cuda() ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                           : cudaMemcpyDeviceToHost;
   require_device(dst_device.is_cuda() ? dst_device : src_device);
-  check_cuda(cudaMemcpy(dst, src, nbytes, kind), "cudaMemcpy");
+  FASTNN_CUDA_CHECK(cudaMemcpy(dst, src, nbytes, kind));
 }
 
 }  // namespace fastnn

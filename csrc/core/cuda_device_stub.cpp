@@ -13,6 +13,8 @@ int cuda_device_count() { return 0; }
 std::shared_ptr<Storage> cuda_allocate(size_t, Device) { throw ValueError(kNoCuda); }
 void cuda_memset_zero(void*, size_t, Device) { throw ValueError(kNoCuda); }
 void cuda_copy(void*, Device, const void*, Device, size_t) { throw ValueError(kNoCuda); }
+CudaMemoryStats cuda_memory_stats(Device) { throw ValueError(kNoCuda); }
+void cuda_empty_cache() {}
 
 }  // namespace fastnn
 #endif

@@ -27,6 +27,16 @@ std::shared_ptr<Storage> cuda_allocate(size_t nbytes, Device device);
 void cuda_memset_zero(void* data, size_t nbytes, Device device);
 void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes);
 
+// The caching allocator's counters (all zero without CUDA). in_use: bytes handed to live tensors
+// (rounded to size classes); cached: freed blocks kept for reuse; malloc/free_calls: cudaMalloc and
+// cudaFree made so far; cache_hits: allocations served from the cache.
+struct CudaMemoryStats {
+  int64_t in_use_bytes = 0, cached_bytes = 0, malloc_calls = 0, free_calls = 0, cache_hits = 0;
+};
+CudaMemoryStats cuda_memory_stats(Device device);
+// Returns every cached block to the driver (cudaFree).
+void cuda_empty_cache();
+
 [[noreturn]] inline void no_cuda_kernel(const char* op) {
   throw std::runtime_error(detail::concat(
       op, ": no CUDA kernel in this build (", cuda_compiled() ? "CUDA kernels are not yet written"
@@ -36,8 +46,21 @@ void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device,
 
 }  // namespace fastnn
 
-#define FASTNN_ON_DEVICE(device, fn, ...)               \
-  do {                                                  \
-    if ((device).is_cuda()) ::fastnn::no_cuda_kernel(#fn); \
-    ::fastnn::cpu::fn(__VA_ARGS__);                     \
+// The one routing point. FASTNN_DEVICE_CALL is an expression with the backend's return type;
+// FASTNN_ON_DEVICE the statement form used by the void entry points. In a build with CUDA (real or
+// emulated) a CUDA tensor goes to ::fastnn::cuda::fn; a kernel not written yet is a weak fallback
+// in ops/cuda_pending.cpp that raises no_cuda_kernel's RuntimeError.
+#if defined(FASTNN_WITH_CUDA)
+#define FASTNN_DEVICE_CALL(device, fn, ...) \
+  ((device).is_cuda() ? ::fastnn::cuda::fn(__VA_ARGS__) : ::fastnn::cpu::fn(__VA_ARGS__))
+#else
+// A CUDA tensor cannot be created without CUDA; should one arrive anyway, say so clearly.
+#define FASTNN_DEVICE_CALL(device, fn, ...)                                                   \
+  ((device).is_cuda() ? (::fastnn::no_cuda_kernel(#fn), ::fastnn::cpu::fn(__VA_ARGS__)) \
+                      : ::fastnn::cpu::fn(__VA_ARGS__))
+#endif
+
+#define FASTNN_ON_DEVICE(device, fn, ...)          \
+  do {                                            \
+    FASTNN_DEVICE_CALL(device, fn, __VA_ARGS__); \
   } while (0)

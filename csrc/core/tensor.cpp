@@ -8,10 +8,6 @@
 
 namespace fastnn {
 
-namespace cpu {
-void fill(Tensor& dst, double value);
-}
-
 DebugStats& debug_stats() {
   static DebugStats stats;
   return stats;

@@ -103,4 +103,12 @@ void copy_(Tensor& dst, const Tensor& src);
 // Sets every element of a floating tensor to `value`.
 void fill_(Tensor& dst, double value);
 
+// fill_'s backends (core/tensor.cpp, core/fill_cuda.cu).
+namespace cpu {
+void fill(Tensor& dst, double value);
+}
+namespace cuda {
+void fill(Tensor& dst, double value);
+}
+
 }  // namespace fastnn

@@ -62,4 +62,12 @@ void softmax_forward(const Tensor& x, Tensor& y, bool log);
 void softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool log);
 }  // namespace cpu
 
+// The CUDA backend (ops/activation_cuda.cu); same contracts as the cpu:: functions.
+namespace cuda {
+void activation_forward(Activation a, const Tensor& x, Tensor& y);
+void activation_backward(Activation a, const Tensor& y, const Tensor& dy, Tensor& dx);
+void softmax_forward(const Tensor& x, Tensor& y, bool log);
+void softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool log);
+}  // namespace cuda
+
 }  // namespace fastnn

@@ -66,4 +66,14 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate);
 }  // namespace cpu
 
+// The CUDA backend (ops/batchnorm_cuda.cu); same contracts as the cpu:: functions.
+namespace cuda {
+void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                       const Tensor& running_mean, const Tensor& running_var, bool training,
+                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd);
+void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
+                        const Tensor& save_mean, const Tensor& save_invstd, bool training,
+                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate);
+}  // namespace cuda
+
 }  // namespace fastnn

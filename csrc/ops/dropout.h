@@ -59,4 +59,12 @@ void dropout_backward(const Tensor& dy, const Tensor& y, Tensor& dx, const Dropo
 void dropout_mask(Tensor& mask, const DropoutParams& params);
 }  // namespace cpu
 
+// The CUDA backend (ops/dropout_cuda.cu); same contracts as the cpu:: functions.
+namespace cuda {
+void dropout_forward(const Tensor& x, Tensor& y, const DropoutParams& params, Activation act);
+void dropout_backward(const Tensor& dy, const Tensor& y, Tensor& dx, const DropoutParams& params,
+                      Activation act);
+void dropout_mask(Tensor& mask, const DropoutParams& params);
+}  // namespace cuda
+
 }  // namespace fastnn

@@ -136,4 +136,11 @@ inline void activate_tile(Activation act, T* c, int64_t ldc, int rows, int cols)
 
 }  // namespace gemm_detail
 }  // namespace cpu
+
+// The CUDA backend (ops/gemm_cuda.cu); same contracts as the cpu:: functions.
+namespace cuda {
+void gemm(const Tensor& a, const Tensor& b, Tensor& c, double alpha, double beta, bool trans_a,
+          bool trans_b, const Tensor* bias, Activation act);
+}  // namespace cuda
+
 }  // namespace fastnn

@@ -30,4 +30,12 @@ void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, co
                      Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate);
 }  // namespace cpu
 
+// The CUDA backend (ops/linear_cuda.cu); same contracts as the cpu:: functions.
+namespace cuda {
+void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Activation act,
+                    Tensor& y);
+void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, const Tensor* y,
+                     Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate);
+}  // namespace cuda
+
 }  // namespace fastnn

@@ -18,8 +18,7 @@ const char* reduction_name(Reduction r) {
 }
 
 BadLabel cross_entropy_find_bad_label(const Tensor& target, int64_t classes, int64_t ignore_index) {
-  if (target.device().is_cuda()) no_cuda_kernel("cross_entropy_find_bad_label");
-  return cpu::cross_entropy_find_bad_label(target, classes, ignore_index);
+  return FASTNN_DEVICE_CALL(target.device(), cross_entropy_find_bad_label, target, classes, ignore_index);
 }
 
 void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& weight,

@@ -149,4 +149,24 @@ void bce_with_logits_backward(const Tensor& input, const Tensor& target, const T
                               Tensor& dinput);
 }  // namespace cpu
 
+// The CUDA backend (ops/loss_cuda.cu); same contracts as the cpu:: functions.
+namespace cuda {
+BadLabel cross_entropy_find_bad_label(const Tensor& target, int64_t classes, int64_t ignore_index);
+void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                           Reduction reduction, int64_t ignore_index, Tensor& loss);
+void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& dloss,
+                            const Tensor& weight, Reduction reduction, int64_t ignore_index,
+                            Tensor& dlogits);
+void cross_entropy_fused(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                         Reduction reduction, int64_t ignore_index, Tensor& loss, Tensor& dlogits);
+void mse_forward(const Tensor& input, const Tensor& target, Reduction reduction, Tensor& loss);
+void mse_backward(const Tensor& input, const Tensor& target, const Tensor& dloss,
+                  Reduction reduction, Tensor& dinput);
+void bce_with_logits_forward(const Tensor& input, const Tensor& target, const Tensor& weight,
+                             const Tensor& pos_weight, Reduction reduction, Tensor& loss);
+void bce_with_logits_backward(const Tensor& input, const Tensor& target, const Tensor& dloss,
+                              const Tensor& weight, const Tensor& pos_weight, Reduction reduction,
+                              Tensor& dinput);
+}  // namespace cuda
+
 }  // namespace fastnn

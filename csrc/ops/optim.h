@@ -208,4 +208,17 @@ void adagrad_step(const Tensor& param, const Tensor& grad, const Tensor& state_s
                   const AdagradOptions& options);
 }  // namespace cpu
 
+// The CUDA backend (ops/optim_cuda.cu); same contracts as the cpu:: functions.
+namespace cuda {
+void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum_buffer,
+              const SgdOptions& options);
+void adam_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+               const Tensor& exp_avg_sq, const Tensor& max_exp_avg_sq, const AdamOptions& options);
+void rmsprop_step(const Tensor& param, const Tensor& grad, const Tensor& square_avg,
+                  const Tensor& momentum_buffer, const Tensor& grad_avg,
+                  const RmspropOptions& options);
+void adagrad_step(const Tensor& param, const Tensor& grad, const Tensor& state_sum,
+                  const AdagradOptions& options);
+}  // namespace cuda
+
 }  // namespace fastnn

@@ -1,0 +1,99 @@
+// Host side of the CUDA BatchNorm1d: picks one launch (few rows) or stats + finish + apply launches
+// (rows split into chunks), as described in batchnorm_kernels.cuh.
+#include <cstdint>
+
+#include "core/cuda_launch.h"
+#include "ops/batchnorm.h"
+#include "ops/batchnorm_kernels.cuh"
+
+namespace fastnn {
+namespace cuda {
+namespace {
+
+template <class T>
+const T* data_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+template <class T>
+T* mutable_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+
+dim3 column_threads(int64_t cols) {
+  return dim3(static_cast<unsigned>((cols + reduce::kReduceThreads - 1) / reduce::kReduceThreads));
+}
+
+}  // namespace
+
+void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                       const Tensor& running_mean, const Tensor& running_var, bool training,
+                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd) {
+  dispatch_floating(x.dtype(), "x", [&](auto tag) {
+    using T = decltype(tag);
+    using namespace batchnorm_detail;
+    const int64_t rows = x.size(0), cols = x.size(1);
+    if (cols == 0) return;
+    const reduce::ColumnGrid g = reduce::column_grid(rows, cols);
+    ForwardParams<T> p{x.data<T>(), y.data<T>(), rows, cols, g.rows_per_chunk,
+                       data_or_null<T>(weight), data_or_null<T>(bias),
+                       mutable_or_null<T>(running_mean), mutable_or_null<T>(running_var),
+                       momentum, eps, save_mean.data<double>(), save_invstd.data<double>(), nullptr};
+    const dim3 threads(reduce::kReduceThreads);
+    if (!training) {
+      cuda_rt::launch("batchnorm_eval_stats", forward_eval_stats_kernel<T>, column_threads(cols), threads, 0, p);
+      if (rows > 0) cuda_rt::launch("batchnorm_normalise", normalise_kernel<T>, g.grid(), g.block(), 0, p);
+      return;
+    }
+    Tensor partials;
+    if (g.chunks > 1) {
+      partials = Tensor::empty({g.chunks, cols, 3}, DType::float64, x.device());
+      p.partials = partials.data<double>();
+    }
+    cuda_rt::launch("batchnorm_forward_train", forward_train_kernel<T>, g.grid(), g.block(), 0, p);
+    if (g.chunks > 1) {
+      cuda_rt::launch("batchnorm_forward_finish", forward_finish_kernel<T>, column_threads(cols), threads, 0,
+                      p, g.chunks);
+      cuda_rt::launch("batchnorm_normalise", normalise_kernel<T>, g.grid(), g.block(), 0, p);
+    }
+  });
+}
+
+void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
+                        const Tensor& save_mean, const Tensor& save_invstd, bool training,
+                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate) {
+  dispatch_floating(x.dtype(), "x", [&](auto tag) {
+    using T = decltype(tag);
+    using namespace batchnorm_detail;
+    const int64_t rows = x.size(0), cols = x.size(1);
+    if (cols == 0) return;
+    const reduce::ColumnGrid g = reduce::column_grid(rows, cols);
+    BackwardParams<T> p{x.data<T>(), dy.data<T>(), dx.data<T>(), rows, cols, g.rows_per_chunk,
+                        data_or_null<T>(weight), save_mean.data<double>(), save_invstd.data<double>(),
+                        mutable_or_null<T>(dweight), mutable_or_null<T>(dbias), accumulate, nullptr, nullptr};
+    const dim3 threads(reduce::kReduceThreads);
+    Tensor partials, coefs;
+    if (!training) {
+      const bool sums_wanted = p.dweight || p.dbias;
+      if (sums_wanted && g.chunks > 1) {
+        partials = Tensor::empty({g.chunks, cols, 2}, DType::float64, x.device());
+        p.partials = partials.data<double>();
+      }
+      cuda_rt::launch("batchnorm_backward_eval", backward_eval_kernel<T>, g.grid(), g.block(), 0, p, sums_wanted);
+      if (p.partials)
+        cuda_rt::launch("batchnorm_backward_eval_finish", backward_eval_finish_kernel<T>, column_threads(cols),
+                        threads, 0, p, g.chunks);
+      return;
+    }
+    if (g.chunks > 1) {
+      partials = Tensor::empty({g.chunks, cols, kTrainSums<T>}, DType::float64, x.device());
+      coefs = Tensor::empty({cols, kCoefs}, DType::float64, x.device());
+      p.partials = partials.data<double>();
+      p.coefs = coefs.data<double>();
+    }
+    cuda_rt::launch("batchnorm_backward_train", backward_train_kernel<T>, g.grid(), g.block(), 0, p);
+    if (g.chunks > 1) {
+      cuda_rt::launch("batchnorm_backward_finish", backward_finish_kernel<T>, column_threads(cols), threads, 0,
+                      p, g.chunks);
+      cuda_rt::launch("batchnorm_backward_dx", backward_dx_kernel<T>, g.grid(), g.block(), 0, p);
+    }
+  });
+}
+
+}  // namespace cuda
+}  // namespace fastnn

@@ -1,0 +1,348 @@
+// CUDA kernels of BatchNorm1d over a row-major (N, C) input, the twins of batchnorm_cpu.cpp.
+//
+// Statistics are per column, over the rows. The launches use column blocks (reduce_kernels.cuh):
+// thread (x, y) of a block walks column blockIdx.x * cx + x over every blockDim.y-th row of its row
+// chunk, so each warp reads whole row segments, and column_reduce() combines a column's threads,
+// with warp shuffles and then across warps in shared memory, in a fixed order.
+//   - One chunk (N below reduce::kMinChunkRows, or enough columns to fill the GPU): one launch. The
+//     block reduces, finishes the statistics of its columns, and, after a barrier, normalises
+//     (forward) or forms dx (backward) over the rows it has just read, mostly from L1/L2.
+//   - Several chunks: a stats launch writes each chunk's per-column states to a partials buffer, a
+//     finish launch combines them in chunk order (one thread per column), an apply launch writes y
+//     or dx. Deterministic either way; no atomics.
+// As on the CPU: statistics accumulate in double for both dtypes (Welford, combined with Chan's
+// formula), save_mean / save_invstd are float64, running stats follow torch, and the math shared
+// with the CPU (welford_update, batchnorm_invstd, running_update, split_hi_lo) comes from
+// ops/batchnorm.h.
+#pragma once
+#include <cstdint>
+
+#include "core/cuda_runtime.h"
+#include "ops/batchnorm.h"
+#include "ops/reduce_kernels.cuh"
+
+namespace fastnn::cuda::batchnorm_detail {
+
+template <class T>
+struct ForwardParams {
+  const T* x;
+  T* y;
+  int64_t rows, cols, rows_per_chunk;
+  const T* weight;  // nullptr: 1
+  const T* bias;    // nullptr: 0
+  T* running_mean;  // nullptr: not tracked
+  T* running_var;
+  double momentum, eps;
+  double* save_mean;
+  double* save_invstd;
+  double* partials;  // chunks x cols x 3 Welford states (several chunks only)
+};
+
+template <class T>
+struct BackwardParams {
+  const T* x;
+  const T* dy;
+  T* dx;
+  int64_t rows, cols, rows_per_chunk;
+  const T* weight;  // nullptr: 1
+  const double* save_mean;
+  const double* save_invstd;
+  T* dweight;  // nullptr: not wanted
+  T* dbias;
+  bool accumulate;
+  double* partials;  // chunks x cols x kSums (several chunks only)
+  double* coefs;     // cols x kCoefs (training, several chunks only)
+};
+
+// ---- per-thread geometry -------------------------------------------------------------------------
+
+struct Slice {
+  int64_t col, r_begin, r_end;  // this thread's column; rows r_begin, r_begin + step, ... < r_end
+  int step;
+  __device__ bool has_column(int64_t cols) const { return col < cols; }
+};
+
+__device__ __forceinline__ Slice my_slice(int64_t rows, int64_t rows_per_chunk) {
+  Slice s;
+  s.col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t chunk_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  s.r_begin = chunk_begin + threadIdx.y;
+  s.r_end = chunk_begin + rows_per_chunk < rows ? chunk_begin + rows_per_chunk : rows;
+  s.step = static_cast<int>(blockDim.y);
+  return s;
+}
+
+// ---- forward -------------------------------------------------------------------------------------
+
+// Welford states {count, mean, m2}: Chan et al.'s pairwise combination, b holding later rows.
+struct WelfordCombine {
+  __device__ __forceinline__ static void combine(double (&a)[3], const double (&b)[3]) {
+    if (b[0] == 0.0) return;
+    if (a[0] == 0.0) {
+      a[0] = b[0], a[1] = b[1], a[2] = b[2];
+      return;
+    }
+    const double n = a[0] + b[0], delta = b[1] - a[1], rb = b[0] / n;
+    a[1] += delta * rb;
+    a[2] += b[2] + delta * delta * a[0] * rb;
+    a[0] = n;
+  }
+};
+
+// The column's batch statistics from its full Welford state: save_mean / save_invstd, and the
+// running statistics moved towards the batch mean and unbiased variance, as torch does.
+template <class T>
+__device__ __forceinline__ void finish_forward(const ForwardParams<T>& p, int64_t col, const double (&st)[3]) {
+  const double n = st[0], mean = st[1], m2 = st[2];
+  p.save_mean[col] = mean;
+  p.save_invstd[col] = batchnorm_invstd(m2 / n, p.eps);
+  if (p.running_mean) {
+    p.running_mean[col] = static_cast<T>(running_update(static_cast<double>(p.running_mean[col]), mean, p.momentum));
+    p.running_var[col] = static_cast<T>(running_update(static_cast<double>(p.running_var[col]), m2 / (n - 1.0), p.momentum));
+  }
+}
+
+// y = ((x - hi) - lo) * scale + shift over the thread's rows, with mean = hi + lo, from the saved
+// statistics (training: batch; eval: running ones, whose mean is a T, so lo = 0).
+template <class T>
+__device__ __forceinline__ void normalise(const ForwardParams<T>& p, const Slice& s) {
+  if (!s.has_column(p.cols)) return;
+  const double invstd = p.save_invstd[s.col];
+  T hi, lo;
+  split_hi_lo(p.save_mean[s.col], hi, lo);
+  const T scale = static_cast<T>(p.weight ? invstd * static_cast<double>(p.weight[s.col]) : invstd);
+  const T shift = p.bias ? p.bias[s.col] : T(0);
+  for (int64_t r = s.r_begin; r < s.r_end; r += s.step) {
+    const int64_t i = r * p.cols + s.col;
+    p.y[i] = ((p.x[i] - hi) - lo) * scale + shift;
+  }
+}
+
+// Training forward. One chunk: statistics, running stats and y in this launch. Several chunks:
+// this chunk's Welford states into p.partials.
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads) forward_train_kernel(ForwardParams<T> p) {
+  const Slice s = my_slice(p.rows, p.rows_per_chunk);
+  double st[3] = {0.0, 0.0, 0.0};
+  if (s.has_column(p.cols)) {
+    for (int64_t r = s.r_begin; r < s.r_end; r += s.step) {
+      st[0] += 1.0;
+      welford_update(st[1], st[2], static_cast<double>(p.x[r * p.cols + s.col]), 1.0 / st[0]);
+    }
+  }
+  reduce::column_reduce<3, WelfordCombine>(st);
+  if (gridDim.y == 1) {  // the same for every block: the barrier below is reached by all threads
+    if (threadIdx.y == 0 && s.has_column(p.cols)) finish_forward(p, s.col, st);
+    __syncthreads();  // save_mean / save_invstd of the block's columns are written
+    normalise(p, s);
+  } else if (threadIdx.y == 0 && s.has_column(p.cols)) {
+    double* out = p.partials + (static_cast<int64_t>(blockIdx.y) * p.cols + s.col) * 3;
+    out[0] = st[0], out[1] = st[1], out[2] = st[2];
+  }
+}
+
+// Several chunks: one thread per column combines the chunks' states in chunk order.
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads) forward_finish_kernel(ForwardParams<T> p, int64_t chunks) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= p.cols) return;
+  double st[3] = {0.0, 0.0, 0.0};
+  for (int64_t k = 0; k < chunks; ++k) {
+    const double* in = p.partials + (k * p.cols + col) * 3;
+    const double other[3] = {in[0], in[1], in[2]};
+    WelfordCombine::combine(st, other);
+  }
+  finish_forward(p, col, st);
+}
+
+// Eval: the saved statistics are the running ones.
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads) forward_eval_stats_kernel(ForwardParams<T> p) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= p.cols) return;
+  p.save_mean[col] = static_cast<double>(p.running_mean[col]);
+  p.save_invstd[col] = batchnorm_invstd(static_cast<double>(p.running_var[col]), p.eps);
+}
+
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads) normalise_kernel(ForwardParams<T> p) {
+  normalise(p, my_slice(p.rows, p.rows_per_chunk));
+}
+
+// ---- backward ------------------------------------------------------------------------------------
+
+// Sums per column for the training backward, with u = x - save_mean: sum u, sum dy, sum dy u and,
+// for float32 (where dx may be formed in float), sum u^2 and sum dy^2 for the cancellation test.
+template <class T>
+constexpr int kTrainSums = sizeof(T) < sizeof(double) ? 5 : 3;
+constexpr int kCoefs = 5;  // mean, k_dy, k_x, k_0, exact
+
+template <class T>
+__device__ __forceinline__ void store_grad(T* out, int64_t col, double value, bool accumulate) {
+  out[col] = static_cast<T>(accumulate ? static_cast<double>(out[col]) + value : value);
+}
+
+// dweight / dbias of the column, and the coefficients of dx = k_dy dy + k_x (x - mean) + k_0, as
+// batchnorm_cpu.cpp forms them. exact: dx cancels (it is small next to k dy), so it is formed in
+// double; else, for float32, in float.
+template <class T>
+__device__ __forceinline__ void finish_backward(const BackwardParams<T>& p, int64_t col,
+                                                const double (&sums)[kTrainSums<T>], double (&coef)[kCoefs]) {
+  constexpr bool kFloat = sizeof(T) < sizeof(double);
+  const double sum_u = sums[0], sum_dy = sums[1], sum_dy_u = sums[2];
+  const double inv_n = p.rows ? 1.0 / static_cast<double>(p.rows) : 0.0;
+  const double invstd = p.save_invstd[col];
+  const double u_mean = sum_u * inv_n;
+  const double sum_dy_xhat = invstd * (sum_dy_u - u_mean * sum_dy);
+  if (p.dweight) store_grad(p.dweight, col, sum_dy_xhat, p.accumulate);
+  if (p.dbias) store_grad(p.dbias, col, sum_dy, p.accumulate);
+  const double k = p.weight ? static_cast<double>(p.weight[col]) * invstd : invstd;
+  coef[0] = p.save_mean[col] + u_mean;
+  coef[1] = k;
+  coef[2] = -k * invstd * sum_dy_xhat * inv_n;
+  coef[3] = -k * sum_dy * inv_n;
+  bool exact = !kFloat;
+  if constexpr (kFloat) {
+    const double sum_u2 = sums[3], sum_dy2 = sums[4];
+    // |dx / k|^2 = |dy|^2 - sum(dy)^2 / N - sum(dy xhat)^2 / N * (2 - |xhat|^2 / N)
+    const double xhat2 = invstd * invstd * (sum_u2 - u_mean * sum_u);
+    const double residual = sum_dy2 - sum_dy * sum_dy * inv_n -
+                            sum_dy_xhat * sum_dy_xhat * inv_n * (2.0 - xhat2 * inv_n);
+    if (!(residual >= 0.25 * sum_dy2)) exact = true;
+  }
+  coef[4] = exact ? 1.0 : 0.0;
+}
+
+template <class T>
+__device__ __forceinline__ void write_dx(const BackwardParams<T>& p, const Slice& s, const double* coef) {
+  if (!s.has_column(p.cols)) return;
+  const double mean = coef[0], k_dy = coef[1], k_x = coef[2], k_0 = coef[3];
+  if (coef[4] != 0.0) {
+    for (int64_t r = s.r_begin; r < s.r_end; r += s.step) {
+      const int64_t i = r * p.cols + s.col;
+      const double u = static_cast<double>(p.x[i]) - mean;
+      p.dx[i] = static_cast<T>(k_dy * static_cast<double>(p.dy[i]) + k_x * u + k_0);
+    }
+    return;
+  }
+  T hi, lo;
+  split_hi_lo(mean, hi, lo);
+  const T f_dy = static_cast<T>(k_dy), f_x = static_cast<T>(k_x), f_0 = static_cast<T>(k_0);
+  for (int64_t r = s.r_begin; r < s.r_end; r += s.step) {
+    const int64_t i = r * p.cols + s.col;
+    p.dx[i] = f_dy * p.dy[i] + f_x * ((p.x[i] - hi) - lo) + f_0;
+  }
+}
+
+// Training backward. One chunk: sums, parameter gradients and dx in this launch (dx may alias x or
+// dy: every read of the block's columns happens before the barrier). Several chunks: this chunk's
+// sums into p.partials.
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads) backward_train_kernel(BackwardParams<T> p) {
+  constexpr int NS = kTrainSums<T>;
+  __shared__ double block_coefs[32][kCoefs];
+  const Slice s = my_slice(p.rows, p.rows_per_chunk);
+  double sums[NS];
+#pragma unroll
+  for (int k = 0; k < NS; ++k) sums[k] = 0.0;
+  if (s.has_column(p.cols)) {
+    const double shift = p.save_mean[s.col];
+    for (int64_t r = s.r_begin; r < s.r_end; r += s.step) {
+      const int64_t i = r * p.cols + s.col;
+      const double u = static_cast<double>(p.x[i]) - shift, g = static_cast<double>(p.dy[i]);
+      sums[0] += u;
+      sums[1] += g;
+      sums[2] += g * u;
+      if constexpr (NS == 5) {
+        sums[3] += u * u;
+        sums[4] += g * g;
+      }
+    }
+  }
+  reduce::column_reduce<NS, reduce::Add>(sums);
+  if (gridDim.y == 1) {  // uniform: the barrier below is reached by all threads
+    if (threadIdx.y == 0 && s.has_column(p.cols)) finish_backward(p, s.col, sums, block_coefs[threadIdx.x]);
+    __syncthreads();
+    write_dx(p, s, block_coefs[threadIdx.x]);
+  } else if (threadIdx.y == 0 && s.has_column(p.cols)) {
+    double* out = p.partials + (static_cast<int64_t>(blockIdx.y) * p.cols + s.col) * NS;
+#pragma unroll
+    for (int k = 0; k < NS; ++k) out[k] = sums[k];
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads) backward_finish_kernel(BackwardParams<T> p, int64_t chunks) {
+  constexpr int NS = kTrainSums<T>;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= p.cols) return;
+  double sums[NS];
+#pragma unroll
+  for (int k = 0; k < NS; ++k) sums[k] = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const double* in = p.partials + (c * p.cols + col) * NS;
+#pragma unroll
+    for (int k = 0; k < NS; ++k) sums[k] += in[k];
+  }
+  double coef[kCoefs];
+  finish_backward(p, col, sums, coef);
+#pragma unroll
+  for (int k = 0; k < kCoefs; ++k) p.coefs[col * kCoefs + k] = coef[k];
+}
+
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads) backward_dx_kernel(BackwardParams<T> p) {
+  const Slice s = my_slice(p.rows, p.rows_per_chunk);
+  write_dx(p, s, s.has_column(p.cols) ? p.coefs + s.col * kCoefs : p.coefs);
+}
+
+// Eval backward: dx = dy * weight * invstd, in the pass that sums dy and dy (x - mean) for the
+// parameter gradients (when wanted: `sums` is a kernel argument, uniform over the block). One
+// chunk: dweight / dbias written here; several: this chunk's two sums into p.partials.
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads) backward_eval_kernel(BackwardParams<T> p, bool sums_wanted) {
+  const Slice s = my_slice(p.rows, p.rows_per_chunk);
+  double sums[2] = {0.0, 0.0};
+  if (s.has_column(p.cols)) {
+    const double invstd = p.save_invstd[s.col], mean = p.save_mean[s.col];
+    const T k = static_cast<T>(p.weight ? static_cast<double>(p.weight[s.col]) * invstd : invstd);
+    for (int64_t r = s.r_begin; r < s.r_end; r += s.step) {
+      const int64_t i = r * p.cols + s.col;
+      const T g = p.dy[i];
+      if (sums_wanted) {
+        const double gc = static_cast<double>(g);
+        sums[0] += gc;
+        sums[1] += gc * (static_cast<double>(p.x[i]) - mean);
+      }
+      p.dx[i] = g * k;
+    }
+  }
+  if (sums_wanted) {
+    reduce::column_reduce<2, reduce::Add>(sums);
+    if (threadIdx.y == 0 && s.has_column(p.cols)) {
+      if (gridDim.y == 1) {
+        if (p.dweight) store_grad(p.dweight, s.col, p.save_invstd[s.col] * sums[1], p.accumulate);
+        if (p.dbias) store_grad(p.dbias, s.col, sums[0], p.accumulate);
+      } else {
+        double* out = p.partials + (static_cast<int64_t>(blockIdx.y) * p.cols + s.col) * 2;
+        out[0] = sums[0], out[1] = sums[1];
+      }
+    }
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads) backward_eval_finish_kernel(BackwardParams<T> p, int64_t chunks) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= p.cols) return;
+  double sum_dy = 0.0, sum_dy_u = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const double* in = p.partials + (c * p.cols + col) * 2;
+    sum_dy += in[0];
+    sum_dy_u += in[1];
+  }
+  if (p.dweight) store_grad(p.dweight, col, p.save_invstd[col] * sum_dy_u, p.accumulate);
+  if (p.dbias) store_grad(p.dbias, col, sum_dy, p.accumulate);
+}
+
+}  // namespace fastnn::cuda::batchnorm_detail

@@ -1,0 +1,272 @@
+// The CUDA GEMM: C = act(alpha * op(A) @ op(B) + beta * C + bias), row-major, the four N/T
+// combinations as template parameters. The steps of the SGEMM_CUDA ladder it takes:
+//   - shared-memory tiles: a block computes a BM x BN tile of C, walking K in slabs of BK; each
+//     slab of op(A) (BM x BK) and op(B) (BK x BN) is stored k-major in shared memory, As[k][m] and
+//     Bs[k][n], whatever the transposes, so the inner loop is the same for all four;
+//   - 2D register blocking: each thread accumulates a TM x TN sub-tile in registers and reads TM + TN
+//     values from shared memory per k for TM * TN FMAs. Its rows (and columns) are groups of four
+//     adjacent ones, the groups 4 * threads apart, so one warp's 16-byte shared loads cover
+//     consecutive addresses (no bank conflicts) and its stores of C are whole 16-byte runs;
+//   - vectorised global loads: 16 bytes (float4 / double2) along the operand's contiguous dimension
+//     when the bases and leading dimensions allow (a uniform run-time flag), scalar loads with zero
+//     fill at the edges;
+//   - double buffering: the next slab is loaded into registers while the current one is multiplied,
+//     then stored to the other shared buffer: one __syncthreads per slab;
+//   - fused epilogue: alpha, beta (beta == 0 never reads C), the per-column bias and the activation
+//     (activation_apply from ops/activation.h, the CPU's own function) applied as C is stored.
+// Every element of C is one thread's sum over k in increasing order, whatever the tile shape, so
+// results are deterministic, and identical between the tile configurations.
+#pragma once
+#include <cstdint>
+
+#include "core/cuda_elementwise.cuh"
+#include "ops/gemm.h"
+
+namespace fastnn::cuda::gemm_detail {
+
+// The problem description shared with the CPU GEMM (row-major, leading dimensions in elements).
+template <class T>
+using GemmProblem = cpu::GemmProblem<T>;
+
+// C (or the raw problem) on the current stream. Defined for float and double in gemm_cuda.cu.
+template <class T>
+void launch_gemm(const GemmProblem<T>& p);
+
+// Tile shape: a block of (BN / TN) x (BM / TM) threads computes BM x BN of C in K-slabs of BK.
+template <class T, int BM_, int BN_, int BK_, int TM_, int TN_, int MIN_BLOCKS>
+struct TileConfig {
+  using Elem = T;
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_;
+  static constexpr int kMinBlocks = MIN_BLOCKS;  // resident blocks per SM asked of the register allocator
+  static constexpr int kThreadsX = BN / TN, kThreadsY = BM / TM;
+  static constexpr int kThreads = kThreadsX * kThreadsY;
+  static constexpr int VW = 16 / sizeof(T);  // elements per 16-byte load
+  // Shared rows padded by 4 elements: the transposing stores (As[k + j][m]) of neighbouring
+  // threads then fall in different banks, and rows stay 16-byte aligned.
+  static constexpr int kPad = 4;
+  static_assert(TM % 4 == 0 && TN % 4 == 0, "register tiles are groups of 4 rows / columns");
+  static_assert(BK % VW == 0 && BM % VW == 0 && BN % VW == 0, "slabs are whole vectors");
+  static_assert((BM * BK / VW) % kThreads == 0 && (BN * BK / VW) % kThreads == 0,
+                "every thread loads the same number of vectors per slab");
+};
+
+// float32, large problems: 128 x 128 tiles, 8 x 8 per thread (64 FMAs per 16 shared loads); at most
+// 128 registers, so two blocks (16 warps) share an SM.
+using ConfigF32Large = TileConfig<float, 128, 128, 8, 8, 8, 2>;
+// float32, problems of fewer than ~one wave of large tiles: 64 x 64, 4 x 4 per thread.
+using ConfigF32Medium = TileConfig<float, 64, 64, 16, 4, 4, 1>;
+// float32, MLP layers at small batch (128 x 512 x 512 is 16 tiles of 64 x 64, a tenth of an H100):
+// 32 x 32 tiles of 64 threads, four times as many blocks again.
+using ConfigF32Small = TileConfig<float, 32, 32, 16, 4, 4, 1>;
+// float64: 64 x 64 tiles, 4 x 4 per thread (the register budget of 8 x 8 doubles is too high).
+using ConfigF64 = TileConfig<double, 64, 64, 8, 4, 4, 1>;
+
+// One operand slab in registers: R x BK values of X(r, k), stored k-major into shared S[k][r].
+//   CONTIG_K: X(r, k) = x[r * ld + k]  (A, or B^T: the K dimension is contiguous)
+//   else:     X(r, k) = x[k * ld + r]  (A^T, or B: the R dimension is contiguous)
+template <class Cfg, int R, bool CONTIG_K>
+struct SlabLoader {
+  using T = typename Cfg::Elem;
+  using V = typename cuda_rt::Vec16<T>::type;  // float4 / double2
+  static constexpr int VW = Cfg::VW, BK = Cfg::BK;
+  static constexpr int kVectors = R * BK / VW / Cfg::kThreads;  // per thread
+  static constexpr int kPerRow = CONTIG_K ? BK / VW : R / VW;    // vectors along the contiguous dim
+
+  T regs[kVectors][VW] = {};  // (always loaded before use; the initialiser costs nothing once optimised)
+
+  // Where vector i of this thread lies in the slab: (r, k) of its first element.
+  __device__ __forceinline__ static void position(int i, int& r, int& k) {
+    const int v = static_cast<int>(threadIdx.x) + i * Cfg::kThreads;
+    if (CONTIG_K) {
+      r = v / kPerRow;
+      k = (v % kPerRow) * VW;
+    } else {
+      k = v / kPerRow;
+      r = (v % kPerRow) * VW;
+    }
+  }
+
+  // Slab rows r0.., k0..; rows >= r_lim or k >= k_lim read as zero. vec: 16-byte loads allowed.
+  __device__ __forceinline__ void load(const T* __restrict__ x, int64_t ld, int64_t r0, int64_t k0,
+                                       int64_t r_lim, int64_t k_lim, bool vec) {
+#pragma unroll
+    for (int i = 0; i < kVectors; ++i) {
+      int r, k;
+      position(i, r, k);
+      const int64_t gr = r0 + r, gk = k0 + k;
+      if (CONTIG_K) {
+        const T* src = x + gr * ld + gk;
+        if (vec && gr < r_lim && gk + VW <= k_lim) {
+          const V v = *reinterpret_cast<const V*>(src);
+          store_vec(regs[i], v);
+        } else {
+#pragma unroll
+          for (int j = 0; j < VW; ++j) regs[i][j] = gr < r_lim && gk + j < k_lim ? src[j] : T(0);
+        }
+      } else {
+        const T* src = x + gk * ld + gr;
+        if (vec && gk < k_lim && gr + VW <= r_lim) {
+          const V v = *reinterpret_cast<const V*>(src);
+          store_vec(regs[i], v);
+        } else {
+#pragma unroll
+          for (int j = 0; j < VW; ++j) regs[i][j] = gk < k_lim && gr + j < r_lim ? src[j] : T(0);
+        }
+      }
+    }
+  }
+
+  __device__ __forceinline__ void store(T (*S)[R + Cfg::kPad]) const {
+#pragma unroll
+    for (int i = 0; i < kVectors; ++i) {
+      int r, k;
+      position(i, r, k);
+      if (CONTIG_K) {
+#pragma unroll
+        for (int j = 0; j < VW; ++j) S[k + j][r] = regs[i][j];
+      } else {
+        V v;
+        load_vec(v, regs[i]);
+        *reinterpret_cast<V*>(&S[k][r]) = v;
+      }
+    }
+  }
+
+ private:
+  __device__ __forceinline__ static void store_vec(T (&dst)[VW], const float4& v) {
+    dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+  }
+  __device__ __forceinline__ static void store_vec(T (&dst)[VW], const double2& v) {
+    dst[0] = v.x, dst[1] = v.y;
+  }
+  __device__ __forceinline__ static void load_vec(float4& v, const T (&src)[VW]) {
+    v = make_float4(src[0], src[1], src[2], src[3]);
+  }
+  __device__ __forceinline__ static void load_vec(double2& v, const T (&src)[VW]) {
+    v = make_double2(src[0], src[1]);
+  }
+};
+
+// The epilogue of one element: what the CPU micro-kernels compute, in the same order.
+template <class T>
+__device__ __forceinline__ T epilogue(T acc, T alpha, T beta, const T* c, const T* bias, int64_t col,
+                                      Activation act) {
+  T v = alpha * acc;
+  if (beta != T(0)) v += beta * *c;
+  if (bias) v += bias[col];
+  return activation_apply(act, v);
+}
+
+// Four adjacent elements of C, 16-byte aligned: one float4 or two double2.
+__device__ __forceinline__ void load4(const float* c, float (&v)[4]) {
+  const float4 x = *reinterpret_cast<const float4*>(c);
+  v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+}
+__device__ __forceinline__ void load4(const double* c, double (&v)[4]) {
+  const double2 x = reinterpret_cast<const double2*>(c)[0], y = reinterpret_cast<const double2*>(c)[1];
+  v[0] = x.x, v[1] = x.y, v[2] = y.x, v[3] = y.y;
+}
+__device__ __forceinline__ void store4(float* c, const float (&v)[4]) {
+  *reinterpret_cast<float4*>(c) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store4(double* c, const double (&v)[4]) {
+  reinterpret_cast<double2*>(c)[0] = make_double2(v[0], v[1]);
+  reinterpret_cast<double2*>(c)[1] = make_double2(v[2], v[3]);
+}
+
+// One launch computes all of C. blockIdx.x walks the row tiles (M may be large: a batch),
+// blockIdx.y the column tiles. vec: A and B allow 16-byte loads; c_vec: C allows 16-byte stores.
+template <class Cfg, bool TRANS_A, bool TRANS_B>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    gemm_kernel(GemmProblem<typename Cfg::Elem> p, bool vec, bool c_vec) {
+  using T = typename Cfg::Elem;
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
+  constexpr int kPad = Cfg::kPad;
+  __shared__ __align__(16) T As[2][BK][BM + kPad];
+  __shared__ __align__(16) T Bs[2][BK][BN + kPad];
+
+  const int tx = static_cast<int>(threadIdx.x) % Cfg::kThreadsX;
+  const int ty = static_cast<int>(threadIdx.x) / Cfg::kThreadsX;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
+
+  // op(A)(m, k): A is (M, K) (k contiguous) or, transposed, (K, M) (m contiguous).
+  SlabLoader<Cfg, BM, !TRANS_A> a_slab;
+  // op(B)(k, n) seen as X(n, k): B is (K, N) (n contiguous) or, transposed, (N, K) (k contiguous).
+  SlabLoader<Cfg, BN, TRANS_B> b_slab;
+
+  T acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+
+  const int64_t slabs = (p.k + BK - 1) / BK;
+  if (slabs > 0) {
+    a_slab.load(p.a, p.lda, m0, 0, p.m, p.k, vec);
+    b_slab.load(p.b, p.ldb, n0, 0, p.n, p.k, vec);
+    a_slab.store(As[0]);
+    b_slab.store(Bs[0]);
+  }
+  __syncthreads();
+
+  for (int64_t s = 0; s < slabs; ++s) {
+    const int buf = static_cast<int>(s & 1);
+    const bool more = s + 1 < slabs;
+    if (more) {  // the next slab's global loads are in flight during the FMAs below
+      a_slab.load(p.a, p.lda, m0, (s + 1) * BK, p.m, p.k, vec);
+      b_slab.load(p.b, p.ldb, n0, (s + 1) * BK, p.n, p.k, vec);
+    }
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      T a[TM], b[TN];
+#pragma unroll
+      for (int g = 0; g < TM / 4; ++g)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[g * 4 + i] = As[buf][kk][g * 4 * Cfg::kThreadsY + ty * 4 + i];
+#pragma unroll
+      for (int g = 0; g < TN / 4; ++g)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) b[g * 4 + j] = Bs[buf][kk][g * 4 * Cfg::kThreadsX + tx * 4 + j];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+    }
+    if (more) {  // the other buffer was last read before the previous barrier
+      a_slab.store(As[buf ^ 1]);
+      b_slab.store(Bs[buf ^ 1]);
+    }
+    __syncthreads();
+  }
+
+  const T alpha = p.alpha, beta = p.beta;
+#pragma unroll
+  for (int gi = 0; gi < TM / 4; ++gi) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = m0 + gi * 4 * Cfg::kThreadsY + ty * 4 + i;
+      if (row >= p.m) continue;
+#pragma unroll
+      for (int gj = 0; gj < TN / 4; ++gj) {
+        const int64_t col = n0 + gj * 4 * Cfg::kThreadsX + tx * 4;
+        T* c = p.c + row * p.ldc + col;
+        const T* acc4 = &acc[gi * 4 + i][gj * 4];
+        if (c_vec && col + 4 <= p.n) {
+          T old[4] = {T(0), T(0), T(0), T(0)};
+          if (beta != T(0)) load4(c, old);
+          T out[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) out[j] = epilogue(acc4[j], alpha, beta, old + j, p.bias, col + j, p.act);
+          store4(c, out);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (col + j < p.n) c[j] = epilogue(acc4[j], alpha, beta, c + j, p.bias, col + j, p.act);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace fastnn::cuda::gemm_detail

@@ -1,0 +1,236 @@
+// CUDA kernels of the losses, the twins of loss_cpu.cpp, with the per-element math from ops/loss.h.
+//
+// Cross-entropy: one warp per row (8 rows per 256-thread block). The warp finds the row max and the
+// sum of the other classes' exponentials with shuffles, and, for the gradient, writes
+// coef * (softmax - onehot) in the same launch (the fused forward + backward reads the logits once
+// from DRAM; the second read of the row hits L1/L2). dlogits may be the logits themselves: each
+// lane rewrites only the elements it has read, after the whole warp has read the target's logit.
+//
+// MSE and BCE-with-logits: elementwise; each block owns a fixed range of kElementsPerBlock elements.
+//
+// Reduced losses are deterministic: every block writes its partial sums (in double), and one
+// single-block launch adds the partials in a fixed order and divides ("mean"). The shapes of all
+// launches depend on the problem size alone. Upstream gradients and the "mean" denominator stay on
+// the device (0-d tensors); kernels read them, so no call waits for the GPU.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "core/cuda_runtime.h"
+#include "ops/loss.h"
+#include "ops/reduce_kernels.cuh"
+
+namespace fastnn::cuda::loss_detail {
+
+constexpr int kRowsPerBlock = reduce::kReduceWarps;  // cross-entropy: a warp per row
+constexpr int kItemsPerThread = 16;
+constexpr int64_t kElementsPerBlock = int64_t{reduce::kReduceThreads} * kItemsPerThread;
+
+// ---- shared pieces ---------------------------------------------------------------------------------
+
+// loss = mean ? sum / count : sum from the partials {sum, count} of `blocks` blocks (count is the
+// number of elements, or cross-entropy's total class weight). No blocks: 0 for sum, 0/0 = NaN for
+// mean, as torch gives for an empty input.
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads)
+    loss_finish_kernel(const double* __restrict__ partials, int64_t blocks, bool mean, T* __restrict__ loss) {
+  double total[2];
+  reduce::final_reduce(partials, blocks, total, cuda_rt::SumOp{}, 0.0);
+  if (threadIdx.x == 0) loss[0] = static_cast<T>(mean ? total[0] / total[1] : total[0]);
+}
+
+// ---- cross-entropy -----------------------------------------------------------------------------
+
+template <class T, class I>
+struct CrossEntropyParams {
+  const T* logits;
+  const I* labels;
+  const T* weight;  // nullptr: every class weighs 1
+  int64_t rows, classes, ignore_index;
+  T* dlogits;                  // gradient out; nullptr for the forward
+  T* row_loss;                 // per-row weighted losses (reduction "none" forward), or nullptr
+  const T* row_upstream;       // per-row upstream gradient (reduction "none" backward), or nullptr
+  const T* dloss;              // 0-d upstream gradient of a reduced backward; nullptr: 1 (fused)
+  const double* denominator;   // "mean" backward: the total class weight; nullptr: 1
+  double* partials;            // per block {sum w[y] l, sum w[y]} (reduced forward), or nullptr
+};
+
+
+template <class T, class I>
+__global__ void __launch_bounds__(reduce::kReduceThreads) cross_entropy_rows_kernel(CrossEntropyParams<T, I> p) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
+  const int64_t C = p.classes;
+  double acc[2] = {0.0, 0.0};  // w[y] * loss, w[y]
+  if (row < p.rows) {  // the same for the whole warp
+    const int64_t y = static_cast<int64_t>(p.labels[row]);
+    const T* x = p.logits + row * C;
+    T* d = p.dlogits ? p.dlogits + row * C : nullptr;
+    if (y == p.ignore_index) {
+      if (d)
+        for (int64_t c = lane; c < C; c += 32) d[c] = T(0);
+      if (p.row_loss && lane == 0) p.row_loss[row] = T(0);
+    } else {
+      const T w = p.weight ? p.weight[y] : T(1);
+      const T target_logit = x[y];
+      T m = -INFINITY;
+      for (int64_t c = lane; c < C; c += 32) m = cuda_rt::MaxOp{}(m, x[c]);
+      m = cuda_rt::warp_reduce(m, cuda_rt::MaxOp{});
+      T others = T(0);
+      for (int64_t c = lane; c < C; c += 32)
+        if (c != y) others += std::exp(x[c] - m);
+      others = cuda_rt::warp_reduce(others, cuda_rt::SumOp{});
+      const T target_exp = std::exp(target_logit - m);
+      const T loss = cross_entropy_row_loss(m, target_logit, target_exp, others);
+      if (d) {
+        double upstream = p.row_upstream ? static_cast<double>(p.row_upstream[row])
+                                         : p.dloss ? static_cast<double>(p.dloss[0]) : 1.0;
+        if (p.denominator) upstream /= p.denominator[0];
+        const T coef = static_cast<T>(static_cast<double>(w) * upstream);
+        const T inv_sum = T(1) / (target_exp + others);
+        __syncwarp();  // every lane has read x[y] before any lane may overwrite it (d == x)
+        for (int64_t c = lane; c < C; c += 32)
+          d[c] = c == y ? cross_entropy_grad(target_exp, others, true, inv_sum, coef)
+                        : cross_entropy_grad(std::exp(x[c] - m), others, false, inv_sum, coef);
+      }
+      if (p.row_loss && lane == 0) p.row_loss[row] = w * loss;
+      acc[0] = static_cast<double>(w) * static_cast<double>(loss);
+      acc[1] = static_cast<double>(w);
+    }
+  }
+  if (p.partials) {  // a kernel argument: the same for the whole block
+    // Every lane of a warp holds its row's values: take them from lane 0 only.
+    if (lane != 0) acc[0] = acc[1] = 0.0;
+    reduce::block_sum(acc);
+    if (threadIdx.x == 0) {
+      p.partials[2 * static_cast<int64_t>(blockIdx.x)] = acc[0];
+      p.partials[2 * static_cast<int64_t>(blockIdx.x) + 1] = acc[1];
+    }
+  }
+}
+
+// The "mean" denominator, sum of w[y] over the rows not ignored, on one block: it depends on the
+// labels only, so the gradient launch can use it.
+template <class T, class I>
+__global__ void __launch_bounds__(reduce::kReduceThreads)
+    cross_entropy_total_weight_kernel(CrossEntropyParams<T, I> p, double* __restrict__ denominator) {
+  double total[1] = {0.0};
+  for (int64_t r = threadIdx.x; r < p.rows; r += reduce::kReduceThreads) {
+    const int64_t y = static_cast<int64_t>(p.labels[r]);
+    if (y != p.ignore_index) total[0] += p.weight ? static_cast<double>(p.weight[y]) : 1.0;
+  }
+  reduce::block_sum(total);
+  if (threadIdx.x == 0) denominator[0] = total[0];
+}
+
+// First row whose label is outside [0, classes) and is not ignore_index (INT64_MAX: none): per-block
+// minima of fixed row ranges, then one block's minimum of those.
+template <class I>
+__global__ void __launch_bounds__(reduce::kReduceThreads)
+    bad_label_blocks_kernel(const I* __restrict__ labels, int64_t rows, int64_t classes, int64_t ignore_index,
+                            int64_t* __restrict__ block_first) {
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kElementsPerBlock;
+  int64_t first[1] = {INT64_MAX};
+  for (int k = 0; k < kItemsPerThread; ++k) {
+    const int64_t r = begin + k * reduce::kReduceThreads + threadIdx.x;
+    if (r < rows) {
+      const int64_t v = static_cast<int64_t>(labels[r]);
+      if (v != ignore_index && (v < 0 || v >= classes) && r < first[0]) first[0] = r;
+    }
+  }
+  reduce::block_reduce_n(first, reduce::MinOp{}, INT64_MAX);
+  if (threadIdx.x == 0) block_first[blockIdx.x] = first[0];
+}
+
+__global__ void __launch_bounds__(reduce::kReduceThreads)
+    bad_label_finish_kernel(const int64_t* __restrict__ block_first, int64_t blocks, int64_t* __restrict__ first) {
+  int64_t m[1];
+  reduce::final_reduce(block_first, blocks, m, reduce::MinOp{}, INT64_MAX);
+  if (threadIdx.x == 0) first[0] = m[0];
+}
+
+// ---- MSE and BCE with logits -------------------------------------------------------------------
+
+template <class T>
+struct ElementwiseParams {
+  const T* x;
+  const T* t;
+  const T* weight;      // BCE: the shape of x, or nullptr (1)
+  const T* pos_weight;  // BCE: nullptr (1), one value, or one per element of the last dimension
+  int64_t pos_weight_len;
+  int64_t n;
+  T* loss;              // per-element losses (reduction "none" forward)
+  T* grad;              // gradient (backward)
+  const T* upstream;    // per-element upstream gradient (reduction "none" backward), or nullptr
+  const T* dloss;       // 0-d upstream gradient of a reduced backward
+  bool mean;            // reduced backward: the upstream gradient is dloss / n
+  double* partials;     // per block {sum of losses, elements} (reduced forward)
+};
+
+struct MseOp {
+  template <class T>
+  __device__ __forceinline__ static T loss(const ElementwiseParams<T>& p, int64_t i) {
+    return mse_loss(p.x[i], p.t[i]);
+  }
+  template <class T>
+  __device__ __forceinline__ static T grad(const ElementwiseParams<T>& p, int64_t i, T scale) {
+    return mse_grad(p.x[i], p.t[i], scale);
+  }
+};
+
+struct BceOp {
+  template <class T>
+  __device__ __forceinline__ static T pos_weight(const ElementwiseParams<T>& p, int64_t i) {
+    return p.pos_weight ? p.pos_weight[p.pos_weight_len == 1 ? 0 : i % p.pos_weight_len] : T(1);
+  }
+  template <class T>
+  __device__ __forceinline__ static T loss(const ElementwiseParams<T>& p, int64_t i) {
+    const T l = bce_with_logits_loss(p.x[i], p.t[i], pos_weight(p, i));
+    return p.weight ? p.weight[i] * l : l;  // torch weighs the loss last
+  }
+  template <class T>
+  __device__ __forceinline__ static T grad(const ElementwiseParams<T>& p, int64_t i, T scale) {
+    const T g = bce_with_logits_grad(p.x[i], p.t[i], pos_weight(p, i)) * scale;
+    return p.weight ? g * p.weight[i] : g;  // torch weighs the gradient last
+  }
+};
+
+// Reduced forward: block b sums the losses of elements [b, b + 1) * kElementsPerBlock in double.
+template <class T, class Op>
+__global__ void __launch_bounds__(reduce::kReduceThreads) elementwise_sum_kernel(ElementwiseParams<T> p) {
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kElementsPerBlock;
+  double acc[2] = {0.0, 0.0};
+  for (int k = 0; k < kItemsPerThread; ++k) {
+    const int64_t i = begin + k * reduce::kReduceThreads + threadIdx.x;
+    if (i < p.n) {
+      acc[0] += static_cast<double>(Op::loss(p, i));
+      acc[1] += 1.0;
+    }
+  }
+  reduce::block_sum(acc);
+  if (threadIdx.x == 0) {
+    p.partials[2 * static_cast<int64_t>(blockIdx.x)] = acc[0];
+    p.partials[2 * static_cast<int64_t>(blockIdx.x) + 1] = acc[1];
+  }
+}
+
+// Reduction "none" forward: one loss per element.
+template <class T, class Op>
+__global__ void __launch_bounds__(reduce::kReduceThreads) elementwise_loss_kernel(ElementwiseParams<T> p) {
+  for (int64_t i = cuda_rt::global_thread_index(); i < p.n; i += cuda_rt::grid_stride()) p.loss[i] = Op::loss(p, i);
+}
+
+// Backward: the upstream gradient per element ("none"), or dloss (/ n for "mean") for all, rounded
+// to T once, as the CPU does.
+template <class T, class Op>
+__global__ void __launch_bounds__(reduce::kReduceThreads) elementwise_grad_kernel(ElementwiseParams<T> p) {
+  T scale = T(0);
+  if (!p.upstream) {
+    const double g = static_cast<double>(p.dloss[0]);
+    scale = static_cast<T>(p.mean ? g / static_cast<double>(p.n) : g);
+  }
+  for (int64_t i = cuda_rt::global_thread_index(); i < p.n; i += cuda_rt::grid_stride())
+    p.grad[i] = Op::grad(p, i, p.upstream ? p.upstream[i] : scale);
+}
+
+}  // namespace fastnn::cuda::loss_detail

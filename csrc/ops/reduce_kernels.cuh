@@ -1,0 +1,146 @@
+// Deterministic reductions shared by the CUDA kernels of the op families (linear's bias gradient,
+// batch norm's statistics, the losses). Every sum is taken in an order fixed by the launch shape,
+// and every launch shape here is a function of the problem size alone (never of the GPU's SM count,
+// never of timing), so a result has the same bits run to run and GPU to GPU. No float atomics.
+//
+// Built on core/cuda_reduce.cuh's warp reductions. Two shapes:
+// - 1-d blocks of kReduceThreads threads: block_reduce() over all threads (warp butterflies, then
+//   the warps' results through shared memory), and final_reduce() over an array of per-block
+//   partials, on one block.
+// - "column blocks" over a row-major (rows, cols) matrix: blockDim = (cx, kReduceThreads / cx),
+//   cx a power of two <= 32 (fewer columns than 32 keep every lane busy). Thread (x, y) owns column
+//   blockIdx.x * cx + x and the rows y, y + blockDim.y, ... of its row range: a warp reads whole
+//   row segments (coalesced), and column_reduce() combines the threads of one column, first across
+//   the lanes of a warp with shuffles, then across warps in shared memory, in warp order.
+#pragma once
+#include <cstdint>
+
+#include "core/cuda_launch.h"
+#include "core/cuda_reduce.cuh"
+
+namespace fastnn::cuda::reduce {
+
+constexpr int kReduceThreads = 256;
+constexpr int kReduceWarps = kReduceThreads / 32;
+
+// Minimum, for finding the first index with some property.
+struct MinOp {
+  template <class T>
+  __device__ __forceinline__ T operator()(T a, T b) const { return b < a ? b : a; }
+};
+
+// Op (a commutative functor: cuda_rt::SumOp, MinOp) over NV values of all threads of a 1-d block
+// of kReduceThreads; every thread gets the results. cuda_rt::warp_reduce's xor butterfly combines
+// the same two operands on both lanes of each pair, so every lane holds the same bits, and the
+// warps' results are combined in warp order. Two __syncthreads: every thread must call it.
+template <int NV, class T, class Op>
+__device__ __forceinline__ void block_reduce_n(T (&v)[NV], Op op, T identity) {
+  __shared__ T warp_results[kReduceWarps][NV];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int k = 0; k < NV; ++k) v[k] = cuda_rt::warp_reduce(v[k], op);
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < NV; ++k) warp_results[warp][k] = v[k];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < NV; ++k) v[k] = cuda_rt::warp_reduce(lane < kReduceWarps ? warp_results[lane][k] : identity, op);
+  __syncthreads();  // warp_results may be reused by the next call
+}
+
+template <int NV, class T>
+__device__ __forceinline__ void block_sum(T (&v)[NV]) {
+  block_reduce_n(v, cuda_rt::SumOp{}, T(0));
+}
+
+// Op over items[i * NV + k], i < count, for each k, on one block of kReduceThreads: thread t
+// combines items t, t + kReduceThreads, ... in order, then block_reduce_n. Every thread gets the
+// results; `identity` for none.
+template <int NV, class T, class Op>
+__device__ __forceinline__ void final_reduce(const T* items, int64_t count, T (&total)[NV], Op op, T identity) {
+#pragma unroll
+  for (int k = 0; k < NV; ++k) total[k] = identity;
+  for (int64_t i = threadIdx.x; i < count; i += kReduceThreads) {
+#pragma unroll
+    for (int k = 0; k < NV; ++k) total[k] = op(total[k], items[i * NV + k]);
+  }
+  block_reduce_n(total, op, identity);
+}
+
+// Plain addition, for column_reduce.
+struct Add {
+  template <int NV>
+  __device__ __forceinline__ static void combine(double (&a)[NV], const double (&b)[NV]) {
+#pragma unroll
+    for (int k = 0; k < NV; ++k) a[k] += b[k];
+  }
+};
+
+// Combines the NV-value states of the threads that share a column of a column block (see above)
+// with Op::combine(a, b) (b from the later rows). The column's result lands in the threads with
+// threadIdx.y == 0; the others keep partial states. Two __syncthreads: all threads must call it.
+template <int NV, class Op>
+__device__ __forceinline__ void column_reduce(double (&v)[NV]) {
+  __shared__ double warp_states[kReduceWarps][32][NV];
+  const int cx = blockDim.x;
+  // Lanes l and l ^ offset (offset >= cx) hold the same column in different rows.
+  for (int offset = cx; offset < 32; offset <<= 1) {
+    double other[NV];
+#pragma unroll
+    for (int k = 0; k < NV; ++k) other[k] = __shfl_xor_sync(0xffffffffu, v[k], offset);
+    Op::combine(v, other);
+  }
+  const int linear = threadIdx.y * cx + threadIdx.x, lane = linear & 31, warp = linear >> 5;
+  if (lane < cx) {  // the warp's first row: lane == threadIdx.x
+#pragma unroll
+    for (int k = 0; k < NV; ++k) warp_states[warp][lane][k] = v[k];
+  }
+  __syncthreads();
+  if (threadIdx.y == 0) {  // warp 0, lanes < cx
+#pragma unroll
+    for (int k = 0; k < NV; ++k) v[k] = warp_states[0][threadIdx.x][k];
+    for (int w = 1; w < kReduceWarps; ++w) {
+      double other[NV];
+#pragma unroll
+      for (int k = 0; k < NV; ++k) other[k] = warp_states[w][threadIdx.x][k];
+      Op::combine(v, other);
+    }
+  }
+  __syncthreads();  // warp_states may be reused by the next call
+}
+
+// Host side: the shape of a column-block launch over (rows, cols), a function of the sizes alone.
+struct ColumnGrid {
+  int cx = 32;                 // columns per block
+  int64_t col_blocks = 0;      // blocks across the columns
+  int64_t chunks = 1;          // row ranges reduced by separate blocks (then combined in order)
+  int64_t rows_per_chunk = 0;  // rows of each chunk (the last may have fewer)
+
+  dim3 block() const { return dim3(static_cast<unsigned>(cx), static_cast<unsigned>(kReduceThreads / cx)); }
+  dim3 grid() const { return dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(chunks)); }
+};
+
+// Below kMinChunkRows rows a column block reduces all rows itself (and the op can finish in the
+// same launch); above, rows are split into chunks until there are about kTargetBlocks blocks.
+constexpr int64_t kMinChunkRows = 512;
+constexpr int64_t kTargetBlocks = 256;
+constexpr int64_t kMaxGridY = 65535;
+
+inline ColumnGrid column_grid(int64_t rows, int64_t cols) {
+  ColumnGrid g;
+  g.cx = 1;
+  while (g.cx < 32 && g.cx < cols) g.cx *= 2;
+  g.col_blocks = (cols + g.cx - 1) / g.cx;
+  const int64_t by_rows = (rows + kMinChunkRows - 1) / kMinChunkRows;
+  const int64_t by_blocks = (kTargetBlocks + g.col_blocks - 1) / g.col_blocks;
+  g.chunks = by_rows < by_blocks ? by_rows : by_blocks;
+  if (g.chunks > kMaxGridY) g.chunks = kMaxGridY;
+  if (g.chunks < 1) g.chunks = 1;
+  g.rows_per_chunk = (rows + g.chunks - 1) / g.chunks;
+  if (g.rows_per_chunk > 0) g.chunks = (rows + g.rows_per_chunk - 1) / g.rows_per_chunk;
+  if (g.chunks < 1) g.chunks = 1;
+  return g;
+}
+
+}  // namespace fastnn::cuda::reduce
