@@ -129,6 +129,10 @@ def test_emulated_device_memory_starts_as_nan():
     C._cuda_empty_cache()
     t = fastnn.empty([12345], "float32", "cuda")  # a fresh cudaMalloc
     assert np.isnan(host(t)).all()
+    t.fill_(1.0)
+    del t
+    reused = fastnn.empty([12345], "float32", "cuda")  # the same block, from the cache
+    assert np.isnan(host(reused)).all()
 
 
 def test_caching_allocator_steady_state_makes_no_cuda_malloc(rng):

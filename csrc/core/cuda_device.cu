@@ -4,7 +4,8 @@
 // The caching allocator keeps freed blocks in per-device free lists keyed by a size class, so a
 // training step that allocates the same tensors as the one before it is served from the lists and
 // makes no cudaMalloc (cudaMalloc synchronises the device and costs far more than a kernel).
-// Size classes are 512 bytes up to 2 KiB, then four per power of two (waste under 25%). Blocks are
+// Size classes are 512 bytes up to 2 KiB, then four per power of two (waste under 25%); exact sizes
+// under emulation (see size_class). Blocks are
 // only ever used on the legacy default stream (cuda_rt::current_stream), where work is ordered, so
 // a block freed on the host can be handed out again at once. cudaMalloc failing with out-of-memory
 // empties the cache and retries once.
@@ -23,11 +24,17 @@ namespace {
 constexpr int kMaxDevices = 64;
 
 size_t size_class(size_t n) {
+#if defined(FASTNN_CUDA_EMULATED)
+  // Exact sizes under emulation: a kernel reading past a tensor's end then runs off its cudaMalloc
+  // block, where AddressSanitizer sees it. Steady training steps still reuse blocks of equal size.
+  return n;
+#else
   constexpr size_t kMin = 512;
   if (n <= kMin) return kMin;
   const int e = 63 - __builtin_clzll(n - 1);  // 2^e < n <= 2^(e + 1)
   const size_t step = std::max(kMin, size_t{1} << (e - 2));
   return (n + step - 1) / step * step;
+#endif
 }
 
 class DeviceCache {
@@ -43,6 +50,11 @@ class DeviceCache {
       cached_bytes_ -= bytes;
       in_use_bytes_ += bytes;
       ++stats_.cache_hits;
+#if defined(FASTNN_CUDA_EMULATED)
+      // as fresh cudaMalloc memory is: NaN, so a kernel that reads an output before writing it
+      // shows it in its results rather than reading the previous tensor's values
+      FASTNN_CUDA_CHECK(cudaMemset(p, 0xFF, bytes));
+#endif
       return p;
     }
     FASTNN_CUDA_CHECK(cudaSetDevice(device_));

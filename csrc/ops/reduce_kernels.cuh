@@ -4,7 +4,7 @@
 // never of timing), so a result has the same bits run to run and GPU to GPU. No float atomics.
 //
 // Built on core/cuda_reduce.cuh's warp reductions. Two shapes:
-// - 1-d blocks of kReduceThreads threads: block_reduce() over all threads (warp butterflies, then
+// - 1-d blocks of kReduceThreads threads: block_reduce_n() over all threads (warp butterflies, then
 //   the warps' results through shared memory), and final_reduce() over an array of per-block
 //   partials, on one block.
 // - "column blocks" over a row-major (rows, cols) matrix: blockDim = (cx, kReduceThreads / cx),
