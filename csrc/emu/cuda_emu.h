@@ -788,7 +788,6 @@ inline unsigned complete_warp_op(BlockRun& b, unsigned warp_base, unsigned nthre
         for (unsigned m = 0; m < 32; ++m)
           if (arrived >> m & 1u && b.fibers[warp_base + m].value != g.value) same = false;
         g.result = same ? arrived : 0;
-        g.predicate = same;
         break;
       }
       default: g.result = common; break;
