@@ -48,8 +48,8 @@ void cuda_empty_cache();
 
 // The one routing point. FASTNN_DEVICE_CALL is an expression with the backend's return type;
 // FASTNN_ON_DEVICE the statement form used by the void entry points. In a build with CUDA (real or
-// emulated) a CUDA tensor goes to ::fastnn::cuda::fn; a kernel not written yet is a weak fallback
-// in ops/cuda_pending.cpp that raises no_cuda_kernel's RuntimeError.
+// emulated) a CUDA tensor goes to ::fastnn::cuda::fn, which every op defines in its <op>_cuda.cu:
+// a missing one is an undefined symbol, found when the module is built and imported.
 #if defined(FASTNN_WITH_CUDA)
 #define FASTNN_DEVICE_CALL(device, fn, ...) \
   ((device).is_cuda() ? ::fastnn::cuda::fn(__VA_ARGS__) : ::fastnn::cpu::fn(__VA_ARGS__))
