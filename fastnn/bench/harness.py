@@ -80,7 +80,19 @@ class Bench:
 
     def probe_ok(self) -> bool:
         """A short FMA probe: below 85% of the session's peak means another process is on our cores."""
+        self.settle()
         return _C._probe_peak_gflops(self.threads, 0.01) >= 0.85 * self.peak
+
+    @staticmethod
+    def settle():
+        """Lets both libraries' idle worker threads stop spinning before the next timed block.
+
+        PyTorch's OpenMP workers spin for milliseconds after each parallel region; timed right
+        after, fastnn's 128x784->1024 GEMM took 0.94 ms instead of 0.57 (its second thread found
+        its core taken). A 30 ms FMA loop on every core outlasts the spinning and keeps the
+        clocks up (a plain sleep let them drop: both libraries then timed slower).
+        """
+        _C._probe_peak_gflops(_C.get_num_threads(), 0.03)
 
     @staticmethod
     def _time(fn, inner: int) -> float:
@@ -102,7 +114,10 @@ class Bench:
         for _ in range(self.rounds):
             pair = [("f", fast), ("r", ref)]
             random.shuffle(pair)  # a fixed order makes whatever runs second pay for the first's cache traffic
-            got = {k: self._time(fn, inner) for k, fn in pair}
+            got = {}
+            for k, fn in pair:
+                self.settle()
+                got[k] = self._time(fn, inner)
             tf.append(got["f"])
             tr.append(got["r"])
             ratios.append(got["r"] / got["f"])
@@ -127,7 +142,10 @@ class Bench:
         """Times fastnn alone (no PyTorch counterpart), e.g. a whole MNIST epoch."""
         repeats = repeats or (1 if self.quick else 3)
         ok_before = self.probe_ok()
-        times = [self._time(fn, 1) for _ in range(repeats)]
+        times = []
+        for _ in range(repeats):
+            self.settle()
+            times.append(self._time(fn, 1))
         disturbed = not (ok_before and self.probe_ok())
         row = Row(group, name, statistics.median(times) * 1e3, float("nan"), min(times) * 1e3, float("nan"),
                   float("nan"), disturbed=disturbed, note=note)
