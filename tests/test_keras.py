@@ -201,3 +201,30 @@ def test_verbose_progress_bar_shows_batch_and_running_loss(capsys):
     model.fit(x, y, epochs=2, verbose=2)
     out = capsys.readouterr().out
     assert out.count("steps/s") == 2 and "\r" not in out
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # scikit-learn's ConvergenceWarning at max_iter=5
+def test_keras_and_sklearn_train_on_every_device(device):
+    """The same small model on each available device ("cuda" is the emulated one in CI) learns alike."""
+    from fastnn.sklearn import MLPClassifier
+
+    g = np.random.default_rng(0)
+    x = g.standard_normal((64, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    fastnn.manual_seed(0)
+    model = Sequential([Dense(8, input_shape=(6,)), BatchNormalization(), Activation("relu"), Dropout(0.2),
+                        Dense(2, activation="softmax")], device=device)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
+    fastnn.manual_seed(0)
+    ref = Sequential([Dense(8, input_shape=(6,)), BatchNormalization(), Activation("relu"), Dropout(0.2),
+                      Dense(2, activation="softmax")], device="cpu")
+    ref.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    ref_history = ref.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
+    # same seed, same dropout masks (Philox is device-independent): the losses agree to float32 rounding
+    np.testing.assert_allclose(history.history["loss"], ref_history.history["loss"], rtol=1e-4)
+    assert model.predict(x).shape == (64, 2)
+    for solver in ("adam", "lbfgs"):
+        clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0, solver=solver, device=device)
+        ref_clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0, solver=solver)
+        assert clf.fit(x, y).score(x, y) == ref_clf.fit(x, y).score(x, y)
