@@ -49,6 +49,73 @@ struct GemmProblem {
 template <class T>
 void gemm(const GemmProblem<T>& p);
 
+// The problems the Tensor-level entry points pose, built in one place for the CPU and CUDA
+// launchers alike (shapes were checked in the bindings).
+
+// c = act(alpha * op(a) @ op(b) + beta * c + bias)
+template <class T>
+GemmProblem<T> gemm_problem(const Tensor& a, const Tensor& b, Tensor& c, double alpha, double beta,
+                            bool trans_a, bool trans_b, const Tensor* bias, Activation act) {
+  GemmProblem<T> p;
+  p.trans_a = trans_a;
+  p.trans_b = trans_b;
+  p.m = c.size(0);
+  p.n = c.size(1);
+  p.k = trans_a ? a.size(0) : a.size(1);
+  p.alpha = static_cast<T>(alpha);
+  p.a = a.data<T>();
+  p.lda = a.size(1);
+  p.b = b.data<T>();
+  p.ldb = b.size(1);
+  p.beta = static_cast<T>(beta);
+  p.c = c.data<T>();
+  p.ldc = c.size(1);
+  p.bias = bias ? bias->data<T>() : nullptr;
+  p.act = act;
+  return p;
+}
+
+// Linear forward: y (N, out) = act(x (N, in) @ weight^T + bias), weight (out, in) as in torch.
+template <class T>
+GemmProblem<T> linear_forward_problem(const Tensor& x, const Tensor& weight, const Tensor* bias,
+                                      Activation act, Tensor& y) {
+  return gemm_problem<T>(x, weight, y, 1.0, 0.0, false, true, bias, act);
+}
+
+// Linear backward: dweight (out, in) = dz^T @ x, added to dweight when accumulating.
+template <class T>
+GemmProblem<T> linear_dweight_problem(const T* dz, const Tensor& x, Tensor& dweight, bool accumulate) {
+  GemmProblem<T> p;
+  p.trans_a = true;
+  p.m = dweight.size(0);
+  p.n = x.size(1);
+  p.k = x.size(0);
+  p.a = dz;
+  p.lda = p.m;
+  p.b = x.data<T>();
+  p.ldb = p.n;
+  p.beta = accumulate ? T(1) : T(0);
+  p.c = dweight.data<T>();
+  p.ldc = p.n;
+  return p;
+}
+
+// Linear backward: dx (N, in) = dz (N, out) @ weight (out, in).
+template <class T>
+GemmProblem<T> linear_dx_problem(const T* dz, const Tensor& weight, Tensor& dx) {
+  GemmProblem<T> p;
+  p.m = dx.size(0);
+  p.n = dx.size(1);
+  p.k = weight.size(0);
+  p.a = dz;
+  p.lda = p.k;
+  p.b = weight.data<T>();
+  p.ldb = p.n;
+  p.c = dx.data<T>();
+  p.ldc = p.n;
+  return p;
+}
+
 namespace gemm_detail {
 
 // Arguments of one micro-kernel call: one tile of C, rows <= MR, cols <= NR.

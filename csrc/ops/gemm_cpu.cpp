@@ -298,23 +298,7 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, double alpha, double beta
           bool trans_b, const Tensor* bias, Activation act) {
   dispatch_floating(c.dtype(), "c", [&](auto tag) {
     using T = decltype(tag);
-    GemmProblem<T> p;
-    p.trans_a = trans_a;
-    p.trans_b = trans_b;
-    p.m = c.size(0);
-    p.n = c.size(1);
-    p.k = trans_a ? a.size(0) : a.size(1);
-    p.alpha = static_cast<T>(alpha);
-    p.a = a.data<T>();
-    p.lda = a.size(1);
-    p.b = b.data<T>();
-    p.ldb = b.size(1);
-    p.beta = static_cast<T>(beta);
-    p.c = c.data<T>();
-    p.ldc = c.size(1);
-    p.bias = bias ? bias->data<T>() : nullptr;
-    p.act = act;
-    gemm(p);
+    gemm(gemm_problem<T>(a, b, c, alpha, beta, trans_a, trans_b, bias, act));
   });
 }
 

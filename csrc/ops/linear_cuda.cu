@@ -14,20 +14,7 @@ void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, A
                     Tensor& y) {
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
-    gemm_detail::GemmProblem<T> p;
-    p.trans_b = true;  // weight is (out, in): x @ weight^T
-    p.m = x.size(0);
-    p.n = weight.size(0);
-    p.k = x.size(1);
-    p.a = x.data<T>();
-    p.lda = p.k;
-    p.b = weight.data<T>();
-    p.ldb = p.k;
-    p.c = y.data<T>();
-    p.ldc = p.n;
-    p.bias = bias ? bias->data<T>() : nullptr;
-    p.act = act;
-    gemm_detail::launch_gemm(p);
+    gemm_detail::launch_gemm(cpu::linear_forward_problem<T>(x, weight, bias, act, y));
   });
 }
 
@@ -35,7 +22,7 @@ void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, co
                      Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate) {
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
-    const int64_t n = x.size(0), in = x.size(1), out = weight.size(0);
+    const int64_t n = x.size(0), out = weight.size(0);
     T* db = dbias ? dbias->data<T>() : nullptr;
 
     // dz: dy itself for a plain linear layer; otherwise the one temporary of the backward pass.
@@ -67,32 +54,10 @@ void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, co
       }
     }
 
-    gemm_detail::GemmProblem<T> gw;  // dweight (out, in) = dz^T @ x
-    gw.trans_a = true;
-    gw.m = out;
-    gw.n = in;
-    gw.k = n;
-    gw.a = dz;
-    gw.lda = out;
-    gw.b = x.data<T>();
-    gw.ldb = in;
-    gw.beta = accumulate ? T(1) : T(0);
-    gw.c = dweight.data<T>();
-    gw.ldc = in;
-    gemm_detail::launch_gemm(gw);
+    gemm_detail::launch_gemm(cpu::linear_dweight_problem<T>(dz, x, dweight, accumulate));
 
     if (dx) {  // dx (N, in) = dz @ weight
-      gemm_detail::GemmProblem<T> gx;
-      gx.m = n;
-      gx.n = in;
-      gx.k = out;
-      gx.a = dz;
-      gx.lda = out;
-      gx.b = weight.data<T>();
-      gx.ldb = in;
-      gx.c = dx->data<T>();
-      gx.ldc = in;
-      gemm_detail::launch_gemm(gx);
+      gemm_detail::launch_gemm(cpu::linear_dx_problem<T>(dz, weight, *dx));
     }
   });
 }
