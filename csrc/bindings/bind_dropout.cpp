@@ -4,6 +4,7 @@
 
 #include "bindings/bindings.h"
 #include "bindings/convert.h"
+#include "bindings/graph_slot.h"
 #include "ops/dropout.h"
 
 namespace fastnn::bind {
@@ -57,27 +58,38 @@ void bind_dropout(py::module_& m) {
         "The 4 output words of Philox4x32-10 for 4 counter words and 2 key words (for tests).");
 
   m.def("dropout_forward", [](py::handle x_, py::handle p_, py::handle seed_, py::handle offset_,
-                              const std::string& activation, py::handle out_) {
+                              const std::string& activation, py::handle out_, py::handle slot_) {
           Activation act = to_dropout_activation(activation);
           Tensor x = to_tensor(x_, "x");
           check_floating(x, "x");
-          const DropoutParams params = DropoutParams::make(
+          DropoutParams params = DropoutParams::make(
               to_probability(p_), to_unsigned(seed_, 64, "seed"), to_unsigned(offset_, 64, "offset"));
+          params.slot = to_graph_slot(slot_, x, "x");
+          if (params.slot && !params.slot.recording) {  // a replay's fresh key: stored, nothing run
+            dropout_forward(x, x, params, act);
+            return py::none().cast<py::object>();
+          }
           Tensor y = output(out_, x.shape(), x.dtype(), x.device());
           dropout_forward(x, y, params, act);
-          return y;
+          return py::cast(y);
         }, py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("offset"),
-        py::arg("activation") = "none", py::arg("out") = py::none(),
+        py::arg("activation") = "none", py::arg("out") = py::none(), py::kw_only(), py::arg("slot") = py::none(),
         "y = act(x) * keep / (1 - p), act in {'none', 'relu'}; keep is the Philox4x32-10 mask of "
-        "(seed, offset, element index). p = 0 copies act(x) exactly; p = 1 gives zeros.");
+        "(seed, offset, element index). p = 0 copies act(x) exactly; p = 1 gives zeros. With a graph "
+        "slot (fastnn.cuda), a captured launch reads its key from the slot; a call with the slot of a "
+        "captured graph only stores (seed, offset) for its next replay and returns None.");
 
   m.def("dropout_backward", [](py::handle dy_, py::handle p_, py::handle seed_, py::handle offset_,
-                               py::handle y_, const std::string& activation, py::handle out_) {
+                               py::handle y_, const std::string& activation, py::handle out_,
+                               py::handle slot_) {
           Activation act = to_dropout_activation(activation);
           Tensor dy = to_tensor(dy_, "dy");
           check_floating(dy, "dy");
-          const DropoutParams params = DropoutParams::make(
+          DropoutParams params = DropoutParams::make(
               to_probability(p_), to_unsigned(seed_, 64, "seed"), to_unsigned(offset_, 64, "offset"));
+          params.slot = to_graph_slot(slot_, dy, "dy");
+          FASTNN_CHECK(!params.slot || params.slot.recording, ValueError,
+                       "slot: dropout_backward reads the key its forward stored; pass the slot while capturing");
           Tensor y;
           if (!y_.is_none()) {
             y = to_tensor(y_, "y");
@@ -90,7 +102,7 @@ void bind_dropout(py::module_& m) {
           dropout_backward(dy, y, dx, params, act);
           return dx;
         }, py::arg("dy"), py::arg("p"), py::arg("seed"), py::arg("offset"), py::arg("y") = py::none(),
-        py::arg("activation") = "none", py::arg("out") = py::none(),
+        py::arg("activation") = "none", py::arg("out") = py::none(), py::kw_only(), py::arg("slot") = py::none(),
         "Gradient of dropout_forward. activation='none': dx = dy * keep / (1 - p), the mask "
         "regenerated from (seed, offset); 'relu': dx = dy / (1 - p) where y > 0, else 0 (needs y).");
 

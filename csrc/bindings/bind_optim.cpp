@@ -2,6 +2,7 @@
 
 #include "bindings/bindings.h"
 #include "bindings/convert.h"
+#include "bindings/graph_slot.h"
 #include "ops/optim.h"
 
 namespace fastnn::bind {
@@ -62,7 +63,7 @@ void check_disjoint(std::initializer_list<Named> tensors) {
 void bind_optim(py::module_& m) {
   m.def("sgd_step", [](py::handle param_, py::handle grad_, py::handle momentum_buffer_, double lr,
                        double momentum, double dampening, double weight_decay, bool nesterov,
-                       bool maximize, bool first_step) {
+                       bool maximize, bool first_step, py::handle slot) {
           Tensor param = param_arg(param_);
           Tensor grad = like_param(grad_, param, "grad", false);
           Tensor buf = optional_like_param(momentum_buffer_, param, "momentum_buffer", momentum != 0,
@@ -71,13 +72,14 @@ void bind_optim(py::module_& m) {
           SgdOptions o;
           o.lr = lr, o.momentum = momentum, o.dampening = dampening, o.weight_decay = weight_decay;
           o.nesterov = nesterov, o.maximize = maximize, o.first_step = first_step;
+          o.slot = to_graph_slot(slot, param, "param");
           py::gil_scoped_release no_gil;
           sgd_step(param, grad, buf, o);
         },
         py::arg("param"), py::arg("grad"), py::arg("momentum_buffer") = py::none(), py::kw_only(),
         py::arg("lr"), py::arg("momentum") = 0.0, py::arg("dampening") = 0.0,
         py::arg("weight_decay") = 0.0, py::arg("nesterov") = false, py::arg("maximize") = false,
-        py::arg("first_step") = false,
+        py::arg("first_step") = false, py::arg("slot") = py::none(),
         R"doc(One SGD step, in place, as torch.optim.SGD computes it for one tensor.
 
 g = -grad if maximize; g += weight_decay * param; with momentum != 0: momentum_buffer = g when
@@ -88,7 +90,7 @@ momentum != 0. All tensors: param's shape, dtype and device, no two sharing memo
   m.def("adam_step", [](py::handle param_, py::handle grad_, py::handle exp_avg_,
                         py::handle exp_avg_sq_, py::handle max_exp_avg_sq_, int64_t step, double lr,
                         double beta1, double beta2, double eps, double weight_decay,
-                        bool decoupled_weight_decay, bool amsgrad, bool maximize) {
+                        bool decoupled_weight_decay, bool amsgrad, bool maximize, py::handle slot) {
           FASTNN_CHECK(step >= 1, ValueError, "step: expected the step number counting from 1, got ", step);
           Tensor param = param_arg(param_);
           Tensor grad = like_param(grad_, param, "grad", false);
@@ -102,6 +104,7 @@ momentum != 0. All tensors: param's shape, dtype and device, no two sharing memo
           o.step = step, o.lr = lr, o.beta1 = beta1, o.beta2 = beta2, o.eps = eps;
           o.weight_decay = weight_decay, o.decoupled_weight_decay = decoupled_weight_decay;
           o.amsgrad = amsgrad, o.maximize = maximize;
+          o.slot = to_graph_slot(slot, param, "param");
           py::gil_scoped_release no_gil;
           adam_step(param, grad, m1, m2, m2_max, o);
         },
@@ -109,7 +112,7 @@ momentum != 0. All tensors: param's shape, dtype and device, no two sharing memo
         py::arg("max_exp_avg_sq") = py::none(), py::kw_only(), py::arg("step"), py::arg("lr"),
         py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay") = 0.0,
         py::arg("decoupled_weight_decay") = false, py::arg("amsgrad") = false,
-        py::arg("maximize") = false,
+        py::arg("maximize") = false, py::arg("slot") = py::none(),
         R"doc(One Adam (or AdamW) step, in place, as torch.optim.Adam computes it for one tensor.
 
 `step` is this step's number counting from 1 (the bias corrections use it). weight_decay is added
@@ -120,7 +123,7 @@ shape, dtype and device, no two sharing memory.)doc");
   m.def("rmsprop_step", [](py::handle param_, py::handle grad_, py::handle square_avg_,
                            py::handle momentum_buffer_, py::handle grad_avg_, double lr,
                            double alpha, double eps, double weight_decay, double momentum,
-                           bool centered, bool maximize) {
+                           bool centered, bool maximize, py::handle slot) {
           Tensor param = param_arg(param_);
           Tensor grad = like_param(grad_, param, "grad", false);
           Tensor sq = like_param(square_avg_, param, "square_avg");
@@ -132,6 +135,7 @@ shape, dtype and device, no two sharing memory.)doc");
           RmspropOptions o;
           o.lr = lr, o.alpha = alpha, o.eps = eps, o.weight_decay = weight_decay;
           o.momentum = momentum, o.centered = centered, o.maximize = maximize;
+          o.slot = to_graph_slot(slot, param, "param");
           py::gil_scoped_release no_gil;
           rmsprop_step(param, grad, sq, buf, g_avg, o);
         },
@@ -139,6 +143,7 @@ shape, dtype and device, no two sharing memory.)doc");
         py::arg("momentum_buffer") = py::none(), py::arg("grad_avg") = py::none(), py::kw_only(),
         py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay") = 0.0,
         py::arg("momentum") = 0.0, py::arg("centered") = false, py::arg("maximize") = false,
+        py::arg("slot") = py::none(),
         R"doc(One RMSprop step, in place, as torch.optim.RMSprop computes it for one tensor.
 
 momentum_buffer is required when momentum > 0, grad_avg when centered=True. All tensors: param's
@@ -146,7 +151,7 @@ shape, dtype and device, no two sharing memory.)doc");
 
   m.def("adagrad_step", [](py::handle param_, py::handle grad_, py::handle state_sum_,
                            int64_t step, double lr, double lr_decay, double weight_decay,
-                           double eps, bool maximize) {
+                           double eps, bool maximize, py::handle slot) {
           FASTNN_CHECK(step >= 1, ValueError, "step: expected the step number counting from 1, got ", step);
           Tensor param = param_arg(param_);
           Tensor grad = like_param(grad_, param, "grad", false);
@@ -155,12 +160,13 @@ shape, dtype and device, no two sharing memory.)doc");
           AdagradOptions o;
           o.step = step, o.lr = lr, o.lr_decay = lr_decay, o.weight_decay = weight_decay;
           o.eps = eps, o.maximize = maximize;
+          o.slot = to_graph_slot(slot, param, "param");
           py::gil_scoped_release no_gil;
           adagrad_step(param, grad, sum, o);
         },
         py::arg("param"), py::arg("grad"), py::arg("state_sum"), py::kw_only(), py::arg("step"),
         py::arg("lr"), py::arg("lr_decay") = 0.0, py::arg("weight_decay") = 0.0,
-        py::arg("eps") = 1e-10, py::arg("maximize") = false,
+        py::arg("eps") = 1e-10, py::arg("maximize") = false, py::arg("slot") = py::none(),
         R"doc(One Adagrad step, in place, as torch.optim.Adagrad computes it for one dense tensor.
 
 `step` counts from 1; the learning rate is lr / (1 + (step - 1) * lr_decay). All tensors: param's

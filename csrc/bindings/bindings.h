@@ -10,4 +10,5 @@ void bind_dropout(pybind11::module_& m);
 void bind_batchnorm(pybind11::module_& m);
 void bind_loss(pybind11::module_& m);
 void bind_optim(pybind11::module_& m);
+void bind_graph(pybind11::module_& m);
 }  // namespace fastnn::bind

@@ -27,4 +27,5 @@ PYBIND11_MODULE(_C, m) {
   fastnn::bind::bind_batchnorm(m);
   fastnn::bind::bind_loss(m);
   fastnn::bind::bind_optim(m);
+  fastnn::bind::bind_graph(m);
 }

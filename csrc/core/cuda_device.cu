@@ -9,17 +9,39 @@
 // only ever used on the legacy default stream (cuda_rt::current_stream), where work is ordered, so
 // a block freed on the host can be handed out again at once. cudaMalloc failing with out-of-memory
 // empties the cache and retries once.
+//
+// During a graph capture (core/cuda_graph.h) allocations come from that graph's private pool:
+// a block handed out then belongs to the pool for good, and when freed goes back to the pool, not
+// to the shared lists, because every replay of the graph writes it. Within the capture the pool's
+// free blocks are reused in recording order, which is the order the replay runs in. When the
+// graph is reset the pool's blocks rejoin the shared lists.
 #include <algorithm>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
 
-#include "core/cuda_runtime.h"
+#include "core/cuda_graph.h"
+#include "core/cuda_launch.h"
 #include "core/dispatch.h"
 #include "core/tensor.h"
 
 namespace fastnn {
+
+namespace detail {
+struct CapturePool {
+  int device = 0;
+  bool alive = true;  // its graph still exists (guarded by the device cache's mutex)
+  std::unordered_map<size_t, std::vector<void*>> free;
+};
+}  // namespace detail
+
 namespace {
+
+using detail::CapturePool;
+using FreeLists = std::unordered_map<size_t, std::vector<void*>>;  // size class -> blocks
+
+// The pool this thread's capture allocates from (null when not capturing).
+thread_local std::shared_ptr<CapturePool> tl_capture_pool;
 
 constexpr int kMaxDevices = 64;
 
@@ -41,10 +63,13 @@ class DeviceCache {
  public:
   explicit DeviceCache(int device) : device_(device) {}
 
-  void* allocate(size_t bytes) {
+  // A block of `bytes` (a size class): from `pool`'s free list, then the shared one, then cudaMalloc.
+  void* allocate(size_t bytes, CapturePool* pool) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto& list = free_[bytes];
-    if (!list.empty()) {
+    for (FreeLists* lists : {pool ? &pool->free : nullptr, &free_}) {
+      if (!lists) continue;
+      auto& list = (*lists)[bytes];
+      if (list.empty()) continue;
       void* p = list.back();
       list.pop_back();
       cached_bytes_ -= bytes;
@@ -52,8 +77,9 @@ class DeviceCache {
       ++stats_.cache_hits;
 #if defined(FASTNN_CUDA_EMULATED)
       // as fresh cudaMalloc memory is: NaN, so a kernel that reads an output before writing it
-      // shows it in its results rather than reading the previous tensor's values
-      FASTNN_CUDA_CHECK(cudaMemset(p, 0xFF, bytes));
+      // shows it in its results rather than reading the previous tensor's values (in a capture,
+      // at that point of every replay)
+      FASTNN_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, bytes, cuda_rt::current_stream()));
 #endif
       return p;
     }
@@ -78,11 +104,21 @@ class DeviceCache {
   }
 
   // Called by Storage destructors: no CUDA call, nothing that can throw but bad_alloc.
-  void release(void* p, size_t bytes) {
+  void release(void* p, size_t bytes, CapturePool* pool) {
     std::lock_guard<std::mutex> lock(mutex_);
-    free_[bytes].push_back(p);
+    (pool && pool->alive ? pool->free : free_)[bytes].push_back(p);
     in_use_bytes_ -= bytes;
     cached_bytes_ += bytes;
+  }
+
+  void release_pool(CapturePool& pool) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pool.alive = false;
+    for (auto& [bytes, list] : pool.free) {
+      auto& shared = free_[bytes];
+      shared.insert(shared.end(), list.begin(), list.end());
+    }
+    pool.free.clear();
   }
 
   void empty_cache() {
@@ -114,7 +150,7 @@ class DeviceCache {
 
   const int device_;
   std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;  // size class -> blocks
+  FreeLists free_;
   size_t in_use_bytes_ = 0, cached_bytes_ = 0;
   CudaMemoryStats stats_;
 };
@@ -159,13 +195,33 @@ std::shared_ptr<Storage> cuda_allocate(size_t nbytes, Device device) {
   void* p = nullptr;
   const size_t bytes = nbytes ? size_class(nbytes) : 0;
   DeviceCache& cache = device_cache(device.index);
-  if (bytes) p = cache.allocate(bytes);
+  std::shared_ptr<CapturePool> pool =
+      tl_capture_pool && tl_capture_pool->device == device.index ? tl_capture_pool : nullptr;
+  if (bytes) p = cache.allocate(bytes, pool.get());
   debug_stats().owned_bytes += static_cast<int64_t>(nbytes);
-  return std::make_shared<Storage>(p, nbytes, device, [nbytes, bytes, &cache](void* q) {
+  return std::make_shared<Storage>(p, nbytes, device, [nbytes, bytes, &cache, pool](void* q) {
     debug_stats().owned_bytes -= static_cast<int64_t>(nbytes);
-    if (q) cache.release(q, bytes);
+    if (q) cache.release(q, bytes, pool.get());
   });
 }
+
+namespace detail {
+
+std::shared_ptr<CapturePool> capture_pool_begin(Device device) {
+  require_device(device);
+  auto pool = std::make_shared<CapturePool>();
+  pool->device = device.index;
+  tl_capture_pool = pool;
+  return pool;
+}
+
+void capture_pool_end() { tl_capture_pool.reset(); }
+
+void capture_pool_release(const std::shared_ptr<CapturePool>& pool) {
+  if (pool) device_cache(pool->device).release_pool(*pool);
+}
+
+}  // namespace detail
 
 CudaMemoryStats cuda_memory_stats(Device device) {
   require_device(device);
@@ -176,18 +232,31 @@ void cuda_empty_cache() {
   for (int d = 0; d < std::min(cuda_device_count(), kMaxDevices); ++d) device_cache(d).empty_cache();
 }
 
+void cuda_synchronize(Device device) {
+  FASTNN_CHECK(!cuda_capturing(), ValueError,
+               "synchronize() inside a CUDA graph capture: the capture records work, it runs none");
+  require_device(device);
+  FASTNN_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// Fills and device-to-device copies are queued on the stream like kernels (and so can be captured);
+// copies to or from the host wait for the device, which a capture cannot record.
 void cuda_memset_zero(void* data, size_t nbytes, Device device) {
   require_device(device);
-  if (nbytes) FASTNN_CUDA_CHECK(cudaMemset(data, 0, nbytes));
+  if (nbytes) FASTNN_CUDA_CHECK(cudaMemsetAsync(data, 0, nbytes, cuda_rt::current_stream()));
 }
 
 void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
   if (!nbytes) return;
-  const cudaMemcpyKind kind =
-      dst_device.is_cuda() ? (src_device.is_cuda() ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
-                           : cudaMemcpyDeviceToHost;
   require_device(dst_device.is_cuda() ? dst_device : src_device);
-  FASTNN_CUDA_CHECK(cudaMemcpy(dst, src, nbytes, kind));
+  if (dst_device.is_cuda() && src_device.is_cuda()) {
+    FASTNN_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, cuda_rt::current_stream()));
+    return;
+  }
+  FASTNN_CHECK(!cuda_capturing(), ValueError, "a copy between ", src_device.str(), " and ", dst_device.str(),
+               " cannot be captured in a CUDA graph (it would happen once, at capture): copy into the "
+               "graph's input tensors before replay() instead");
+  FASTNN_CUDA_CHECK(cudaMemcpy(dst, src, nbytes, dst_device.is_cuda() ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost));
 }
 
 }  // namespace fastnn

@@ -1,5 +1,6 @@
 // The CUDA memory layer of a CPU-only build: every CUDA request fails with a clear message.
 #ifndef FASTNN_WITH_CUDA
+#include "core/cuda_graph.h"
 #include "core/dispatch.h"
 #include "core/tensor.h"
 
@@ -15,6 +16,22 @@ void cuda_memset_zero(void*, size_t, Device) { throw ValueError(kNoCuda); }
 void cuda_copy(void*, Device, const void*, Device, size_t) { throw ValueError(kNoCuda); }
 CudaMemoryStats cuda_memory_stats(Device) { throw ValueError(kNoCuda); }
 void cuda_empty_cache() {}
+void cuda_synchronize(Device) { throw ValueError(kNoCuda); }
+
+bool cuda_capturing() { return false; }
+struct CudaGraph::Impl {};
+CudaGraph::CudaGraph() = default;
+CudaGraph::~CudaGraph() = default;
+void CudaGraph::capture_begin(Device) { throw ValueError(kNoCuda); }
+void CudaGraph::capture_end() { throw ValueError(kNoCuda); }
+void CudaGraph::replay() { throw ValueError(kNoCuda); }
+void CudaGraph::reset() {}
+bool CudaGraph::capturing() const { return false; }
+bool CudaGraph::captured() const { return false; }
+int64_t CudaGraph::num_nodes() const { return 0; }
+Device CudaGraph::device() const { return Device{DeviceType::CUDA, 0}; }
+int CudaGraph::new_slot() { throw ValueError(kNoCuda); }
+GraphSlot CudaGraph::slot(int) const { throw ValueError(kNoCuda); }
 
 }  // namespace fastnn
 #endif

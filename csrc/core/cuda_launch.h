@@ -24,9 +24,13 @@
 
 namespace fastnn::cuda_rt {
 
-// The stream every fastnn kernel and copy runs on: the legacy default stream for now, so work is
-// ordered without events, and the caching allocator may reuse a block as soon as it is freed.
-inline cudaStream_t current_stream() { return nullptr; }
+// The stream every fastnn kernel and copy runs on: the legacy default stream, so work is ordered
+// without events and the caching allocator may reuse a block as soon as it is freed; while this
+// thread captures a graph, the capture's stream (core/cuda_graph.cu).
+namespace detail {
+inline thread_local cudaStream_t tl_current_stream = nullptr;
+}
+inline cudaStream_t current_stream() { return detail::tl_current_stream; }
 
 // CUDA_LAUNCH_BLOCKING=1 (CUDA's own switch) also makes launch() synchronise and check after each
 // kernel, so an error in the kernel's execution (an illegal address) names the kernel that caused
@@ -54,12 +58,12 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
             Args&&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
 #if defined(FASTNN_CUDA_EMULATED)
-  cuemu::launch_named(name, kernel, grid, block, smem_bytes, std::forward<Args>(args)...);
+  cuemu::launch_named_on(current_stream(), name, kernel, grid, block, smem_bytes, std::forward<Args>(args)...);
 #else
   kernel<<<grid, block, smem_bytes, current_stream()>>>(std::forward<Args>(args)...);
 #endif
   cudaError_t err = cudaGetLastError();
-  if (err == cudaSuccess && launch_blocking()) err = cudaDeviceSynchronize();
+  if (err == cudaSuccess && launch_blocking() && !current_stream()) err = cudaDeviceSynchronize();
   if (err != cudaSuccess) throw_launch_error(name, err);
 }
 

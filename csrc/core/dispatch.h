@@ -36,6 +36,8 @@ struct CudaMemoryStats {
 CudaMemoryStats cuda_memory_stats(Device device);
 // Returns every cached block to the driver (cudaFree).
 void cuda_empty_cache();
+// Waits until all work queued on `device` has finished (refused while capturing a graph).
+void cuda_synchronize(Device device);
 
 [[noreturn]] inline void no_cuda_kernel(const char* op) {
   throw std::runtime_error(detail::concat(

@@ -22,7 +22,9 @@
 //
 // Not modelled: performance, the memory model (execution is sequential between sync points), spin
 // waits between threads or blocks, inline PTX / wmma / cp.async / cooperative groups, streams as
-// concurrency (every call is synchronous). Errors are C++ exceptions (cuemu::error, a
+// concurrency (every call is synchronous). Stream capture is modelled: work on a capturing stream
+// is recorded and runs at each cudaGraphLaunch, and a host-synchronous call during a capture fails
+// it (see "stream capture" below). Errors are C++ exceptions (cuemu::error, a
 // std::runtime_error), which pybind11 turns into Python RuntimeError.
 #pragma once
 
@@ -160,6 +162,10 @@ enum cudaError_t : int {
   cudaErrorLaunchOutOfResources = 701,
   cudaErrorLaunchFailure = 719,
   cudaErrorNotSupported = 801,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorStreamCaptureImplicit = 906,
+  cudaErrorIllegalState = 401,
   cudaErrorUnknown = 999,
 };
 using cudaError = cudaError_t;
@@ -187,14 +193,38 @@ enum cudaDeviceAttr : int {
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
 };
 
+// Work recorded by stream capture: each node is a closure that does, at replay, what the call
+// would have done when it was made (a whole kernel grid, a copy, a fill).
+struct CUgraph_st {
+  std::vector<std::function<void()>> nodes;
+};
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> nodes;
+};
+struct CUgraphNode_st {};
 struct CUstream_st {
   int id;
+  CUgraph_st* capture = nullptr;  // non-null while this stream is being captured
+  bool capture_invalidated = false;
 };
 struct CUevent_st {
   std::chrono::steady_clock::time_point time;
   bool recorded;
 };
 typedef CUstream_st* cudaStream_t;
+typedef CUgraph_st* cudaGraph_t;
+typedef CUgraphExec_st* cudaGraphExec_t;
+typedef CUgraphNode_st* cudaGraphNode_t;
+enum cudaStreamCaptureMode : int {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2,
+};
+enum cudaStreamCaptureStatus : int {
+  cudaStreamCaptureStatusNone = 0,
+  cudaStreamCaptureStatusActive = 1,
+  cudaStreamCaptureStatusInvalidated = 2,
+};
 typedef CUevent_st* cudaEvent_t;
 #define cudaStreamLegacy ((cudaStream_t)0x1)
 #define cudaStreamPerThread ((cudaStream_t)0x2)
@@ -228,7 +258,8 @@ inline const char* cudaGetErrorName(cudaError_t e) {
     CUEMU_NAME(cudaErrorInvalidDeviceFunction) CUEMU_NAME(cudaErrorNoDevice) CUEMU_NAME(cudaErrorInvalidDevice)
     CUEMU_NAME(cudaErrorInvalidResourceHandle) CUEMU_NAME(cudaErrorNotReady) CUEMU_NAME(cudaErrorIllegalAddress)
     CUEMU_NAME(cudaErrorLaunchOutOfResources) CUEMU_NAME(cudaErrorLaunchFailure) CUEMU_NAME(cudaErrorNotSupported)
-    CUEMU_NAME(cudaErrorUnknown)
+    CUEMU_NAME(cudaErrorStreamCaptureUnsupported) CUEMU_NAME(cudaErrorStreamCaptureInvalidated)
+    CUEMU_NAME(cudaErrorStreamCaptureImplicit) CUEMU_NAME(cudaErrorIllegalState) CUEMU_NAME(cudaErrorUnknown)
 #undef CUEMU_NAME
   }
   return "cudaErrorUnknown";
@@ -254,6 +285,10 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
     default: return "unknown error";
   }
 }
@@ -945,6 +980,38 @@ inline cudaError_t set_error(cudaError_t e) {
   return e;
 }
 
+// ---- stream capture ------------------------------------------------------------------------------
+// The stream this thread is capturing, if any. Work on a capturing stream is recorded into its
+// graph instead of run. CUDA forbids host-synchronous calls while a capture is under way, and in
+// relaxed mode lets some through that then do the wrong thing on a GPU (a copy made at capture
+// time, not at replay); the emulator fails every one and invalidates the capture, so a graph that
+// would be wrong on a GPU fails here.
+inline thread_local cudaStream_t tl_capturing = nullptr;
+
+inline bool is_created_stream(cudaStream_t s) { return s && s != cudaStreamLegacy && s != cudaStreamPerThread; }
+inline bool is_capturing(cudaStream_t s) { return is_created_stream(s) && s->capture; }
+
+inline cudaError_t capture_violation(cudaError_t e = cudaErrorStreamCaptureUnsupported) {
+  if (tl_capturing) tl_capturing->capture_invalidated = true;
+  return set_error(e);
+}
+
+// Records `work` when `stream` is capturing, else runs it now (unless another stream of this
+// thread is capturing: ordering against it is undefined, an error).
+inline cudaError_t enqueue(cudaStream_t stream, std::function<void()> work) {
+  if (is_capturing(stream)) {
+    stream->capture->nodes.push_back(std::move(work));
+    return cudaSuccess;
+  }
+  if (tl_capturing) return capture_violation(cudaErrorStreamCaptureImplicit);
+  work();
+  return cudaSuccess;
+}
+
+// A host-synchronous call (cudaMemcpy, cudaMemset, cudaDeviceSynchronize, cudaFree...): an error
+// while this thread captures.
+inline cudaError_t check_not_capturing() { return tl_capturing ? capture_violation() : cudaSuccess; }
+
 inline std::atomic<uint64_t>& launch_counter() {
   static std::atomic<uint64_t> n{0};
   return n;
@@ -1198,9 +1265,12 @@ template <class... Args>
 // Launch: cuemu::launch(kernel, grid, block, smem_bytes, args...) runs the whole grid before it
 // returns. Arguments are converted to the kernel's parameter types once, like CUDA's parameter
 // buffer. Invalid configurations set cudaGetLastError and throw cuemu::error.
+// On a capturing stream the launch is recorded with its arguments, as CUDA's graph kernel node
+// keeps its parameter buffer, and the grid runs at each replay. A launch on another stream while
+// this thread captures sets cudaErrorStreamCaptureImplicit (cudaGetLastError) and runs nothing.
 template <class... Params, class... Args>
-void launch_named(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
-                  Args&&... args) {
+void launch_named_on(cudaStream_t stream, const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                     size_t smem_bytes, Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "cuemu::launch: wrong number of kernel arguments");
   static_assert((std::is_trivially_copyable_v<std::decay_t<Params>> && ...),
                 "CUDA kernel parameters must be trivially copyable");
@@ -1208,9 +1278,28 @@ void launch_named(const char* name, void (*kernel)(Params...), dim3 grid, dim3 b
     void (*kernel)(Params...);
     std::tuple<std::decay_t<Params>...> params;
   };
+  const void* kernel_id = reinterpret_cast<const void*>(kernel);
+  if (detail::is_capturing(stream)) {
+    auto ctx = std::make_shared<const Ctx>(Ctx{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)});
+    stream->capture->nodes.push_back([=] {
+      const detail::LaunchSpec spec{name, grid, block, smem_bytes, &detail::invoke_kernel<Ctx>, ctx.get()};
+      detail::run_launch(spec, kernel_id);
+    });
+    return;
+  }
+  if (detail::tl_capturing) {
+    detail::capture_violation(cudaErrorStreamCaptureImplicit);
+    return;
+  }
   const Ctx ctx{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
   const detail::LaunchSpec spec{name, grid, block, smem_bytes, &detail::invoke_kernel<Ctx>, &ctx};
-  detail::run_launch(spec, reinterpret_cast<const void*>(kernel));
+  detail::run_launch(spec, kernel_id);
+}
+
+template <class... Params, class... Args>
+void launch_named(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+                  Args&&... args) {
+  launch_named_on(nullptr, name, kernel, grid, block, smem_bytes, std::forward<Args>(args)...);
 }
 
 template <class... Params, class... Args>
@@ -1219,9 +1308,9 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
 }
 
 template <class... Params, class... Args>
-void launch_on(cudaStream_t, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+void launch_on(cudaStream_t stream, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
                Args&&... args) {
-  launch_named("kernel", kernel, grid, block, smem_bytes, std::forward<Args>(args)...);
+  launch_named_on(stream, "kernel", kernel, grid, block, smem_bytes, std::forward<Args>(args)...);
 }
 
 // The block's dynamic shared memory (the launch's smem_bytes), NaN-filled at the start of each block.
@@ -1648,6 +1737,7 @@ cudaError_t cudaMalloc(T** ptr, size_t size) {
 }
 inline cudaError_t cudaFree(void* ptr) {
   if (!ptr) return cudaSuccess;
+  if (cudaError_t e = ::cuemu::detail::check_not_capturing()) return e;
   auto& a = ::cuemu::detail::allocations();
   {
     std::lock_guard<std::mutex> lock(a.mutex);
@@ -1669,19 +1759,31 @@ inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
   return ::cuemu::detail::check_device();
 }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+  if (cudaError_t e = ::cuemu::detail::check_not_capturing()) return e;
   if (cudaError_t e = ::cuemu::detail::check_copy(dst, src, n, kind)) return e;
   if (n) std::memmove(dst, src, n);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t = nullptr) {
-  return cudaMemcpy(dst, src, n, kind);
+// Captured copies read their source at replay, as a graph's memcpy node does.
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind,
+                                   cudaStream_t stream = nullptr) {
+  if (cudaError_t e = ::cuemu::detail::check_copy(dst, src, n, kind)) return e;
+  return ::cuemu::detail::enqueue(stream, [=] {
+    if (n) std::memmove(dst, src, n);
+  });
 }
 inline cudaError_t cudaMemset(void* p, int value, size_t n) {
+  if (cudaError_t e = ::cuemu::detail::check_not_capturing()) return e;
   if (n && !::cuemu::detail::allocations().contains(p, n)) return ::cuemu::detail::set_error(cudaErrorInvalidValue);
   if (n) std::memset(p, value, n);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t = nullptr) { return cudaMemset(p, value, n); }
+inline cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t stream = nullptr) {
+  if (n && !::cuemu::detail::allocations().contains(p, n)) return ::cuemu::detail::set_error(cudaErrorInvalidValue);
+  return ::cuemu::detail::enqueue(stream, [=] {
+    if (n) std::memset(p, value, n);
+  });
+}
 template <class T>
 cudaError_t cudaMemcpyToSymbol(T& symbol, const void* src, size_t n, size_t offset = 0,
                                cudaMemcpyKind = cudaMemcpyHostToDevice) {
@@ -1710,7 +1812,10 @@ cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
 }
 
 // Everything runs to completion when called: synchronisation is a no-op.
-inline cudaError_t cudaDeviceSynchronize() { return ::cuemu::detail::check_device(); }
+inline cudaError_t cudaDeviceSynchronize() {
+  if (cudaError_t e = ::cuemu::detail::check_not_capturing()) return e;
+  return ::cuemu::detail::check_device();
+}
 inline cudaError_t cudaDeviceReset() { return cudaSuccess; }
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) {
   *s = new CUstream_st{1};
@@ -1718,10 +1823,11 @@ inline cudaError_t cudaStreamCreate(cudaStream_t* s) {
 }
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  if (s != cudaStreamLegacy && s != cudaStreamPerThread) delete s;
+  if (::cuemu::detail::is_capturing(s)) return ::cuemu::detail::set_error(cudaErrorIllegalState);
+  if (::cuemu::detail::is_created_stream(s)) delete s;
   return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return ::cuemu::detail::check_not_capturing(); }
 inline cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
   *e = new CUevent_st{{}, false};
@@ -1738,6 +1844,7 @@ inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) {
   return cudaSuccess;
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (cudaError_t err = ::cuemu::detail::check_not_capturing()) return err;
   return e->recorded ? cudaSuccess : ::cuemu::detail::set_error(cudaErrorInvalidResourceHandle);
 }
 inline cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
@@ -1745,5 +1852,68 @@ inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned = 0) 
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
   if (!start->recorded || !stop->recorded) return ::cuemu::detail::set_error(cudaErrorInvalidResourceHandle);
   *ms = std::chrono::duration<float, std::milli>(stop->time - start->time).count();
+  return cudaSuccess;
+}
+
+// ---- graphs --------------------------------------------------------------------------------------
+// Capture records the stream's work (kernels, async copies and fills) in order; replay runs it in
+// that order on the calling thread. Any mode behaves as cudaStreamCaptureModeGlobal for
+// host-synchronous calls (they fail and invalidate the capture) and allows cudaMalloc.
+inline cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
+  using namespace ::cuemu::detail;
+  if (!is_created_stream(stream)) return set_error(cudaErrorStreamCaptureUnsupported);  // the legacy stream
+  if (stream->capture || tl_capturing) return set_error(cudaErrorIllegalState);
+  stream->capture = new CUgraph_st;
+  stream->capture_invalidated = false;
+  tl_capturing = stream;
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  using namespace ::cuemu::detail;
+  *graph = nullptr;
+  if (!is_capturing(stream)) return set_error(cudaErrorIllegalState);
+  CUgraph_st* g = stream->capture;
+  const bool invalidated = stream->capture_invalidated;
+  stream->capture = nullptr;
+  stream->capture_invalidated = false;
+  if (tl_capturing == stream) tl_capturing = nullptr;
+  if (invalidated) {
+    delete g;
+    return set_error(cudaErrorStreamCaptureInvalidated);
+  }
+  *graph = g;
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+  using namespace ::cuemu::detail;
+  *status = !is_capturing(stream) ? cudaStreamCaptureStatusNone
+            : stream->capture_invalidated ? cudaStreamCaptureStatusInvalidated
+                                          : cudaStreamCaptureStatusActive;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long = 0) {
+  if (!graph) return ::cuemu::detail::set_error(cudaErrorInvalidValue);
+  *exec = new CUgraphExec_st{graph->nodes};
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t* count) {
+  if (!graph || nodes) return ::cuemu::detail::set_error(cudaErrorInvalidValue);  // counting only
+  *count = graph->nodes.size();
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  using namespace ::cuemu::detail;
+  if (!exec) return set_error(cudaErrorInvalidValue);
+  if (is_capturing(stream)) return set_error(cudaErrorNotSupported);  // child graphs are not emulated
+  if (tl_capturing) return capture_violation(cudaErrorStreamCaptureImplicit);
+  for (auto& node : exec->nodes) node();
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
   return cudaSuccess;
 }

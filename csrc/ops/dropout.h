@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 
+#include "core/cuda_graph.h"
 #include "core/dispatch.h"
 #include "core/macros.h"
 #include "core/tensor.h"
@@ -21,15 +22,21 @@ namespace fastnn {
 // The activations dropout can fuse: those whose backward is exact through the dropout output.
 inline bool dropout_fusable(Activation a) { return a == Activation::none || a == Activation::relu; }
 
+// The Philox key of one dropout call: its mask is a pure function of this and the element index.
+struct DropoutKey {
+  uint64_t seed, offset;
+};
+
 // Everything a kernel needs to regenerate one dropout call's mask and scale.
 struct DropoutParams {
   uint64_t seed = 0;
   uint64_t offset = 0;
   uint64_t threshold = 0;  // keep element i iff its Philox word >= threshold (2^32: keep none)
   double scale = 1.0;      // 1 / (1 - p), or 0 for p = 1
+  GraphSlot slot;          // in a graph capture: the key is read from here (a fresh one each replay)
 
   static DropoutParams make(double p, uint64_t seed, uint64_t offset) {
-    return DropoutParams{seed, offset, dropout_threshold(p), dropout_scale(p)};
+    return DropoutParams{seed, offset, dropout_threshold(p), dropout_scale(p), GraphSlot{}};
   }
   bool keeps_all() const { return threshold == 0; }
   bool keeps_none() const { return threshold >= kDropoutThresholdNone; }

@@ -47,12 +47,13 @@ __device__ __forceinline__ void store4(T* p, const T v[4], bool vector) {
 
 // kVector: `in` and `out` are 16-byte aligned, so full quads move as vectors.
 template <DropoutKind kKind, bool kVector, class T>
-__global__ void dropout_kernel(const T* in, T* out, bool* mask, int64_t n, uint64_t seed, uint64_t offset,
+__global__ void dropout_kernel(const T* in, T* out, bool* mask, int64_t n, StepScalars<DropoutKey> key_arg,
                                uint32_t threshold, T scale) {
+  const DropoutKey key = key_arg.get();
   const int64_t quads = (n + 3) / 4;
   for (int64_t q = cuda_rt::global_thread_index(); q < quads; q += cuda_rt::grid_stride()) {
     uint32_t w[4];
-    dropout_words(seed, offset, static_cast<uint64_t>(q), w);
+    dropout_words(key.seed, key.offset, static_cast<uint64_t>(q), w);
     const int64_t first = 4 * q;
     const int count = n - first < 4 ? static_cast<int>(n - first) : 4;
     if constexpr (kKind == DropoutKind::mask) {

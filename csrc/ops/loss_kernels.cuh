@@ -70,6 +70,13 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) cross_entropy_rows_ker
       if (d)
         for (int64_t c = lane; c < C; c += 32) d[c] = T(0);
       if (p.row_loss && lane == 0) p.row_loss[row] = T(0);
+    } else if (y < 0 || y >= C) {
+      // Only a captured graph gets here (eager calls check the labels first, which needs the host):
+      // the loss and this row's gradient become NaN rather than reading out of bounds.
+      if (d)
+        for (int64_t c = lane; c < C; c += 32) d[c] = T(NAN);
+      if (p.row_loss && lane == 0) p.row_loss[row] = T(NAN);
+      acc[0] = acc[1] = NAN;
     } else {
       const T w = p.weight ? p.weight[y] : T(1);
       const T target_logit = x[y];
@@ -117,7 +124,8 @@ __global__ void __launch_bounds__(reduce::kReduceThreads)
   double total[1] = {0.0};
   for (int64_t r = threadIdx.x; r < p.rows; r += reduce::kReduceThreads) {
     const int64_t y = static_cast<int64_t>(p.labels[r]);
-    if (y != p.ignore_index) total[0] += p.weight ? static_cast<double>(p.weight[y]) : 1.0;
+    if (y != p.ignore_index)
+      total[0] += y < 0 || y >= p.classes ? NAN : p.weight ? static_cast<double>(p.weight[y]) : 1.0;
   }
   reduce::block_sum(total);
   if (threadIdx.x == 0) denominator[0] = total[0];

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "core/dispatch.h"
+#include "core/cuda_graph.h"
 #include "core/macros.h"
 #include "core/tensor.h"
 
@@ -26,6 +27,7 @@ struct SgdOptions {
   double lr = 1e-3, momentum = 0, dampening = 0, weight_decay = 0;
   bool nesterov = false, maximize = false;
   bool first_step = false;  // the momentum buffer is set to the gradient instead of decayed into
+  GraphSlot slot;  // in a graph capture: the per-step scalars are read from here
 };
 
 struct AdamOptions {
@@ -33,17 +35,20 @@ struct AdamOptions {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
   bool decoupled_weight_decay = false;  // AdamW: decay the parameter, not the gradient
   bool amsgrad = false, maximize = false;
+  GraphSlot slot;  // in a graph capture: the per-step scalars are read from here
 };
 
 struct RmspropOptions {
   double lr = 1e-2, alpha = 0.99, eps = 1e-8, weight_decay = 0, momentum = 0;
   bool centered = false, maximize = false;
+  GraphSlot slot;  // in a graph capture: the per-step scalars are read from here
 };
 
 struct AdagradOptions {
   int64_t step = 1;  // counting from 1
   double lr = 1e-2, lr_decay = 0, weight_decay = 0, eps = 1e-10;
   bool maximize = false;
+  GraphSlot slot;  // in a graph capture: the per-step scalars are read from here
 };
 
 // ---- per-step scalars, rounded to the element type once --------------------------------------

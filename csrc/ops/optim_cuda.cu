@@ -20,6 +20,7 @@ T* optional_data(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
 }
 
+
 }  // namespace
 
 void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum_buffer,
@@ -27,9 +28,11 @@ void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum_bu
   dispatch_floating(param.dtype(), "param", [&](auto tag) {
     using T = decltype(tag);
     const optim_detail::SgdFlags f{o.maximize, o.weight_decay != 0, o.momentum != 0, o.nesterov, o.first_step};
+    StepScalars<SgdScalars<T>> scalars;
+    if (!step_scalars(SgdScalars<T>::from(o), o.slot, scalars)) return;
     cuda_rt::launch("sgd_step", optim_detail::sgd_kernel<T>, grid_for(param.numel()), dim3(kThreads), 0,
                     param.data<T>(), grad.data<T>(), optional_data<T>(momentum_buffer), param.numel(),
-                    SgdScalars<T>::from(o), f);
+                    scalars, f);
   });
 }
 
@@ -38,9 +41,11 @@ void adam_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
   dispatch_floating(param.dtype(), "param", [&](auto tag) {
     using T = decltype(tag);
     const optim_detail::AdamFlags f{o.maximize, o.weight_decay != 0, o.decoupled_weight_decay, o.amsgrad};
+    StepScalars<AdamScalars<T>> scalars;
+    if (!step_scalars(AdamScalars<T>::from(o), o.slot, scalars)) return;
     cuda_rt::launch("adam_step", optim_detail::adam_kernel<T>, grid_for(param.numel()), dim3(kThreads), 0,
                     param.data<T>(), grad.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(),
-                    optional_data<T>(max_exp_avg_sq), param.numel(), AdamScalars<T>::from(o), f);
+                    optional_data<T>(max_exp_avg_sq), param.numel(), scalars, f);
   });
 }
 
@@ -49,9 +54,11 @@ void rmsprop_step(const Tensor& param, const Tensor& grad, const Tensor& square_
   dispatch_floating(param.dtype(), "param", [&](auto tag) {
     using T = decltype(tag);
     const optim_detail::RmspropFlags f{o.maximize, o.weight_decay != 0, o.centered, o.momentum > 0};
+    StepScalars<RmspropScalars<T>> scalars;
+    if (!step_scalars(RmspropScalars<T>::from(o), o.slot, scalars)) return;
     cuda_rt::launch("rmsprop_step", optim_detail::rmsprop_kernel<T>, grid_for(param.numel()), dim3(kThreads), 0,
                     param.data<T>(), grad.data<T>(), square_avg.data<T>(), optional_data<T>(momentum_buffer),
-                    optional_data<T>(grad_avg), param.numel(), RmspropScalars<T>::from(o), f);
+                    optional_data<T>(grad_avg), param.numel(), scalars, f);
   });
 }
 
@@ -60,9 +67,11 @@ void adagrad_step(const Tensor& param, const Tensor& grad, const Tensor& state_s
   dispatch_floating(param.dtype(), "param", [&](auto tag) {
     using T = decltype(tag);
     const optim_detail::AdagradFlags f{o.maximize, o.weight_decay != 0};
+    StepScalars<AdagradScalars<T>> scalars;
+    if (!step_scalars(AdagradScalars<T>::from(o), o.slot, scalars)) return;
     cuda_rt::launch("adagrad_step", optim_detail::adagrad_kernel<T>, grid_for(param.numel()), dim3(kThreads), 0,
                     param.data<T>(), grad.data<T>(), state_sum.data<T>(), param.numel(),
-                    AdagradScalars<T>::from(o), f);
+                    scalars, f);
   });
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 
+#include "core/cuda_graph.h"
 #include "core/cuda_launch.h"
 #include "ops/optim.h"
 
@@ -32,7 +33,8 @@ using cuda_rt::grid_stride;
 template <class T>
 __global__ void __launch_bounds__(kOptimThreads)
     sgd_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ momentum_buffer, int64_t n,
-               SgdScalars<T> s, SgdFlags f) {
+               StepScalars<SgdScalars<T>> scalars, SgdFlags f) {
+  const SgdScalars<T> s = scalars.get();
   for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
     T no_buffer = T(0);
     sgd_update<T>(param[i], grad[i], f.momentum ? momentum_buffer[i] : no_buffer, s, f.maximize,
@@ -43,8 +45,9 @@ __global__ void __launch_bounds__(kOptimThreads)
 template <class T>
 __global__ void __launch_bounds__(kOptimThreads)
     adam_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ exp_avg,
-                T* __restrict__ exp_avg_sq, T* __restrict__ max_exp_avg_sq, int64_t n, AdamScalars<T> s,
+                T* __restrict__ exp_avg_sq, T* __restrict__ max_exp_avg_sq, int64_t n, StepScalars<AdamScalars<T>> scalars,
                 AdamFlags f) {
+  const AdamScalars<T> s = scalars.get();
   for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
     T no_max = T(0);
     adam_update<T>(param[i], grad[i], exp_avg[i], exp_avg_sq[i], f.amsgrad ? max_exp_avg_sq[i] : no_max, s,
@@ -55,8 +58,9 @@ __global__ void __launch_bounds__(kOptimThreads)
 template <class T>
 __global__ void __launch_bounds__(kOptimThreads)
     rmsprop_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ square_avg,
-                   T* __restrict__ momentum_buffer, T* __restrict__ grad_avg, int64_t n, RmspropScalars<T> s,
+                   T* __restrict__ momentum_buffer, T* __restrict__ grad_avg, int64_t n, StepScalars<RmspropScalars<T>> scalars,
                    RmspropFlags f) {
+  const RmspropScalars<T> s = scalars.get();
   for (int64_t i = global_thread_index(); i < n; i += grid_stride()) {
     T no_buffer = T(0), no_avg = T(0);
     rmsprop_update<T>(param[i], grad[i], square_avg[i], f.momentum ? momentum_buffer[i] : no_buffer,
@@ -67,7 +71,8 @@ __global__ void __launch_bounds__(kOptimThreads)
 template <class T>
 __global__ void __launch_bounds__(kOptimThreads)
     adagrad_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ state_sum, int64_t n,
-                   AdagradScalars<T> s, AdagradFlags f) {
+                   StepScalars<AdagradScalars<T>> scalars, AdagradFlags f) {
+  const AdagradScalars<T> s = scalars.get();
   for (int64_t i = global_thread_index(); i < n; i += grid_stride())
     adagrad_update<T>(param[i], grad[i], state_sum[i], s, f.maximize, f.weight_decay);
 }

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from fastnn import _C, checkpoint, nn
+from fastnn import cuda as _cuda
 from fastnn import functional as F
 from fastnn._random import init_generator
 from fastnn.keras import callbacks as callbacks_module
@@ -166,7 +167,14 @@ class Sequential:
         print_fn("\n".join(out))
 
     # -- compile and train -------------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, jit_compile="auto"):
+        """As Keras's. ``jit_compile`` ("auto", True or False): on a CUDA device, capture the training
+        step (forward, loss, backward, optimizer update) in a CUDA graph and replay it for every
+        full-size batch (see fastnn.cuda); False runs every step eagerly. Ignored on the CPU."""
+        if jit_compile not in ("auto", True, False):
+            raise ValueError(f"jit_compile: expected 'auto', True or False, got {jit_compile!r}")
+        self.jit_compile = jit_compile
+        self._graphed_step = None
         loss = _LOSS_ALIASES.get(loss, loss)
         if loss not in LOSSES:
             raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
@@ -259,6 +267,48 @@ class Sequential:
             grad = -(y / p) / n
         return value, self._dev(np.ascontiguousarray(grad, dtype=self.dtype))
 
+    def _device_loss(self, y_dtype):
+        """``fn(out, y) -> (loss tensor, d loss / d out)`` computed on the device alone, or None when
+        this loss needs the host (soft targets, probabilities out of an unfused head): such steps
+        cannot be captured in a CUDA graph."""
+        loss = self.loss
+        if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy") and self._head == "softmax":
+            return _C.cross_entropy if np.dtype(y_dtype) == np.int64 else None
+        if loss == "binary_crossentropy" and self._head == "sigmoid":
+            return lambda out, y: (_C.bce_with_logits_forward(out, y), _C.bce_with_logits_backward(out, y, 1.0))
+        if loss == "mse":
+            return lambda out, y: (_C.mse_forward(out, y), _C.mse_backward(out, y, 1.0))
+        return None
+
+    def _train_batch(self, xb, yb):
+        """One training step on a batch; returns (network output, mean loss as a float).
+
+        On a CUDA device, full-size batches replay a captured graph of the whole step: a model's
+        first step runs eagerly (the optimizer creates its state), the next one is captured. A batch
+        of another shape (the last one of an epoch) runs eagerly.
+        """
+        step = getattr(self, "_graphed_step", None)
+        key = (id(self._net), id(self.optimizer), xb.shape, yb.shape, yb.dtype)
+        if step is not None and step.key == key:
+            return step(xb, yb)
+        device_loss = self._device_loss(yb.dtype)
+        if (self.device != "cpu" and getattr(self, "jit_compile", "auto") is not False and device_loss
+                and getattr(self, "_steps_done", 0) > 0 and (step is None or step.key[:2] != key[:2]
+                                                              or step.uses < 2)):
+            # a second shape replaces the graph only if the first one was barely used (an epoch
+            # whose last batch differs keeps the graph of its full batches)
+            if step is not None:
+                step.graph.reset()
+            self._graphed_step = _GraphedStep(self, key, xb, yb, device_loss)
+            return self._graphed_step(xb, yb)
+        out = self._net(self._dev(xb))
+        value, grad = self._loss_and_grad(out, self._dev(yb))
+        self._net.backward(grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self._steps_done = getattr(self, "_steps_done", 0) + 1
+        return out, value
+
     def _correct(self, out, y) -> int:
         o = self._host(out)
         if o.shape[1] == 1 or self.loss == "binary_crossentropy":
@@ -318,11 +368,7 @@ class Sequential:
             logs = {}
             for step, idx in enumerate(batches, 1):
                 xb, yb = x[idx], y[idx]
-                out = self._net(self._dev(xb))
-                value, grad = self._loss_and_grad(out, self._dev(yb))
-                self._net.backward(grad)
-                self.optimizer.step()
-                self.optimizer.zero_grad()
+                out, value = self._train_batch(xb, yb)
                 total_loss += value * len(idx)
                 seen += len(idx)
                 logs = {"loss": total_loss / seen}
@@ -399,18 +445,23 @@ class Sequential:
 
     # -- weights and saving -------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
-        """Keras's layout: Dense kernels as (in, out), then bias; BatchNorm gamma, beta, moving mean, var."""
+        """Keras's layout: Dense kernels as (in, out), then bias; BatchNorm gamma, beta, moving mean,
+        var. Host copies, whatever the model's device."""
         self.build()
+
+        def copy(t):
+            return np.array(self._host(getattr(t, "data", t)), copy=True)
+
         weights = []
         for module in self._modules:
             if isinstance(module, nn.Linear):
-                weights.append(module.weight.numpy().T.copy())
+                weights.append(np.ascontiguousarray(copy(module.weight).T))
                 if module.bias is not None:
-                    weights.append(module.bias.numpy().copy())
+                    weights.append(copy(module.bias))
             elif isinstance(module, nn.BatchNorm1d):
                 if module.affine:
-                    weights += [module.weight.numpy().copy(), module.bias.numpy().copy()]
-                weights += [module.running_mean.numpy().copy(), module.running_var.numpy().copy()]
+                    weights += [copy(module.weight), copy(module.bias)]
+                weights += [copy(module.running_mean), copy(module.running_var)]
         return weights
 
     def set_weights(self, weights):
@@ -497,3 +548,27 @@ def load_model(filepath) -> Sequential:
                     state.setdefault(int(idx), {})[name] = value
             model.optimizer.load_state_dict({"state": state, "param_groups": config["optimizer_param_groups"]})
     return model
+
+
+class _GraphedStep:
+    """The device half of a Keras training step captured in a CUDA graph (fastnn.cuda): batches are
+    copied into its input tensors, one replay runs forward, loss, backward, the optimizer update and
+    zero_grad, and the output and loss are read from the tensors the capture made."""
+
+    def __init__(self, model, key, xb, yb, device_loss):
+        self.key, self.uses = key, 0
+        self.x, self.y = model._dev(xb), model._dev(yb)
+        self.graph = _cuda.CUDAGraph()
+        with _cuda.graph(self.graph, model.device):
+            self.out = model._net(self.x)
+            self.loss, grad = device_loss(self.out, self.y)
+            model._net.backward(grad)
+            model.optimizer.step()
+            model.optimizer.zero_grad()
+
+    def __call__(self, xb, yb):
+        self.x.copy_(np.ascontiguousarray(xb))
+        self.y.copy_(np.ascontiguousarray(yb))
+        self.graph.replay()
+        self.uses += 1
+        return self.out, self.loss.item()

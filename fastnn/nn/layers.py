@@ -7,6 +7,7 @@ import numpy as np
 
 from fastnn import _C
 from fastnn import functional as F
+from fastnn import cuda as _cuda
 from fastnn._random import init_generator, next_dropout_key
 from fastnn.nn.module import Module
 from fastnn.nn.parameter import Parameter
@@ -158,6 +159,7 @@ class Dropout(Module):
         self.seed = None if seed is None else int(seed) & 0xFFFFFFFFFFFFFFFF
         self._calls = 0
         self._key = None
+        self._slot = None
         self._act = None
 
     def forward(self, x):
@@ -169,18 +171,31 @@ class Dropout(Module):
             self._key = None
             self._y = _C.activation_forward(x, activation) if activation else x
             return self._y
-        if self.seed is None:
-            self._key = next_dropout_key()
-        else:
-            self._key = (self.seed, self._calls)
-            self._calls += 1
-        self._y = _C.dropout_forward(x, self.p, *self._key, activation or "none")
+        self._key = self._next_key()
+        self._slot = None
+        g = _cuda._capturing()
+        if g is not None:
+            # Captured: the kernels read the key from a graph slot that gets a fresh key (the one an
+            # eager call would draw) before every replay, so masks differ step to step as they should.
+            slot = self._slot = g._new_slot(self)
+            act = activation or "none"
+            g._on_replay(lambda: _C.dropout_forward(x, self.p, *self._next_key(), act, slot=slot))
+        self._y = _C.dropout_forward(x, self.p, *self._key, activation or "none", slot=self._slot)
         return self._y
+
+    def _next_key(self):
+        if self.seed is None:
+            return next_dropout_key()
+        key = (self.seed, self._calls)
+        self._calls += 1
+        return key
 
     def backward(self, dy):
         if self._key is None:
             return _C.activation_backward(self._y, dy, self._act) if self._act else dy
-        return _C.dropout_backward(dy, self.p, *self._key, self._y if self._act else None, self._act or "none")
+        slot = self._slot if _cuda._capturing() is not None else None
+        return _C.dropout_backward(dy, self.p, *self._key, self._y if self._act else None, self._act or "none",
+                                   slot=slot)
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -221,6 +236,12 @@ class BatchNorm1d(Module):
             nbt += 1
             if self.momentum is None:
                 factor = 1.0 / float(nbt)
+            g = _cuda._capturing()
+            if g is not None:
+                if self.momentum is None:
+                    raise ValueError("BatchNorm1d(momentum=None) cannot be captured in a CUDA graph: its "
+                                     "averaging factor 1/num_batches_tracked changes every step; give a momentum")
+                g._on_replay(lambda: nbt.__iadd__(1))  # the count a replayed step adds, as an eager one
         w, b = self.weight, self.bias
         y, mean, invstd = _C.batchnorm_forward(
             x, w.data if w is not None else None, b.data if b is not None else None,

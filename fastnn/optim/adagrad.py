@@ -42,4 +42,4 @@ class Adagrad(Optimizer):
         state["step"] += 1
         _C.adagrad_step(data, grad, state["sum"], step=int(state["step"]), lr=group["lr"],
                         lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
-                        maximize=group["maximize"])
+                        maximize=group["maximize"], slot=self._graph_slot())

@@ -47,7 +47,7 @@ class Adam(Optimizer):
                      lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                      weight_decay=group["weight_decay"],
                      decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=amsgrad,
-                     maximize=group["maximize"])
+                     maximize=group["maximize"], slot=self._graph_slot())
 
 
 class AdamW(Adam):

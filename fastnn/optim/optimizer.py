@@ -19,6 +19,7 @@ from itertools import chain
 import numpy as np
 
 from fastnn import _C
+from fastnn import cuda as _cuda
 from fastnn.nn.parameter import FlatParameters, Parameter
 
 
@@ -32,6 +33,12 @@ def _zeros_like(data, fill: float = 0.0):
 def _to_numpy(t) -> np.ndarray:
     """A numpy copy of a fastnn Tensor, whatever its device."""
     return np.array((t if t.device == "cpu" else t.to("cpu")).numpy(), copy=True)
+
+
+def _refuse_new_state(fill: float = 0.0):
+    raise ValueError("optimizer state is created on a parameter's first step, which a CUDA graph capture "
+                     "cannot record (every replay would re-create it): run at least one step eagerly "
+                     "before capturing")
 
 
 def _covering_flat(params):
@@ -159,12 +166,35 @@ class Optimizer:
             fn(data, p.grad, self.state[p], lambda fill=0.0, data=data: _zeros_like(data, fill))
 
     def step(self, closure=None):
-        """One update of every parameter; returns ``closure()``'s loss when a closure is given."""
+        """One update of every parameter; returns ``closure()``'s loss when a closure is given.
+
+        Inside a CUDA graph capture (fastnn.cuda) the update kernels are recorded reading their
+        per-step scalars (step count, bias corrections, learning rate) from graph slots, and this
+        same method refills them before each replay.
+        """
         loss = closure() if closure is not None else None
+        self._slot_calls = 0
+        no_new_state = _cuda._capturing() is not None
         for group in self.param_groups:
             self._each_target(group, lambda data, grad, state, new_tensor, group=group:
-                              self._update(group, data, grad, state, new_tensor))
+                              self._update(group, data, grad, state,
+                                           _refuse_new_state if no_new_state else new_tensor))
         return loss
+
+    def _graph_slot(self):
+        """The graph slot of this step's next update call: None in an eager step."""
+        g = _cuda._capturing()
+        if g is not None:
+            if id(self) not in g._slots:
+                g._on_replay(self.step)
+            slot = g._new_slot(self)
+        else:
+            g = _cuda._preparing()
+            if g is None:
+                return None
+            slot = g._slot(self, self._slot_calls)
+        self._slot_calls += 1
+        return slot
 
     def _update(self, group, data, grad, state, new_tensor) -> None:
         raise NotImplementedError

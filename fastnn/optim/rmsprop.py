@@ -39,4 +39,4 @@ class RMSprop(Optimizer):
                         state["grad_avg"] if centered else None,
                         lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
                         weight_decay=group["weight_decay"], momentum=momentum, centered=centered,
-                        maximize=group["maximize"])
+                        maximize=group["maximize"], slot=self._graph_slot())

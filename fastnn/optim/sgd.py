@@ -35,4 +35,5 @@ class SGD(Optimizer):
                 first_step = True
         _C.sgd_step(data, grad, buf, lr=group["lr"], momentum=momentum, dampening=group["dampening"],
                     weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-                    maximize=group["maximize"], first_step=first_step)
+                    maximize=group["maximize"], first_step=first_step,
+                    slot=self._graph_slot())
