@@ -14,7 +14,7 @@ except ImportError as e:  # the source tree shadows the installed package, or th
 from fastnn._C import Tensor, empty, zeros, from_dlpack, get_num_threads, set_num_threads
 from fastnn._tensor import tensor, as_tensor
 from fastnn._random import manual_seed
-from fastnn import functional, nn  # noqa: E402  (after _C: both build on it)
+from fastnn import cuda, functional, nn  # noqa: E402  (after _C: they build on it)
 
 
 def build_info() -> dict:
