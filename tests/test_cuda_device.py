@@ -347,3 +347,62 @@ def test_mixed_devices_name_the_argument(rng):
         C.dropout_backward(dy_host, 0.5, 1, 2, y=y, activation="relu")
     with pytest.raises(ValueError, match=r"dy: expected device cuda:0 \(the device of y\), got cpu"):
         C.softmax_backward(y, dy_host)
+
+
+# ---------------------------------------------------------------------------------------------
+# DLPack streams (shared/design/dlpack.md §5): the consumer names the stream it will read on.
+
+
+def test_dlpack_stream_argument_of_a_cuda_tensor(rng):
+    a = rng.standard_normal(33).astype(np.float32)
+    t = cuda(a)
+    for stream in (None, -1, 1, 2):  # legacy default, no sync, legacy default, per-thread default
+        cap = t.__dlpack__(stream=stream, max_version=(1, 0))
+        del cap
+    with pytest.raises(ValueError, match="stream=0 is not a CUDA stream"):
+        t.__dlpack__(stream=0)
+    with pytest.raises(ValueError, match="stream=-7"):
+        t.__dlpack__(stream=-7)
+    with pytest.raises(TypeError, match="stream must be an int"):
+        t.__dlpack__(stream=1.5)
+    with pytest.raises(ValueError, match="CPU tensor takes stream=None"):
+        fastnn.zeros([2], "float32").__dlpack__(stream=1)
+    # the export still shares memory and the deleter balanced its context (the leak check fixture)
+    np.testing.assert_array_equal(host(t), a)
+
+
+@pytest.mark.skipif(EMULATED or not torch.cuda.is_available(), reason="needs torch with a real GPU")
+def test_torch_reads_on_a_side_stream_after_fastnn_work(rng):
+    # A fill of 256 MiB then an export to torch on a side stream: without the event the side stream
+    # could read before the fill lands.
+    n = 64 << 20
+    t = fastnn.zeros([n], "float32", "cuda")
+    side = torch.cuda.Stream()
+    for value in (1.0, 2.0, 3.0):
+        t.fill_(value)
+        with torch.cuda.stream(side):
+            view = torch.from_dlpack(t)
+            total = view.sum()
+        side.synchronize()
+        assert total.item() == value * n
+        del view
+
+
+def test_fastnn_asks_a_cuda_producer_for_the_legacy_stream():
+    seen = {}
+
+    class Producer:  # a CUDA producer that records what the consumer asked for
+        def __init__(self, t):
+            self.t = t
+
+        def __dlpack_device__(self):
+            return self.t.__dlpack_device__()
+
+        def __dlpack__(self, **kwargs):
+            seen.update(kwargs)
+            return self.t.__dlpack__(**kwargs)
+
+    t = cuda(np.arange(5, dtype=np.float32))
+    back = fastnn.from_dlpack(Producer(t))
+    assert seen["stream"] == 1
+    assert back.data_ptr() == t.data_ptr()

@@ -53,8 +53,13 @@ namespace {
 struct ExportContext {
   std::shared_ptr<Storage> storage;
   std::vector<int64_t> shape, strides;
+  uintptr_t consumer_stream = 0;  // a CUDA consumer's stream other than fastnn's (0: none)
   ExportContext() { debug_stats().live_export_contexts++; }
-  ~ExportContext() { debug_stats().live_export_contexts--; }
+  ~ExportContext() {
+    // the block may go back to the allocator now: not before the consumer's queued reads are done
+    if (consumer_stream && storage) cuda_fastnn_waits_for_consumer(storage->device, consumer_stream);
+    debug_stats().live_export_contexts--;
+  }
 };
 
 template <class Managed>
@@ -115,9 +120,21 @@ py::object to_dlpack(const Tensor& tensor, py::handle stream, py::handle max_ver
   Tensor t = tensor;
   uint64_t flags = 0;
   const bool copy_false = !copy.is_none() && !truthy(copy);
-  if (t.device().is_cpu() && !stream.is_none()) {
-    long s = py::cast<long>(stream);
-    FASTNN_CHECK(s == -1, ValueError, "__dlpack__: a CPU tensor takes stream=None (or -1), got ", s);
+  // DLPack's stream for a CUDA tensor: None and 1 are the legacy default stream, fastnn's own (no
+  // wait needed); -1 asks for no synchronisation; 0 is ambiguous and forbidden; 2 is the per-thread
+  // default stream; anything larger is a cudaStream_t.
+  uintptr_t consumer_stream = 0;
+  if (!stream.is_none()) {
+    FASTNN_CHECK(PyLong_Check(stream.ptr()), TypeError, "__dlpack__: stream must be an int or None, got ",
+                 py::str(py::type::handle_of(stream).attr("__name__")).cast<std::string>());
+    const long long s = py::cast<long long>(stream);
+    if (t.device().is_cpu()) {
+      FASTNN_CHECK(s == -1, ValueError, "__dlpack__: a CPU tensor takes stream=None (or -1), got ", s);
+    } else {
+      FASTNN_CHECK(s != 0 && s >= -1, ValueError, "__dlpack__: stream=", s, " is not a CUDA stream (DLPack: "
+                   "1 = legacy default, 2 = per-thread default, a cudaStream_t as an int, -1 = no sync)");
+      if (s >= 2) consumer_stream = static_cast<uintptr_t>(s);
+    }
   }
   if (!dl_device.is_none()) {
     auto dev = py::cast<std::pair<int, int>>(dl_device);
@@ -148,7 +165,9 @@ py::object to_dlpack(const Tensor& tensor, py::handle stream, py::handle max_ver
     auto v = py::cast<std::pair<int, int>>(max_version);
     versioned = v.first >= 1;
   }
+  if (consumer_stream) cuda_consumer_waits_for_fastnn(t.device(), consumer_stream);  // after any copy above
   auto* ctx = new ExportContext();
+  ctx->consumer_stream = consumer_stream;
   if (versioned) {
     auto* m = new DLManagedTensorVersioned{};
     m->version = {FASTNN_DLPACK_MAJOR, FASTNN_DLPACK_MINOR};
@@ -217,6 +236,12 @@ Tensor from_dlpack(py::handle obj, py::handle copy, const char* arg) {
     py::dict kwargs;
     kwargs["max_version"] = py::make_tuple(FASTNN_DLPACK_MAJOR, FASTNN_DLPACK_MINOR);
     if (!copy.is_none()) kwargs["copy"] = copy;
+    // A CUDA producer is told the stream fastnn reads on, the legacy default (1), so it orders its
+    // pending work before ours (torch's own default, -1, would skip that).
+    if (py::hasattr(obj, "__dlpack_device__")) {
+      py::tuple dev = obj.attr("__dlpack_device__")();
+      if (dev.size() >= 1 && py::int_(dev[0]).cast<int>() == kDLCUDA) kwargs["stream"] = 1;
+    }
     try {
       cap = obj.attr("__dlpack__")(**kwargs);
     } catch (py::error_already_set& e) {

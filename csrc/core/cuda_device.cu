@@ -239,6 +239,43 @@ void cuda_synchronize(Device device) {
   FASTNN_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+namespace {
+cudaStream_t dlpack_stream(uintptr_t stream) {
+  return stream == 2 ? cudaStreamPerThread : reinterpret_cast<cudaStream_t>(stream);
+}
+}  // namespace
+
+void cuda_consumer_waits_for_fastnn(Device device, uintptr_t stream) {
+  FASTNN_CHECK(!cuda_capturing(), ValueError,
+               "__dlpack__(stream=...) inside a CUDA graph capture: nothing captured has run yet");
+  require_device(device);
+  cudaEvent_t done = nullptr;
+  FASTNN_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  // An event may be destroyed once the wait is queued: the wait still covers its work.
+  const cudaError_t recorded = cudaEventRecord(done, cuda_rt::current_stream());
+  const cudaError_t waited = recorded == cudaSuccess ? cudaStreamWaitEvent(dlpack_stream(stream), done, 0) : recorded;
+  cudaEventDestroy(done);
+  FASTNN_CUDA_CHECK(waited);
+}
+
+void cuda_fastnn_waits_for_consumer(Device device, uintptr_t stream) noexcept {
+  // Runs in DLPack deleters, on any thread and possibly at exit: failures are dropped (a stream
+  // destroyed by then has nothing left to wait for).
+  int previous = 0;
+  if (cudaGetDevice(&previous) != cudaSuccess || cudaSetDevice(device.index) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  cudaEvent_t done = nullptr;
+  if (cudaEventCreateWithFlags(&done, cudaEventDisableTiming) == cudaSuccess) {
+    if (cudaEventRecord(done, dlpack_stream(stream)) == cudaSuccess)
+      cudaStreamWaitEvent(cuda_rt::current_stream(), done, 0);
+    cudaEventDestroy(done);
+  }
+  cudaSetDevice(previous);
+  cudaGetLastError();
+}
+
 // Fills and device-to-device copies are queued on the stream like kernels (and so can be captured);
 // copies to or from the host wait for the device, which a capture cannot record.
 void cuda_memset_zero(void* data, size_t nbytes, Device device) {

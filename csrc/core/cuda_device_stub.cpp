@@ -17,6 +17,8 @@ void cuda_copy(void*, Device, const void*, Device, size_t) { throw ValueError(kN
 CudaMemoryStats cuda_memory_stats(Device) { throw ValueError(kNoCuda); }
 void cuda_empty_cache() {}
 void cuda_synchronize(Device) { throw ValueError(kNoCuda); }
+void cuda_consumer_waits_for_fastnn(Device, uintptr_t) { throw ValueError(kNoCuda); }
+void cuda_fastnn_waits_for_consumer(Device, uintptr_t) noexcept {}
 
 bool cuda_capturing() { return false; }
 struct CudaGraph::Impl {};

@@ -10,6 +10,7 @@
 // Callers (bindings, other ops) only ever call the public entry point. Backends return void and
 // write into output tensors, so a GPU result never has to come back to the host to be returned.
 #pragma once
+#include <cstdint>
 #include <cstddef>
 #include <memory>
 
@@ -38,6 +39,14 @@ CudaMemoryStats cuda_memory_stats(Device device);
 void cuda_empty_cache();
 // Waits until all work queued on `device` has finished (refused while capturing a graph).
 void cuda_synchronize(Device device);
+// DLPack's stream contract (shared/design/dlpack.md §5). `stream` is a consumer's stream as DLPack
+// spells it: 2 = the per-thread default stream, anything above 2 a cudaStream_t; 1 (the legacy
+// default stream, fastnn's own) needs neither call. The first makes the consumer's stream wait for
+// the work fastnn has queued so far (an event: the host never blocks); the second, called when an
+// exported block is released, makes fastnn's stream wait for the consumer's work queued so far, so
+// the allocator cannot hand the block to a kernel that overwrites it while the consumer still reads.
+void cuda_consumer_waits_for_fastnn(Device device, uintptr_t stream);
+void cuda_fastnn_waits_for_consumer(Device device, uintptr_t stream) noexcept;
 
 [[noreturn]] inline void no_cuda_kernel(const char* op) {
   throw std::runtime_error(detail::concat(
