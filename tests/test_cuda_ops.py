@@ -104,6 +104,31 @@ def test_gemm_float32_tile_configurations(m, n, k, ta, tb, rng):
 
 
 @pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_split_k(ta, tb, dtype, rng):
+    """Few output tiles and a long K (an MLP layer at small batch, the 10-wide output layer) split
+    K across blocks: chunks of a multiple of the slab depth, the last one short, and a reduction
+    that applies alpha, beta, bias and the activation; the same bits on every call."""
+    for (m, n, k), (alpha, beta) in zip([(7, 33, 300), (128, 10, 1024), (70, 130, 257), (1, 1, 129)],
+                                        [(1.0, 0.0), (0.5, 2.0), (-1.5, 1.0), (2.0, -0.25)]):
+        a, b = gemm_operands(rng, m, n, k, ta, tb, dtype)
+        c0 = randn(rng, (m, n), dtype)
+        c = cu(c0)
+        _C.gemm(cu(a), cu(b), c, alpha=alpha, beta=beta, trans_a=ta, trans_b=tb)
+        what = f"split-K gemm {m}x{n}x{k} ta={ta} tb={tb}"
+        assert_close(host(c), gemm_reference(a, b, ta, tb, alpha, beta, c0), dtype, rtol_for(dtype, k), what=what)
+        again = cu(c0)
+        _C.gemm(cu(a), cu(b), again, alpha=alpha, beta=beta, trans_a=ta, trans_b=tb)
+        assert same_bits(host(again), host(c)), what + ": not deterministic"
+
+
+def test_linear_split_k_fuses_bias_and_relu(dtype, rng):
+    x, w, bias = randn(rng, (9, 700), dtype), randn(rng, (20, 700), dtype), randn(rng, (20,), dtype)
+    y = host(_C.linear_forward(cu(x), cu(w), cu(bias), "relu"))
+    ref = torch.relu(t64(x) @ t64(w).T + t64(bias))
+    assert_close(y, ref, dtype, rtol_for(dtype, 700), what="linear 9x700->20 relu")
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
 def test_gemm_beta_zero_never_reads_c(ta, tb, dtype, rng):
     for m, n, k in [(7, 33, 13), (64, 128, 32), (130, 70, 33)]:
         a, b = gemm_operands(rng, m, n, k, ta, tb, dtype)

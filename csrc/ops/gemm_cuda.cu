@@ -25,14 +25,24 @@ bool operands_vectorisable(const GemmProblem<T>& p) {
 }
 
 template <class Cfg, bool TA, bool TB>
-void launch_instance(const GemmProblem<typename Cfg::Elem>& p, bool vec, bool c_vec, const char* name) {
+void launch_instance(const GemmProblem<typename Cfg::Elem>& p, bool vec, bool c_vec, const char* name,
+                     int64_t splits, int64_t k_chunk, typename Cfg::Elem* partials) {
   const dim3 grid(static_cast<unsigned>((p.m + Cfg::BM - 1) / Cfg::BM),
-                  static_cast<unsigned>((p.n + Cfg::BN - 1) / Cfg::BN));
-  cuda_rt::launch(name, gemm_kernel<Cfg, TA, TB>, grid, dim3(Cfg::kThreads), 0, p, vec, c_vec);
+                  static_cast<unsigned>((p.n + Cfg::BN - 1) / Cfg::BN), static_cast<unsigned>(splits));
+  if constexpr (Cfg::BM <= 64) {  // the configurations split_k_for may choose
+    if (partials) {
+      cuda_rt::launch(name, gemm_kernel<Cfg, TA, TB, true>, grid, dim3(Cfg::kThreads), 0, p, vec, c_vec, k_chunk,
+                      partials);
+      return;
+    }
+  }
+  cuda_rt::launch(name, gemm_kernel<Cfg, TA, TB, false>, grid, dim3(Cfg::kThreads), 0, p, vec, c_vec, k_chunk,
+                  partials);
 }
 
+// splits > 1: K in `splits` chunks of k_chunk (a multiple of BK), then one reduction launch.
 template <class Cfg>
-void launch_config(const GemmProblem<typename Cfg::Elem>& p, const char* name) {
+void launch_config(const GemmProblem<typename Cfg::Elem>& p, const char* name, int64_t splits = 1) {
   using T = typename Cfg::Elem;
   FASTNN_CHECK((p.n + Cfg::BN - 1) / Cfg::BN <= 65535, ValueError, "gemm: ", p.n,
                " columns exceed the CUDA grid (at most ", int64_t{65535} * Cfg::BN, ")");
@@ -40,12 +50,28 @@ void launch_config(const GemmProblem<typename Cfg::Elem>& p, const char* name) {
                " rows exceed the CUDA grid");
   const bool vec = operands_vectorisable(p);
   const bool c_vec = aligned16(p.c) && p.ldc % (16 / sizeof(T)) == 0;
+  int64_t k_chunk = 0;
+  Tensor workspace;
+  T* partials = nullptr;
+  if (splits > 1) {
+    k_chunk = ((p.k + splits - 1) / splits + Cfg::BK - 1) / Cfg::BK * Cfg::BK;
+    splits = (p.k + k_chunk - 1) / k_chunk;
+    int device = 0;
+    FASTNN_CUDA_CHECK(cudaGetDevice(&device));
+    workspace = Tensor::empty(Shape{splits * p.m * p.n}, dtype_of<T>::value, Device{DeviceType::CUDA, device});
+    partials = workspace.data<T>();
+  }
   const int variant = (p.trans_a ? 2 : 0) + (p.trans_b ? 1 : 0);
   switch (variant) {
-    case 0: return launch_instance<Cfg, false, false>(p, vec, c_vec, name);
-    case 1: return launch_instance<Cfg, false, true>(p, vec, c_vec, name);
-    case 2: return launch_instance<Cfg, true, false>(p, vec, c_vec, name);
-    default: return launch_instance<Cfg, true, true>(p, vec, c_vec, name);
+    case 0: launch_instance<Cfg, false, false>(p, vec, c_vec, name, splits, k_chunk, partials); break;
+    case 1: launch_instance<Cfg, false, true>(p, vec, c_vec, name, splits, k_chunk, partials); break;
+    case 2: launch_instance<Cfg, true, false>(p, vec, c_vec, name, splits, k_chunk, partials); break;
+    default: launch_instance<Cfg, true, true>(p, vec, c_vec, name, splits, k_chunk, partials); break;
+  }
+  if (partials) {
+    constexpr unsigned kThreads = 256;
+    cuda_rt::launch("gemm_split_k_reduce", gemm_split_k_reduce<T>, dim3(cuda_rt::grid_for(p.m * p.n, kThreads)),
+                    dim3(kThreads), 0, p, static_cast<const T*>(partials), splits);
   }
 }
 
@@ -54,8 +80,21 @@ void launch_config(const GemmProblem<typename Cfg::Elem>& p, const char* name) {
 // wins. The choice depends on the shape only, and every configuration sums each element of C in
 // the same order, k = 0, 1, ...: the same bits whichever runs.
 constexpr int64_t kTilesPerWave = 128;
+// Too few tiles even of 64 x 64 (an MLP layer at batch 128) and a long K: split K across blocks up
+// to about two blocks per SM of an H100, each chunk at least kMinSplitChunk deep (shorter chunks
+// spend more on the workspace than they save). The medium tile keeps 256 threads per block, where
+// the 32 x 32 tile's 64 leave an SM mostly idle.
+constexpr int64_t kSplitTargetBlocks = 256;
+constexpr int64_t kMinSplitChunk = 64;
 
 int64_t tiles(int64_t m, int64_t n, int64_t tile) { return ((m + tile - 1) / tile) * ((n + tile - 1) / tile); }
+
+int64_t split_k_for(int64_t m, int64_t n, int64_t k) {
+  const int64_t medium_tiles = tiles(m, n, 64);
+  const int64_t by_blocks = (kSplitTargetBlocks + medium_tiles - 1) / medium_tiles;
+  const int64_t by_depth = k / kMinSplitChunk;
+  return by_blocks < by_depth ? by_blocks : by_depth;
+}
 
 }  // namespace
 
@@ -65,9 +104,13 @@ void launch_gemm(const GemmProblem<T>& p) {
   if constexpr (sizeof(T) == sizeof(float)) {
     if (tiles(p.m, p.n, 128) >= kTilesPerWave) launch_config<ConfigF32Large>(p, "gemm_f32_128x128");
     else if (tiles(p.m, p.n, 64) >= kTilesPerWave) launch_config<ConfigF32Medium>(p, "gemm_f32_64x64");
+    else if (const int64_t splits = split_k_for(p.m, p.n, p.k); splits >= 2)
+      launch_config<ConfigF32Medium>(p, "gemm_f32_64x64_split_k", splits);
     else launch_config<ConfigF32Small>(p, "gemm_f32_32x32");
   } else {
-    launch_config<ConfigF64>(p, "gemm_f64_64x64");
+    const int64_t splits = tiles(p.m, p.n, 64) >= kTilesPerWave ? 1 : split_k_for(p.m, p.n, p.k);
+    if (splits >= 2) launch_config<ConfigF64>(p, "gemm_f64_64x64_split_k", splits);
+    else launch_config<ConfigF64>(p, "gemm_f64_64x64");
   }
 }
 

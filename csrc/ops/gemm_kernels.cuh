@@ -16,6 +16,12 @@
 //     (activation_apply from ops/activation.h, the CPU's own function) applied as C is stored.
 // Every element of C is one thread's sum over k in increasing order, whatever the tile shape, so
 // results are deterministic, and identical between the tile configurations.
+//
+// Split K, for the MLP's shapes at small batch (128 x 1024 x 1024 is 32 tiles of 64 x 64, a quarter
+// of an H100's SMs, each walking all of K): blockIdx.z takes one chunk of K and writes its raw sums
+// to a workspace, and gemm_split_k_reduce adds the chunks in order z = 0, 1, ... and applies the
+// epilogue. Still deterministic; the split depends on the shape only (not on the card), so a given
+// shape gives the same bits on every GPU.
 #pragma once
 #include <cstdint>
 
@@ -176,9 +182,12 @@ __device__ __forceinline__ void store4(double* c, const double (&v)[4]) {
 
 // One launch computes all of C. blockIdx.x walks the row tiles (M may be large: a batch),
 // blockIdx.y the column tiles. vec: A and B allow 16-byte loads; c_vec: C allows 16-byte stores.
-template <class Cfg, bool TRANS_A, bool TRANS_B>
+// SPLIT_K: block z sums k in [z * k_chunk, (z + 1) * k_chunk) into partials[z][m][n], without the
+// epilogue (a separate instance: the 128 x 128 tile, which never splits, keeps its registers).
+template <class Cfg, bool TRANS_A, bool TRANS_B, bool SPLIT_K>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
-    gemm_kernel(GemmProblem<typename Cfg::Elem> p, bool vec, bool c_vec) {
+    gemm_kernel(GemmProblem<typename Cfg::Elem> p, bool vec, bool c_vec, int64_t k_chunk,
+                typename Cfg::Elem* __restrict__ partials) {
   using T = typename Cfg::Elem;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
   constexpr int kPad = Cfg::kPad;
@@ -201,10 +210,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
     for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
-  const int64_t slabs = (p.k + BK - 1) / BK;
+  const int64_t k_begin = SPLIT_K ? static_cast<int64_t>(blockIdx.z) * k_chunk : 0;
+  const int64_t k_end = SPLIT_K && k_begin + k_chunk < p.k ? k_begin + k_chunk : p.k;
+  const int64_t slabs = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
   if (slabs > 0) {
-    a_slab.load(p.a, p.lda, m0, 0, p.m, p.k, vec);
-    b_slab.load(p.b, p.ldb, n0, 0, p.n, p.k, vec);
+    a_slab.load(p.a, p.lda, m0, k_begin, p.m, k_end, vec);
+    b_slab.load(p.b, p.ldb, n0, k_begin, p.n, k_end, vec);
     a_slab.store(As[0]);
     b_slab.store(Bs[0]);
   }
@@ -214,8 +225,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     const int buf = static_cast<int>(s & 1);
     const bool more = s + 1 < slabs;
     if (more) {  // the next slab's global loads are in flight during the FMAs below
-      a_slab.load(p.a, p.lda, m0, (s + 1) * BK, p.m, p.k, vec);
-      b_slab.load(p.b, p.ldb, n0, (s + 1) * BK, p.n, p.k, vec);
+      a_slab.load(p.a, p.lda, m0, k_begin + (s + 1) * BK, p.m, k_end, vec);
+      b_slab.load(p.b, p.ldb, n0, k_begin + (s + 1) * BK, p.n, k_end, vec);
     }
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
@@ -238,6 +249,25 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       b_slab.store(Bs[buf ^ 1]);
     }
     __syncthreads();
+  }
+
+  if constexpr (SPLIT_K) {
+    T* part = partials + static_cast<int64_t>(blockIdx.z) * p.m * p.n;
+#pragma unroll
+    for (int gi = 0; gi < TM / 4; ++gi)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t row = m0 + gi * 4 * Cfg::kThreadsY + ty * 4 + i;
+        if (row >= p.m) continue;
+#pragma unroll
+        for (int gj = 0; gj < TN / 4; ++gj)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int64_t col = n0 + gj * 4 * Cfg::kThreadsX + tx * 4 + j;
+            if (col < p.n) part[row * p.n + col] = acc[gi * 4 + i][gj * 4 + j];
+          }
+      }
+    return;
   }
 
   const T alpha = p.alpha, beta = p.beta;
@@ -266,6 +296,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
         }
       }
     }
+  }
+}
+
+// C = epilogue(sum over z of partials[z]), z in increasing order, one thread per element of C.
+template <class T>
+__global__ void gemm_split_k_reduce(GemmProblem<T> p, const T* __restrict__ partials, int64_t splits) {
+  const int64_t count = p.m * p.n;
+  for (int64_t i = cuda_rt::global_thread_index(); i < count; i += cuda_rt::grid_stride()) {
+    T sum = partials[i];
+    for (int64_t z = 1; z < splits; ++z) sum += partials[z * count + i];
+    const int64_t row = i / p.n, col = i - row * p.n;
+    T* c = p.c + row * p.ldc + col;
+    *c = epilogue(sum, p.alpha, p.beta, c, p.bias, col, p.act);
   }
 }
 
