@@ -48,11 +48,6 @@ struct BackwardArgs {
   bool accumulate;
 };
 
-template <class T>
-FASTNN_FORCE_INLINE void store_grad(T* out, int64_t c, double value, bool accumulate) {
-  out[c] = static_cast<T>(accumulate ? static_cast<double>(out[c]) + value : value);
-}
-
 // Training forward over columns [c0, c0 + w): Welford statistics, running-stat update, normalise.
 template <class T>
 struct ForwardTrainStrip {
@@ -69,16 +64,12 @@ struct ForwardTrainStrip {
     const double n = static_cast<double>(a.rows);
     for (int64_t c = 0; c < w; ++c) {
       const int64_t col = c0 + c;
-      const double invstd = batchnorm_invstd(m2[c] / n, a.eps);
-      a.save_mean[col] = mean[c];
-      a.save_invstd[col] = invstd;
-      if (a.running_mean) {
-        a.running_mean[col] = static_cast<T>(running_update(a.running_mean[col], mean[c], a.momentum));
-        a.running_var[col] = static_cast<T>(running_update(a.running_var[col], m2[c] / (n - 1.0), a.momentum));
-      }
+      finish_batch_stats(n, mean[c], m2[c], a.eps, a.momentum, a.save_mean[col], a.save_invstd[col],
+                         a.running_mean ? a.running_mean + col : nullptr,
+                         a.running_var ? a.running_var + col : nullptr);
       split_hi_lo(mean[c], hi[c], lo[c]);
-      scale[c] = static_cast<T>(a.weight ? invstd * static_cast<double>(a.weight[col]) : invstd);
-      shift[c] = a.bias ? a.bias[col] : T(0);
+      scale[c] = static_cast<T>(batchnorm_gain(a.save_invstd[col], a.weight, col));
+      shift[c] = batchnorm_shift(a.bias, col);
     }
     for (int64_t n = 0; n < a.rows; ++n) {
       const T* row = a.x + n * a.cols + c0;
@@ -176,27 +167,20 @@ struct BackwardTrainStrip {
       }
     }
     double mean[kStrip], k_dy[kStrip], k_x[kStrip], k_0[kStrip];
-    const double inv_n = a.rows ? 1.0 / static_cast<double>(a.rows) : 0.0;
-    bool exact = !kFloat;
+    bool exact = false;
     for (int64_t c = 0; c < w; ++c) {
       const int64_t col = c0 + c;
       const double invstd = a.save_invstd[col];
-      const double u_mean = sum_u[c] * inv_n;
-      const double sum_dy_xhat = invstd * (sum_dy_u[c] - u_mean * sum_dy[c]);
-      if (a.dweight) store_grad(a.dweight, col, sum_dy_xhat, a.accumulate);
-      if (a.dbias) store_grad(a.dbias, col, sum_dy[c], a.accumulate);
-      const double k = a.weight ? static_cast<double>(a.weight[col]) * invstd : invstd;
-      mean[c] = shift[c] + u_mean;
-      k_dy[c] = k;
-      k_x[c] = -k * invstd * sum_dy_xhat * inv_n;
-      k_0[c] = -k * sum_dy[c] * inv_n;
-      if constexpr (kFloat) {
-        // |dx / k|^2 = |dy|^2 - sum(dy)^2 / N - sum(dy xhat)^2 / N * (2 - |xhat|^2 / N)
-        const double xhat2 = invstd * invstd * (sum_u2[c] - u_mean * sum_u[c]);
-        const double residual = sum_dy2[c] - sum_dy[c] * sum_dy[c] * inv_n -
-                                sum_dy_xhat * sum_dy_xhat * inv_n * (2.0 - xhat2 * inv_n);
-        if (!(residual >= 0.25 * sum_dy2[c])) exact = true;
-      }
+      const BatchnormBackwardCoefs k =
+          batchnorm_backward_coefs(a.rows, shift[c], invstd, batchnorm_gain(invstd, a.weight, col), sum_u[c],
+                                   sum_dy[c], sum_dy_u[c], sum_u2[c], sum_dy2[c], kFloat);
+      if (a.dweight) store_grad(a.dweight, col, k.dweight, a.accumulate);
+      if (a.dbias) store_grad(a.dbias, col, k.dbias, a.accumulate);
+      mean[c] = k.mean;
+      k_dy[c] = k.k_dy;
+      k_x[c] = k.k_x;
+      k_0[c] = k.k_0;
+      exact = exact || k.exact;
     }
     if (exact) {
       for (int64_t r = 0; r < a.rows; ++r) {
@@ -236,7 +220,7 @@ struct BackwardEvalStrip {
     double mean[kStrip], sum_dy[kStrip], sum_dy_u[kStrip];
     for (int64_t c = 0; c < w; ++c) {
       const double invstd = a.save_invstd[c0 + c];
-      k[c] = static_cast<T>(a.weight ? static_cast<double>(a.weight[c0 + c]) * invstd : invstd);
+      k[c] = static_cast<T>(batchnorm_gain(invstd, a.weight, c0 + c));
       mean[c] = a.save_mean[c0 + c];
       sum_dy[c] = sum_dy_u[c] = 0.0;
     }
