@@ -66,15 +66,18 @@ struct BackwardArgs {
   double* chunk_exact;
 };
 
-// Rows summed in T registers before the double accumulators take the block: an eighth of the
-// double work and of the accumulator traffic; 8-term sums lose nothing a float32 result can show.
+// Rows summed in registers before the accumulator arrays take the block: an eighth of the
+// accumulator loads and stores. The forward sums in double (u = x - k and u^2 are exact in double
+// for float32 input, so save_mean / save_invstd are float64-accurate for both dtypes); the float32
+// backward sums each block in float (a quarter of the double work), as 8-term float sums lose
+// nothing a float32 gradient can show.
 constexpr int64_t kRowBlock = 8;
 
-// Training forward over columns [c0, c0 + w). Pass 1 sums u = x - k and u^2 with k the column's
-// first value: shifted sums, whose cancellation in m2 = sum(u^2) - sum(u)^2 / N costs a factor
-// (var + (mean - k)^2) / var <= N + 1 of precision (k's own deviation is part of the variance), and
-// in practice ~2; u is exact when x is near k, as for a float32 column near 1e6. Pass 2 walks the
-// rows backwards, so it starts on the rows pass 1 left in cache.
+// Training forward statistics over columns [c0, c0 + w): sums of u = x - k and u^2, k the column's
+// first value. Shifted sums cost m2 = sum(u^2) - sum(u)^2 / N a factor (var + (mean - k)^2) / var
+// <= N + 1 of precision (k's own deviation is part of the variance), in practice ~2, and take one
+// add and one multiply-add per value where Welford's update takes a dependent multiply-add pair
+// and its accumulators' loads and stores.
 template <class T>
 struct ForwardTrainStrip {
   using Args = ForwardArgs<T>;
@@ -89,10 +92,10 @@ struct ForwardTrainStrip {
     for (; n + kRowBlock <= a.rows; n += kRowBlock) {
       const T* row = a.x + n * a.cols + c0;
       for (int64_t c = 0; c < w; ++c) {
-        T su = 0, su2 = 0;
+        double su = 0, su2 = 0;
 #pragma GCC unroll 8
         for (int64_t r = 0; r < kRowBlock; ++r) {
-          const T u = row[r * a.cols + c] - k[c];
+          const double u = static_cast<double>(row[r * a.cols + c]) - static_cast<double>(k[c]);
           su += u;
           su2 += u * u;
         }
@@ -156,11 +159,11 @@ struct ForwardApplyRows {
   }
 };
 
-// Training backward over columns [c0, c0 + w): pass 1 sums u = x - hi (hi: save_mean rounded to
-// T, so u is exact near the mean), dy, dy * u and, for the cancellation test of float32,
-// u^2 and dy^2; batchnorm_backward_coefs turns them into dweight, dbias and the coefficients of
-// dx = k_dy * dy + k_x * (x - mean) + k_0, which pass 2 (rows backwards, as in the forward) forms in
-// double where it cancels, else in T.
+// Training backward sums over columns [c0, c0 + w): u = x - hi (hi: save_mean rounded to T, so u
+// is exact near the mean), dy, dy * u and, for the cancellation test of float32, u^2 and dy^2;
+// batchnorm_backward_coefs turns them into dweight, dbias and the coefficients of
+// dx = k_dy * dy + k_x * (x - mean) + k_0, which BackwardApplyRows forms in double where it
+// cancels, else in T.
 template <class T>
 struct BackwardTrainStrip {
   using Args = BackwardArgs<T>;
