@@ -103,6 +103,32 @@ def test_eval_matches_torch(dtype, rng, shape, affine):
         assert dw is None and db is None
 
 
+@pytest.mark.parametrize("rows", [7, 33, 1000, 4097])
+@pytest.mark.parametrize("cols", [1, 7, 33, 1000])
+def test_rows_and_columns_grid(dtype, rng, rows, cols):
+    """Row counts off the 8-row blocks the statistics pass sums in registers (4097 = 512 blocks +
+    1), and column counts off the vector widths and the 512-column strips."""
+    check_training(dtype, rng, (rows, cols), True, True)
+
+
+@pytest.mark.parametrize("shape", [(64, 2100), (2, 1100), (9, 1031)])
+def test_segments_where_dx_cancels(dtype, rng, shape):
+    """Columns whose dx cancels (constant dy, so dx ~ 0) are formed in double, in 1024-column row
+    segments that other columns share: each segment takes its own path, and both match torch."""
+    x, w, b, _, _, dy = make(rng, shape, dtype)
+    dy[:, 1030] = dy[0, 1030]  # dx = 0 in exact arithmetic: cancellation in the second segment
+    dy[:, 3] = dy[0, 3]
+    ref = reference(x, w, b, None, None, True, 0.1, 1e-5, dy)
+    y, m, s = _C.batchnorm_forward(x, w, b, None, None, True)
+    dx, dw, db = _C.batchnorm_backward(x, dy, w, m, s, True)
+    # the cancelling columns' dx is rounding noise of size ~eps * k * |dy|: measured against that
+    assert_close(dx, ref[1], dtype, what="dx", scale=float(np.max(np.abs(dy)) * np.max(np.abs(w))))
+    for col in (3, 1030):
+        assert np.max(np.abs(np.asarray(dx)[:, col])) <= 1e-5 * np.max(np.abs(dy[:, col] * w[col]))
+    assert_close(dw, ref[2], dtype, what="dweight")
+    assert_close(db, ref[3], dtype, what="dbias")
+
+
 @pytest.mark.parametrize("momentum", [0.1, 0.3, 1.0, 0.0])
 def test_running_stats_over_several_steps(dtype, rng, momentum):
     c = 33
@@ -206,12 +232,15 @@ def test_in_place_forward_and_backward(dtype, rng):
     np.testing.assert_array_equal(x, y)
 
 
-def test_deterministic_across_thread_counts(dtype, rng):
-    x, w, b, rm, rv, dy = make(rng, (500, 1000), dtype)
+@pytest.mark.parametrize("shape", [(500, 1000), (4097, 33), (300, 2100)])
+def test_deterministic_across_thread_counts(dtype, rng, shape):
+    """Bitwise: the statistics pass splits columns and the elementwise pass rows, never a column's
+    sum; (300, 2100) spans several strips and row segments, (4097, 33) splits rows only."""
+    x, w, b, rm, rv, dy = make(rng, shape, dtype)
     before = fastnn.get_num_threads()
     outs = []
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             fastnn.set_num_threads(threads)
             rm_i, rv_i = rm.copy(), rv.copy()
             y, m, s = _C.batchnorm_forward(x, w, b, rm_i, rv_i, True)
@@ -219,8 +248,9 @@ def test_deterministic_across_thread_counts(dtype, rng):
             outs.append([np.asarray(t).copy() for t in (y, m, s, dx, dw, db)] + [rm_i, rv_i])
     finally:
         fastnn.set_num_threads(before)
-    for a, b_ in zip(*outs):
-        assert a.tobytes() == b_.tobytes()
+    for other in outs[1:]:
+        for a, b_ in zip(outs[0], other):
+            assert a.tobytes() == b_.tobytes()
 
 
 def test_every_isa_variant_matches_torch(tmp_path, rng):

@@ -43,6 +43,78 @@ FASTNN_HD void split_hi_lo(double v, T& hi, T& lo) {
   lo = static_cast<T>(v - static_cast<double>(hi));
 }
 
+// The column's saved statistics from the batch mean and m2, the sum of squared deviations over n
+// rows; the running statistics (when tracked: pointers to the column's entries) move towards the
+// batch mean and the *unbiased* variance, as torch does.
+template <class T>
+FASTNN_HD void finish_batch_stats(double n, double mean, double m2, double eps, double momentum,
+                                  double& save_mean, double& save_invstd, T* running_mean, T* running_var) {
+  save_mean = mean;
+  save_invstd = batchnorm_invstd(m2 / n, eps);
+  if (running_mean) {
+    *running_mean = static_cast<T>(running_update(static_cast<double>(*running_mean), mean, momentum));
+    *running_var = static_cast<T>(running_update(static_cast<double>(*running_var), m2 / (n - 1.0), momentum));
+  }
+}
+
+// weight * invstd, the factor from x - mean to y and from dy to dx's leading term; weight == nullptr
+// means weight = 1.
+template <class T>
+FASTNN_HD double batchnorm_gain(double invstd, const T* weight, int64_t col) {
+  return weight ? invstd * static_cast<double>(weight[col]) : invstd;
+}
+
+template <class T>
+FASTNN_HD T batchnorm_shift(const T* bias, int64_t col) { return bias ? bias[col] : T(0); }
+
+// A parameter gradient written, or added to what the buffer holds.
+template <class T>
+FASTNN_HD void store_grad(T* out, int64_t col, double value, bool accumulate) {
+  out[col] = static_cast<T>(accumulate ? static_cast<double>(out[col]) + value : value);
+}
+
+// Training backward of one column. With xhat = (x - mean) * invstd and k = weight * invstd:
+//   dx = k * (dy - mean(dy) - xhat * mean(dy * xhat)),  dweight = sum(dy * xhat),  dbias = sum(dy),
+// written as dx = k_dy * dy + k_x * (x - mean) + k_0. The column sums use u = x - save_mean: the
+// batch mean is save_mean + mean(u) (save_mean may have been rounded), and
+// sum(dy * (x - mean)) = sum(dy * u) - mean(u) * sum(dy).
+//
+// dx cancels when it is small next to k * dy: projecting dy off 1 and xhat removes most of it
+// when N is tiny (at N = 2, all but a fraction eps / var). `exact` says so; the kernels then form
+// dx in double. With check_cancellation (float32, whose kernels otherwise form dx in float, with
+// an error of a few float ulps of k * |dy|) it is set unless |dx| is at least half of k * |dy|,
+// from sum_u2 = sum(u^2) and sum_dy2 = sum(dy^2); without, it is always set.
+struct BatchnormBackwardCoefs {
+  double mean, k_dy, k_x, k_0;
+  double dweight, dbias;
+  bool exact;
+};
+
+FASTNN_HD BatchnormBackwardCoefs batchnorm_backward_coefs(int64_t rows, double save_mean, double invstd,
+                                                          double gain, double sum_u, double sum_dy,
+                                                          double sum_dy_u, double sum_u2, double sum_dy2,
+                                                          bool check_cancellation) {
+  BatchnormBackwardCoefs r;
+  const double inv_n = rows ? 1.0 / static_cast<double>(rows) : 0.0;
+  const double u_mean = sum_u * inv_n;
+  const double sum_dy_xhat = invstd * (sum_dy_u - u_mean * sum_dy);
+  r.dweight = sum_dy_xhat;
+  r.dbias = sum_dy;
+  r.mean = save_mean + u_mean;
+  r.k_dy = gain;
+  r.k_x = -gain * invstd * sum_dy_xhat * inv_n;
+  r.k_0 = -gain * sum_dy * inv_n;
+  r.exact = true;
+  if (check_cancellation) {
+    // |dx / k|^2 = |dy|^2 - sum(dy)^2 / N - sum(dy xhat)^2 / N * (2 - |xhat|^2 / N)
+    const double xhat2 = invstd * invstd * (sum_u2 - u_mean * sum_u);
+    const double residual = sum_dy2 - sum_dy * sum_dy * inv_n -
+                            sum_dy_xhat * sum_dy_xhat * inv_n * (2.0 - xhat2 * inv_n);
+    r.exact = !(residual >= 0.25 * sum_dy2);
+  }
+  return r;
+}
+
 // weight, bias, running_mean, running_var may be undefined Tensors (absent). Writes y (N, C) and
 // the float64 save_mean, save_invstd (C): the batch statistics in training, the running ones in
 // eval (then running_mean and running_var must be given). x and y may alias.

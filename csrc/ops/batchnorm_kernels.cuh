@@ -11,9 +11,9 @@
 //     finish launch combines them in chunk order (one thread per column), an apply launch writes y
 //     or dx. Deterministic either way; no atomics.
 // As on the CPU: statistics accumulate in double for both dtypes (Welford, combined with Chan's
-// formula), save_mean / save_invstd are float64, running stats follow torch, and the math shared
-// with the CPU (welford_update, batchnorm_invstd, running_update, split_hi_lo) comes from
-// ops/batchnorm.h.
+// formula), save_mean / save_invstd are float64, running stats follow torch, and the per-column
+// math shared with the CPU (finish_batch_stats, batchnorm_gain / batchnorm_shift, split_hi_lo,
+// batchnorm_backward_coefs, store_grad) comes from ops/batchnorm.h.
 #pragma once
 #include <cstdint>
 
@@ -93,13 +93,8 @@ struct WelfordCombine {
 // running statistics moved towards the batch mean and unbiased variance, as torch does.
 template <class T>
 __device__ __forceinline__ void finish_forward(const ForwardParams<T>& p, int64_t col, const double (&st)[3]) {
-  const double n = st[0], mean = st[1], m2 = st[2];
-  p.save_mean[col] = mean;
-  p.save_invstd[col] = batchnorm_invstd(m2 / n, p.eps);
-  if (p.running_mean) {
-    p.running_mean[col] = static_cast<T>(running_update(static_cast<double>(p.running_mean[col]), mean, p.momentum));
-    p.running_var[col] = static_cast<T>(running_update(static_cast<double>(p.running_var[col]), m2 / (n - 1.0), p.momentum));
-  }
+  finish_batch_stats(st[0], st[1], st[2], p.eps, p.momentum, p.save_mean[col], p.save_invstd[col],
+                     p.running_mean ? p.running_mean + col : nullptr, p.running_var ? p.running_var + col : nullptr);
 }
 
 // y = ((x - hi) - lo) * scale + shift over the thread's rows, with mean = hi + lo, from the saved
@@ -110,8 +105,8 @@ __device__ __forceinline__ void normalise(const ForwardParams<T>& p, const Slice
   const double invstd = p.save_invstd[s.col];
   T hi, lo;
   split_hi_lo(p.save_mean[s.col], hi, lo);
-  const T scale = static_cast<T>(p.weight ? invstd * static_cast<double>(p.weight[s.col]) : invstd);
-  const T shift = p.bias ? p.bias[s.col] : T(0);
+  const T scale = static_cast<T>(batchnorm_gain(invstd, p.weight, s.col));
+  const T shift = batchnorm_shift(p.bias, s.col);
   for (int64_t r = s.r_begin; r < s.r_end; r += s.step) {
     const int64_t i = r * p.cols + s.col;
     p.y[i] = ((p.x[i] - hi) - lo) * scale + shift;
@@ -177,40 +172,24 @@ template <class T>
 constexpr int kTrainSums = sizeof(T) < sizeof(double) ? 5 : 3;
 constexpr int kCoefs = 5;  // mean, k_dy, k_x, k_0, exact
 
-template <class T>
-__device__ __forceinline__ void store_grad(T* out, int64_t col, double value, bool accumulate) {
-  out[col] = static_cast<T>(accumulate ? static_cast<double>(out[col]) + value : value);
-}
-
-// dweight / dbias of the column, and the coefficients of dx = k_dy dy + k_x (x - mean) + k_0, as
-// batchnorm_cpu.cpp forms them. exact: dx cancels (it is small next to k dy), so it is formed in
-// double; else, for float32, in float.
+// dweight / dbias of the column, and the coefficients of dx = k_dy dy + k_x (x - mean) + k_0
+// (batchnorm_backward_coefs in ops/batchnorm.h, shared with the CPU). exact: dx is formed in double;
+// else, for float32, in float.
 template <class T>
 __device__ __forceinline__ void finish_backward(const BackwardParams<T>& p, int64_t col,
                                                 const double (&sums)[kTrainSums<T>], double (&coef)[kCoefs]) {
   constexpr bool kFloat = sizeof(T) < sizeof(double);
-  const double sum_u = sums[0], sum_dy = sums[1], sum_dy_u = sums[2];
-  const double inv_n = p.rows ? 1.0 / static_cast<double>(p.rows) : 0.0;
   const double invstd = p.save_invstd[col];
-  const double u_mean = sum_u * inv_n;
-  const double sum_dy_xhat = invstd * (sum_dy_u - u_mean * sum_dy);
-  if (p.dweight) store_grad(p.dweight, col, sum_dy_xhat, p.accumulate);
-  if (p.dbias) store_grad(p.dbias, col, sum_dy, p.accumulate);
-  const double k = p.weight ? static_cast<double>(p.weight[col]) * invstd : invstd;
-  coef[0] = p.save_mean[col] + u_mean;
-  coef[1] = k;
-  coef[2] = -k * invstd * sum_dy_xhat * inv_n;
-  coef[3] = -k * sum_dy * inv_n;
-  bool exact = !kFloat;
-  if constexpr (kFloat) {
-    const double sum_u2 = sums[3], sum_dy2 = sums[4];
-    // |dx / k|^2 = |dy|^2 - sum(dy)^2 / N - sum(dy xhat)^2 / N * (2 - |xhat|^2 / N)
-    const double xhat2 = invstd * invstd * (sum_u2 - u_mean * sum_u);
-    const double residual = sum_dy2 - sum_dy * sum_dy * inv_n -
-                            sum_dy_xhat * sum_dy_xhat * inv_n * (2.0 - xhat2 * inv_n);
-    if (!(residual >= 0.25 * sum_dy2)) exact = true;
-  }
-  coef[4] = exact ? 1.0 : 0.0;
+  const BatchnormBackwardCoefs k = batchnorm_backward_coefs(
+      p.rows, p.save_mean[col], invstd, batchnorm_gain(invstd, p.weight, col), sums[0], sums[1], sums[2],
+      kFloat ? sums[kTrainSums<T> - 2] : 0.0, kFloat ? sums[kTrainSums<T> - 1] : 0.0, kFloat);
+  if (p.dweight) store_grad(p.dweight, col, k.dweight, p.accumulate);
+  if (p.dbias) store_grad(p.dbias, col, k.dbias, p.accumulate);
+  coef[0] = k.mean;
+  coef[1] = k.k_dy;
+  coef[2] = k.k_x;
+  coef[3] = k.k_0;
+  coef[4] = k.exact ? 1.0 : 0.0;
 }
 
 template <class T>
@@ -305,7 +284,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_eval_kernel(B
   double sums[2] = {0.0, 0.0};
   if (s.has_column(p.cols)) {
     const double invstd = p.save_invstd[s.col], mean = p.save_mean[s.col];
-    const T k = static_cast<T>(p.weight ? static_cast<double>(p.weight[s.col]) * invstd : invstd);
+    const T k = static_cast<T>(batchnorm_gain(invstd, p.weight, s.col));
     for (int64_t r = s.r_begin; r < s.r_end; r += s.step) {
       const int64_t i = r * p.cols + s.col;
       const T g = p.dy[i];
