@@ -11,7 +11,8 @@ blocks repeat a call enough times that the two synchronizes are noise. The two l
 alternate in random order round by round, as on the CPU.
 
 Without a PyTorch that sees the GPU (the CPU emulation of CUDA in CI, or a torch CPU wheel) the
-rows run fastnn alone on tiny shapes: a smoke test of the code paths, with the PyTorch columns empty.
+rows run fastnn alone, with the PyTorch columns empty; on the emulated device they use tiny
+shapes: a smoke test of the code paths (`--quick` takes seconds there).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class Shapes:
 FULL = Shapes([128, 1024], [(784, 1024), (1024, 1024), (1024, 10)], 4096, 8192, 4096, 1 << 24, [128, 1024], 1024,
               8192, 1 << 30)
 QUICK = Shapes([128], [(784, 1024), (1024, 10)], 4096, 8192, 4096, 1 << 24, [128], 1024, 8192, 1 << 30)
-# The CPU emulation runs every CUDA thread on two cores: shapes small enough for a ~1 minute smoke run.
+# The CPU emulation runs every CUDA thread on the host's cores: shapes small enough for a smoke run of seconds.
 TINY = Shapes([16], [(784, 64), (64, 10)], 0, 64, 256, 1 << 16, [16], 64, 128, 1 << 24)
 
 
@@ -132,9 +133,25 @@ class GpuBench:
 
     def compare(self, group: str, name: str, fast, ref=None, work: float | None = None, unit: str = "",
                 peak: float | None = None, note: str = "", warmup: int = 3) -> Row:
-        """Times `fast` (fastnn) against `ref` (PyTorch, None for fastnn alone). `work`: FLOP or bytes per call."""
+        """Times `fast` (fastnn) against `ref` (PyTorch, None for fastnn alone). `work`: FLOP or bytes per call.
+
+        An exception in either is a row saying so: one visit to a GPU must report every row it can.
+        """
         if self.time_left() <= 0:
             return self.skip(group, name, "--time-limit reached")
+        try:
+            return self._compare(group, name, fast, ref, work, unit, peak, note, warmup)
+        except Exception as e:  # noqa: BLE001
+            return self.skip(group, name, f"error: {type(e).__name__}: {e}"[:300])
+
+    def guarded(self, section: str, fn, *args):
+        """Runs one section of rows; an exception in its setup becomes a row instead of ending the run."""
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001
+            self.skip(section, f"{section} rows", f"error: {type(e).__name__}: {e}"[:300])
+
+    def _compare(self, group, name, fast, ref, work, unit, peak, note, warmup) -> Row:
         fast()
         if ref is not None:
             ref()
@@ -644,9 +661,9 @@ def run_cuda(args, out: Path) -> int:
         notes.append(f"FASTNN_BENCH_TORCH_DEVICE={TORCH_DEVICE}: PyTorch ran on {TORCH_DEVICE}, a code-path test; "
                      "the ratios compare nothing.")
     shapes = FULL
-    if info.get("cuda_emulated") or torch is None or TORCH_DEVICE != "cuda":
+    if info.get("cuda_emulated") or TORCH_DEVICE != "cuda":
         shapes = TINY
-        notes.append("Tiny shapes: a smoke run of the code paths (emulated CUDA or no PyTorch on the GPU); "
+        notes.append("Tiny shapes: a smoke run of the code paths (emulated CUDA, or PyTorch off the GPU); "
                      "times say nothing about a GPU.")
     elif args.quick:
         shapes = QUICK
@@ -658,17 +675,20 @@ def run_cuda(args, out: Path) -> int:
         save(gpu_machine(b, torch_version, gpu, note), b.rows, out, chart=chart)
 
     b.on_row = checkpoint  # results.md/json rewritten after every row: a run cut short still leaves its rows
-    b.measure_peaks(shapes)
+    try:
+        b.measure_peaks(shapes)
+    except Exception as e:  # noqa: BLE001  (rows without a % of peak beat no rows)
+        b.peak_source = b.copy_source = f"measurement failed: {type(e).__name__}: {e}"[:200]
     print(f"GPU: {gpu.get('gpu')}; FP32 peak {b.peak:.0f} GFLOP/s ({b.peak_source}); "
           f"D2D copy {b.copy:.1f} GB/s ({b.copy_source}); torch {torch_version}" + (f"; {note}" if note else ""))
     checkpoint()
-    gemm_rows(b, torch, shapes)
-    memory_rows(b, torch, shapes)
-    optimizer_rows(b, torch, shapes)
-    eager_step_rows(b, torch, shapes)
-    fastnn_cuda_graph_rows(b, torch, shapes)
+    b.guarded("gemm", gemm_rows, b, torch, shapes)
+    b.guarded("memory", memory_rows, b, torch, shapes)
+    b.guarded("optimizer", optimizer_rows, b, torch, shapes)
+    b.guarded("step", eager_step_rows, b, torch, shapes)
+    b.guarded("step", fastnn_cuda_graph_rows, b, torch, shapes)
     if torch is not None and not args.quick and not args.no_compile:
-        compile_step_rows(b, torch, shapes)
+        b.guarded("step", compile_step_rows, b, torch, shapes)
     machine = gpu_machine(b, torch_version, gpu, note)
     save(machine, b.rows, out)
     print(to_markdown(machine, b.rows))

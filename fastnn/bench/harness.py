@@ -187,7 +187,8 @@ def to_markdown(machine: Machine, rows: list[Row]) -> str:
         rate = f"{r.rate:.1f} {r.rate_unit}" if r.rate else ""
         frac = f"{100 * r.peak_fraction:.0f}%" if r.peak_fraction else ""
         note = ("disturbed by other load; " if r.disturbed else "") + r.note
-        out.append(f"| {r.group} | {r.name} | {r.fastnn_ms:.3f} ({r.fastnn_min_ms:.3f}) | {torch_txt} | {speed} | "
+        fast_txt = "" if r.fastnn_ms != r.fastnn_ms else f"{r.fastnn_ms:.3f} ({r.fastnn_min_ms:.3f})"
+        out.append(f"| {r.group} | {r.name} | {fast_txt} | {torch_txt} | {speed} | "
                    f"{rate} | {frac} | {note} |")
     out.append("")
     out.append("speedup = PyTorch time / fastnn time, the median of per-round ratios (rounds interleave the two "
