@@ -109,3 +109,60 @@ def test_cuda_bench_without_a_cuda_device_says_so(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no usable CUDA device"):
         run(["--device", "cuda", "--output", str(tmp_path)])
     assert not (tmp_path / "results.json").exists()
+
+
+@needs_cuda
+def test_cuda_kernel_times_sum_the_device_activity_per_call(monkeypatch):
+    """kernel_us adds up what CUPTI recorded on the device (through torch.profiler) and divides by
+    the calls; no GPU here, so the profiler is replaced by its recorded events."""
+    torch = pytest.importorskip("torch")
+    from torch.autograd import DeviceType
+
+    from fastnn.bench import gpu
+
+    def event(device_type, us):
+        return types.SimpleNamespace(device_type=device_type, time_range=types.SimpleNamespace(elapsed_us=lambda: us))
+
+    class RecordedProfile:
+        def __init__(self, activities):
+            assert activities == [torch.profiler.ProfilerActivity.CUDA]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def events(self):  # two kernels and a memset on the device, and CPU-side events that must not count
+            return [event(DeviceType.CUDA, 30.0), event(DeviceType.CPU, 1000.0), event(DeviceType.CUDA, 8.0),
+                    event(DeviceType.CUDA, 2.0)]
+
+    monkeypatch.setattr(torch.profiler, "profile", RecordedProfile)
+    calls = []
+    b = gpu.GpuBench(None, quick=True, log=lambda *a: None)
+    b.kernel_timing = True
+    assert b.kernel_us(lambda: calls.append(1), calls=4) == pytest.approx(10.0) and len(calls) == 4
+    row = b.compare("gemm", "x", lambda: None, kernel=True)
+    assert row.fastnn_kernel_us == pytest.approx(4.0)  # 40 us over kernel_us's default 10 calls
+
+    def broken(activities):
+        raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED")
+
+    monkeypatch.setattr(torch.profiler, "profile", broken)
+    assert b.kernel_us(lambda: None) is None and not b.kernel_timing  # not tried again
+
+
+def test_gpu_markdown_has_the_kernel_column():
+    from fastnn.bench.harness import Machine, Row, to_markdown
+
+    m = Machine(cpu="x", threads=1, peak_gflops=50000.0, copy_gbps=3000.0, device="cuda",
+                extra={"gpu": "NVIDIA H100 80GB HBM3", "driver": "580.159.04", "peak_source": "p", "copy_source": "c"})
+    rows = [Row("gemm", "fwd", 0.02, 0.018, 0.019, 0.017, 0.9, 40000.0, "GFLOP/s", 44000.0, 0.8,
+                fastnn_kernel_us=10.0, torch_kernel_us=8.0),
+            Row("step", "skipped one", *[float("nan")] * 5, note="skipped: --time-limit reached")]
+    md = to_markdown(m, rows)
+    assert "GPU: NVIDIA H100 80GB HBM3 (driver 580.159.04)" in md
+    assert "| 10.0 / 8.0 (0.80x) |" in md and "| kernel us fastnn / torch (ratio) |" in md
+    header, rule = [ln for ln in md.splitlines() if ln.startswith("|")][:2]
+    assert header.count("|") == rule.count("|") == md.splitlines()[-4].count("|")
+    assert "nan" not in md.split("| group |")[1]  # skipped rows have empty cells

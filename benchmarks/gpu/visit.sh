@@ -20,6 +20,7 @@
 #                            fastnn importable from the tree (an emulated in-place build:
 #                            FASTNN_CUDA=EMULATE /work/dev-build.sh) is tested and benchmarked
 #   FASTNN_VISIT_TOTAL=<s>   total budget in seconds (default 540)
+#   FASTNN_VISIT_CUDA=EMULATE  rehearses the pip install path without a GPU (default ON)
 #   FASTNN_VISIT_BENCH_ARGS  extra arguments for fastnn bench (e.g. --no-compile, --quick)
 #   PYTHON=<python>          default: python3
 set -uo pipefail
@@ -33,6 +34,8 @@ mkdir -p "$OUT/bench"
 INFO=$OUT/info.txt
 START=$SECONDS
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
+# CMake finds nvcc on the PATH (or through CUDACXX)
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
 : >"$INFO"
 PHASES=()
 
@@ -59,6 +62,7 @@ phase() {
   local t0=$SECONDS
   (cd "$dir" && exec timeout -k 10 "$limit" "$@") >>"$log" 2>&1
   local rc=$?
+  echo >>"$log"  # a killed pytest leaves its line of dots open
   local what="rc=$rc"
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && what="TIMED OUT after ${limit}s (rc=$rc)"
   PHASES+=("$(printf '%-12s %-40s %4ss' "$name" "$what" $((SECONDS - t0)))")
@@ -82,9 +86,9 @@ export FASTNN_COMMIT=$commit  # fastnn bench records it when there is no .git
   if [ "$DRY" != 1 ]; then
     echo "-- nvidia-smi -L"
     timeout 30 nvidia-smi -L 2>&1
-    echo "-- nvidia-smi (name, driver, compute capability, memory, clocks)"
-    timeout 30 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.max.sm,clocks.max.mem \
-      --format=csv 2>&1
+    echo "-- nvidia-smi (name, driver, compute capability, memory; then clocks)"
+    timeout 30 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv 2>&1
+    timeout 30 nvidia-smi --query-gpu=clocks.max.sm,clocks.max.memory,clocks.sm,power.limit --format=csv 2>&1
   fi
   echo "-- nvcc --version"
   timeout 30 nvcc --version 2>&1 | tail -n 2 || echo "nvcc not found"
@@ -104,10 +108,10 @@ else
   # sm_XY of this card only: half the nvcc time of the default (80;90)
   arch=$(timeout 30 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')
   arch_flag=()
-  [[ "$arch" =~ ^[0-9]+$ ]] && arch_flag=(-C "cmake.define.CMAKE_CUDA_ARCHITECTURES=$arch")
+  [[ "$arch" =~ ^[0-9]+$ ]] && arch_flag=("--config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=$arch")
   # FASTNN_CUDA=ON: a build that silently left CUDA out would fail here, not in the tests
   phase build "$(cap 300 200)" "$OUT/build.log" "$ROOT" \
-    env FASTNN_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps -v "${arch_flag[@]}" . && built=1
+    env FASTNN_CUDA="${FASTNN_VISIT_CUDA:-ON}" "$PY" -m pip install --no-build-isolation --no-deps -v "${arch_flag[@]}" . && built=1
 fi
 if [ $built = 1 ]; then
   (cd tests && timeout 60 "$PY" -c 'import fastnn, sys; i = fastnn.build_info(); print("fastnn build_info:", i);
@@ -124,7 +128,7 @@ if [ $built = 1 ]; then
     read -r name want reserve kexpr <<<"$t"
     phase "$name" "$(cap "$want" "$reserve")" "$OUT/tests.log" "$ROOT/tests" \
       "$PY" -m pytest -q -x -p no:cacheprovider -k "$kexpr" .
-    [ $? -ne 99 ] && PHASES+=("             last line: $(grep -v '^\s*$' "$OUT/tests.log" | tail -n 1 | cut -c1-100)")
+    [ $? -ne 99 ] && PHASES+=("             pytest: $(grep -E 'passed|failed|error|%\]' "$OUT/tests.log" | tail -n 1 | cut -c1-100)")
   done
 else
   PHASES+=("tests        skipped: no build")
@@ -133,10 +137,11 @@ fi
 # -- benchmarks ------------------------------------------------------------------------------------
 if [ $built = 1 ]; then
   bcap=$(cap 100000 15)
-  # --time-limit stops the suite starting rows in time to write its chart before the cap
+  # --time-limit (counted from after torch's import and CUDA start-up, ~15 s) stops the suite
+  # starting rows in time to write its chart before the cap
   # shellcheck disable=SC2086
   phase bench "$bcap" "$OUT/bench.log" "$ROOT/tests" "$PY" -m fastnn bench --device cuda --output "$OUT/bench" \
-    --time-limit $((bcap > 80 ? bcap - 40 : bcap / 2)) ${FASTNN_VISIT_BENCH_ARGS:-}
+    --time-limit $((bcap > 120 ? bcap - 60 : bcap / 2)) ${FASTNN_VISIT_BENCH_ARGS:-}
 else
   PHASES+=("bench        skipped: no build")
 fi
@@ -154,8 +159,8 @@ fi
     grep -E '^(FAILED|ERROR)|^E  |[0-9]+ (passed|failed)|^== tests' "$OUT/tests.log" | tail -n 14 | cut -c1-220
   fi
   if [ -f "$OUT/bench.log" ]; then
-    echo "-- bench.log (progress lines; the table is below and in bench/results.md)"
-    grep -v -E '^\||^\s*$' "$OUT/bench.log" | tail -n 8 | cut -c1-220
+    echo "-- bench.log: start, errors, skipped rows, end (the table is in bench/results.md)"
+    grep -E '^(GPU: .*peak|wrote|Traceback)|Error|skipped' "$OUT/bench.log" | grep -v '^|' | tail -n 12 | cut -c1-220
   fi
   echo "-- phases (name, result, seconds)"
   printf '%s\n' "${PHASES[@]}"

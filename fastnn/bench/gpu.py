@@ -112,6 +112,8 @@ class GpuBench:
         self.peak = self.copy = float("nan")
         self.peak_source = self.copy_source = ""
         self.fastnn_copy = float("nan")
+        # CUPTI kernel times need torch.profiler with CUDA: only where PyTorch runs on the GPU
+        self.kernel_timing = torch is not None and TORCH_DEVICE == "cuda"
 
     # --- budget
     def time_left(self) -> float:
@@ -132,17 +134,49 @@ class GpuBench:
         return (time.perf_counter() - t0) / inner
 
     def compare(self, group: str, name: str, fast, ref=None, work: float | None = None, unit: str = "",
-                peak: float | None = None, note: str = "", warmup: int = 3) -> Row:
-        """Times `fast` (fastnn) against `ref` (PyTorch, None for fastnn alone). `work`: FLOP or bytes per call.
+                peak: float | None = None, note: str = "", warmup: int = 3, kernel: bool = False) -> Row:
+        """Times `fast` (fastnn) against `ref` (PyTorch, None for fastnn alone). `work`: FLOP or bytes per call;
+        `kernel`: also measure both sides' GPU kernel time per call (kernel_us).
 
         An exception in either is a row saying so: one visit to a GPU must report every row it can.
         """
         if self.time_left() <= 0:
             return self.skip(group, name, "--time-limit reached")
         try:
-            return self._compare(group, name, fast, ref, work, unit, peak, note, warmup)
+            row = self._compare(group, name, fast, ref, work, unit, peak, note, warmup)
+            if kernel:
+                row.fastnn_kernel_us = self.kernel_us(fast)
+                row.torch_kernel_us = self.kernel_us(ref) if ref is not None else None
+                if row.fastnn_kernel_us:
+                    self.log(f"{'':10s} {'':48s} kernels: fastnn {row.fastnn_kernel_us:.1f} us, torch "
+                             f"{row.torch_kernel_us or float('nan'):.1f} us")
+            if self.on_row:
+                self.on_row()
+            return row
         except Exception as e:  # noqa: BLE001
             return self.skip(group, name, f"error: {type(e).__name__}: {e}"[:300])
+
+    def kernel_us(self, fn, calls: int = 10) -> float | None:
+        """GPU time per call of the kernels and copies `fn` runs, in us: the device activity CUPTI
+        records (torch.profiler; it sees fastnn's launches as well as torch's). None where that is
+        unavailable; after one failure it is not tried again."""
+        if not self.kernel_timing:
+            return None
+        try:
+            from torch.autograd import DeviceType
+            from torch.profiler import ProfilerActivity, profile
+
+            self.sync()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(calls):
+                    fn()
+                self.sync()
+            total = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+            return total / calls if total > 0 else None
+        except Exception as e:  # noqa: BLE001
+            self.kernel_timing = False
+            self.log(f"kernel timing through torch.profiler unavailable ({type(e).__name__}: {e}); rows go without it")
+            return None
 
     def guarded(self, section: str, fn, *args):
         """Runs one section of rows; an exception in its setup becomes a row instead of ending the run."""
@@ -196,8 +230,6 @@ class GpuBench:
         torch_txt = f"torch {row.torch_ms:9.3f} ms  x{row.speedup:5.2f}" if tr else "torch        -"
         self.rows.append(row)
         self.log(f"{group:10s} {name:48s} fastnn {row.fastnn_ms:9.3f} ms  {torch_txt}{rate_txt}")
-        if self.on_row:
-            self.on_row()
         return row
 
     def add(self, row: Row) -> Row:
@@ -282,11 +314,11 @@ def gemm_rows(b: GpuBench, torch, shapes: Shapes):
             dxt = torch.empty(n, k_in, device=TORCH_DEVICE)
             dwt = torch.empty(k_out, k_in, device=TORCH_DEVICE)
         b.compare("gemm", f"fwd X W^T {shape}", lambda: _C.gemm(x, w, y, trans_b=True),
-                  _maybe(torch, lambda: torch.matmul(xt, wt.t(), out=yt)), flops, "GFLOP/s", b.peak)
+                  _maybe(torch, lambda: torch.matmul(xt, wt.t(), out=yt)), flops, "GFLOP/s", b.peak, kernel=True)
         b.compare("gemm", f"dX = dY W {shape}", lambda: _C.gemm(dy, w, dx),
-                  _maybe(torch, lambda: torch.matmul(dyt, wt, out=dxt)), flops, "GFLOP/s", b.peak)
+                  _maybe(torch, lambda: torch.matmul(dyt, wt, out=dxt)), flops, "GFLOP/s", b.peak, kernel=True)
         b.compare("gemm", f"dW = dY^T X {shape}", lambda: _C.gemm(dy, x, dw, trans_a=True),
-                  _maybe(torch, lambda: torch.matmul(dyt.t(), xt, out=dwt)), flops, "GFLOP/s", b.peak)
+                  _maybe(torch, lambda: torch.matmul(dyt.t(), xt, out=dwt)), flops, "GFLOP/s", b.peak, kernel=True)
 
 
 # -- (b) memory-bound kernels ---------------------------------------------------------------------
@@ -301,7 +333,7 @@ def memory_rows(b: GpuBench, torch, shapes: Shapes):
     y = _C.zeros([n_rows, n_cols], "float32", "cuda")
     b.compare("memory", f"relu+dropout fwd ({n_rows}x{n_cols})",
               lambda: _C.dropout_forward(x, 0.5, 1, 2, "relu", y),
-              _maybe(torch, lambda: F.dropout(torch.relu(xt), 0.5, True)), 2 * nbytes, "GB/s", b.copy,
+              _maybe(torch, lambda: F.dropout(torch.relu(xt), 0.5, True)), 2 * nbytes, "GB/s", b.copy, kernel=True,
               note="fused, one pass; torch: relu then dropout")
     dy, dyt = to_cuda_pair(torch, g.standard_normal((n_rows, n_cols), dtype=np.float32))
     yr = _C.dropout_forward(x, 0.5, 1, 2, "relu")
@@ -310,7 +342,7 @@ def memory_rows(b: GpuBench, torch, shapes: Shapes):
     b.compare("memory", f"relu+dropout bwd ({n_rows}x{n_cols})",
               lambda: _C.dropout_backward(dy, 0.5, 1, 2, yr, "relu", dx),
               _maybe(torch, lambda: torch.ops.aten.threshold_backward(dyt * mask * 2.0, xt, 0.0)), 3 * nbytes, "GB/s",
-              b.copy, note="mask regenerated, not stored")
+              b.copy, kernel=True, note="mask regenerated, not stored")
 
     c = n_cols
     w, wt = to_cuda_pair(torch, np.ones(c, np.float32))
@@ -319,7 +351,7 @@ def memory_rows(b: GpuBench, torch, shapes: Shapes):
     rv, rvt = to_cuda_pair(torch, np.ones(c, np.float32))
     b.compare("memory", f"batchnorm fwd train ({n_rows}x{c})",
               lambda: _C.batchnorm_forward(x, w, bias, rm, rv, True, 0.1, 1e-5, y),
-              _maybe(torch, lambda: F.batch_norm(xt, rmt, rvt, wt, bt, True, 0.1, 1e-5)), 2 * nbytes, "GB/s", b.copy)
+              _maybe(torch, lambda: F.batch_norm(xt, rmt, rvt, wt, bt, True, 0.1, 1e-5)), 2 * nbytes, "GB/s", b.copy, kernel=True)
     _, mean, invstd = _C.batchnorm_forward(x, w, bias, rm, rv, True, 0.1, 1e-5)
     dwb, dbb = _C.zeros([c], "float32", "cuda"), _C.zeros([c], "float32", "cuda")
     torch_bwd = None
@@ -330,7 +362,7 @@ def memory_rows(b: GpuBench, torch, shapes: Shapes):
         torch_bwd = lambda: torch.autograd.grad(out, (xg, wg, bg), dyt, retain_graph=True)  # noqa: E731
     b.compare("memory", f"batchnorm bwd ({n_rows}x{c})",
               lambda: _C.batchnorm_backward(x, dy, w, mean, invstd, True, dx=dx, dweight=dwb, dbias=dbb),
-              torch_bwd, 3 * nbytes, "GB/s", b.copy)
+              torch_bwd, 3 * nbytes, "GB/s", b.copy, kernel=True)
 
     classes = 1000
     rows = max(1, n_rows * n_cols // classes)
@@ -344,7 +376,7 @@ def memory_rows(b: GpuBench, torch, shapes: Shapes):
 
     b.compare("memory", f"softmax cross-entropy fwd+bwd ({rows}x{classes})",
               lambda: _C.cross_entropy(logits, labels, dlogits=dlog), _maybe(torch, torch_ce),
-              2 * rows * classes * 4, "GB/s", b.copy, note="fused: one pass gives loss and dlogits")
+              2 * rows * classes * 4, "GB/s", b.copy, kernel=True, note="fused: one pass gives loss and dlogits")
 
 
 def optimizer_rows(b: GpuBench, torch, shapes: Shapes):
@@ -370,10 +402,10 @@ def optimizer_rows(b: GpuBench, torch, shapes: Shapes):
             to = make_torch([tp])
             tf = make_torch([tp], fused=True) if fused else None
         b.compare("optimizer", f"{name} step ({numel / 1e6:.1f}M params)", fo.step, to.step if to else None,
-                  traffic * 4.0 * numel, "GB/s", b.copy, note="torch default (foreach) implementation")
+                  traffic * 4.0 * numel, "GB/s", b.copy, kernel=True, note="torch default (foreach) implementation")
         if tf is not None:
             b.compare("optimizer", f"{name} step vs torch fused=True", fo.step, tf.step if tf else None,
-                      traffic * 4.0 * numel, "GB/s", b.copy)
+                      traffic * 4.0 * numel, "GB/s", b.copy, kernel=True)
 
 
 # -- (c) whole training steps ---------------------------------------------------------------------
@@ -614,8 +646,8 @@ def machine_lines(machine: Machine) -> list[str]:
     lines = [f"GPU: {card}" + (f" ({', '.join(b for b in bits if b)})" if any(bits) else "") +
              f"; host CPU {machine.cpu}.",
              f"Measured on the card: FP32 peak {machine.peak_gflops:.0f} GFLOP/s ({e.get('peak_source', '')}); "
-             f"device-to-device copy {machine.copy_gbps:.1f} GB/s ({e.get('copy_source', '')}); "
-             f"fastnn's own D2D copy {e.get('fastnn_copy_gbps', float('nan')):.1f} GB/s."]
+             f"device-to-device copy {machine.copy_gbps:.1f} GB/s ({e.get('copy_source', '')})" +
+             (f"; fastnn's own D2D copy {e['fastnn_copy_gbps']:.1f} GB/s." if e.get("fastnn_copy_gbps", 0) > 0 else ".")]
     if e.get("nvcc"):
         lines.append(f"nvcc: {e['nvcc']}")
     if e.get("note"):

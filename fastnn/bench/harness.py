@@ -31,6 +31,9 @@ class Row:
     peak_fraction: float | None = None  # fastnn's rate / the machine's measured peak
     disturbed: bool = False
     note: str = ""
+    # GPU rows: device time per call of the kernels alone (CUPTI), free of launch overhead
+    fastnn_kernel_us: float | None = None
+    torch_kernel_us: float | None = None
 
 
 @dataclass
@@ -181,6 +184,10 @@ def to_markdown(machine: Machine, rows: list[Row]) -> str:
            f"{machine.date}", "", *machine_lines(machine), "",
            "| group | benchmark | fastnn ms (min) | PyTorch ms (min) | speedup | fastnn rate | % of peak | note |",
            "|---|---|---|---|---|---|---|---|"]
+    gpu = machine.device != "cpu"
+    if gpu:
+        out[-2] = out[-2].replace(" note |", " kernel us fastnn / torch (ratio) | note |")
+        out[-1] += "---|"
     for r in rows:
         torch_txt = "" if r.torch_ms != r.torch_ms else f"{r.torch_ms:.3f} ({r.torch_min_ms:.3f})"
         speed = "" if r.speedup != r.speedup else f"**{r.speedup:.2f}x**"
@@ -188,17 +195,24 @@ def to_markdown(machine: Machine, rows: list[Row]) -> str:
         frac = f"{100 * r.peak_fraction:.0f}%" if r.peak_fraction else ""
         note = ("disturbed by other load; " if r.disturbed else "") + r.note
         fast_txt = "" if r.fastnn_ms != r.fastnn_ms else f"{r.fastnn_ms:.3f} ({r.fastnn_min_ms:.3f})"
+        kernel = ""
+        if gpu and r.fastnn_kernel_us:
+            kernel = f"{r.fastnn_kernel_us:.1f}"
+            if r.torch_kernel_us:
+                kernel += f" / {r.torch_kernel_us:.1f} ({r.torch_kernel_us / r.fastnn_kernel_us:.2f}x)"
         out.append(f"| {r.group} | {r.name} | {fast_txt} | {torch_txt} | {speed} | "
-                   f"{rate} | {frac} | {note} |")
+                   f"{rate} | {frac} | {kernel + ' | ' if gpu else ''}{note} |")
     out.append("")
     out.append("speedup = PyTorch time / fastnn time, the median of per-round ratios (rounds interleave the two "
                "in random order); ms are medians with minimums in brackets.")
-    if machine.device != "cpu":
+    if gpu:
         out.append("On the GPU every timed block starts and ends with a device synchronize, so a row's time is what "
                    "the caller waits for, launch overhead included. For GEMMs the speedup is fastnn's throughput as "
                    "a fraction of cuBLAS's (target >= 0.8); % of peak is against the card's measured FP32 "
                    "(TF32 off) matmul rate for GEMMs and its device-to-device copy rate for memory-bound rows "
-                   "(target 80%).")
+                   "(target 80%). Kernel us: GPU time per call of the kernels and copies alone (CUPTI through "
+                   "torch.profiler), which tells kernels apart where launch overhead dominates the wall time; "
+                   "its ratio is torch / fastnn.")
     return "\n".join(out)
 
 
