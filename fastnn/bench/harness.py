@@ -196,10 +196,10 @@ def to_markdown(machine: Machine, rows: list[Row]) -> str:
         note = ("disturbed by other load; " if r.disturbed else "") + r.note
         fast_txt = "" if r.fastnn_ms != r.fastnn_ms else f"{r.fastnn_ms:.3f} ({r.fastnn_min_ms:.3f})"
         kernel = ""
-        if gpu and r.fastnn_kernel_us:
-            kernel = f"{r.fastnn_kernel_us:.1f}"
-            if r.torch_kernel_us:
-                kernel += f" / {r.torch_kernel_us:.1f} ({r.torch_kernel_us / r.fastnn_kernel_us:.2f}x)"
+        if gpu and (r.fastnn_kernel_us or r.torch_kernel_us):
+            kernel = " / ".join(f"{us:.1f}" if us else "?" for us in (r.fastnn_kernel_us, r.torch_kernel_us))
+            if r.fastnn_kernel_us and r.torch_kernel_us:
+                kernel += f" ({r.torch_kernel_us / r.fastnn_kernel_us:.2f}x)"
         out.append(f"| {r.group} | {r.name} | {fast_txt} | {torch_txt} | {speed} | "
                    f"{rate} | {frac} | {kernel + ' | ' if gpu else ''}{note} |")
     out.append("")
