@@ -31,6 +31,9 @@ class Row:
     peak_fraction: float | None = None  # fastnn's rate / the machine's measured peak
     disturbed: bool = False
     note: str = ""
+    # GPU rows: device time per call of the kernels alone (CUPTI), free of launch overhead
+    fastnn_kernel_us: float | None = None
+    torch_kernel_us: float | None = None
 
 
 @dataclass
@@ -44,6 +47,13 @@ class Machine:
     commit: str = ""
     date: str = ""
     extra: dict = field(default_factory=dict)
+    device: str = "cpu"  # "cuda": a GPU run (fastnn.bench.gpu); extra then describes the card
+
+    def title(self) -> str:
+        """One line naming the hardware, for the chart's title."""
+        if self.device == "cpu":
+            return f"{self.cpu}, {self.threads} threads"
+        return self.extra.get("gpu", "cuda")
 
 
 def cpu_name() -> str:
@@ -57,14 +67,16 @@ def cpu_name() -> str:
 
 
 def git_commit() -> str:
+    """The checkout's commit, else $FASTNN_COMMIT (a tree copied without .git, e.g. to a lent GPU machine)."""
+    env = os.environ.get("FASTNN_COMMIT", "").strip()
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
                                text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else ""
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else env
     except (OSError, subprocess.SubprocessError):
-        return ""
+        return env
 
 
 class Bench:
@@ -158,39 +170,69 @@ class Bench:
         self.log(f"{row.group:10s} {row.name:44s} {row.note}")
 
 
+def machine_lines(machine: Machine) -> list[str]:
+    if machine.device != "cpu":
+        from fastnn.bench.gpu import machine_lines as gpu_lines
+
+        return gpu_lines(machine)
+    return [f"Machine: {machine.cpu}, {machine.threads} threads; measured peak {machine.peak_gflops:.0f} GFLOP/s "
+            f"(FMA loop), copy {machine.copy_gbps:.1f} GB/s."]
+
+
 def to_markdown(machine: Machine, rows: list[Row]) -> str:
     out = [f"fastnn {machine.fastnn_version} (commit {machine.commit or '?'}) vs PyTorch {machine.torch_version}, "
-           f"{machine.date}", "",
-           f"Machine: {machine.cpu}, {machine.threads} threads; measured peak {machine.peak_gflops:.0f} GFLOP/s "
-           f"(FMA loop), copy {machine.copy_gbps:.1f} GB/s.", "",
+           f"{machine.date}", "", *machine_lines(machine), "",
            "| group | benchmark | fastnn ms (min) | PyTorch ms (min) | speedup | fastnn rate | % of peak | note |",
            "|---|---|---|---|---|---|---|---|"]
+    gpu = machine.device != "cpu"
+    if gpu:
+        out[-2] = out[-2].replace(" note |", " kernel us fastnn / torch (ratio) | note |")
+        out[-1] += "---|"
     for r in rows:
         torch_txt = "" if r.torch_ms != r.torch_ms else f"{r.torch_ms:.3f} ({r.torch_min_ms:.3f})"
         speed = "" if r.speedup != r.speedup else f"**{r.speedup:.2f}x**"
         rate = f"{r.rate:.1f} {r.rate_unit}" if r.rate else ""
         frac = f"{100 * r.peak_fraction:.0f}%" if r.peak_fraction else ""
         note = ("disturbed by other load; " if r.disturbed else "") + r.note
-        out.append(f"| {r.group} | {r.name} | {r.fastnn_ms:.3f} ({r.fastnn_min_ms:.3f}) | {torch_txt} | {speed} | "
-                   f"{rate} | {frac} | {note} |")
+        fast_txt = "" if r.fastnn_ms != r.fastnn_ms else f"{r.fastnn_ms:.3f} ({r.fastnn_min_ms:.3f})"
+        kernel = ""
+        if gpu and (r.fastnn_kernel_us or r.torch_kernel_us):
+            kernel = " / ".join(f"{us:.1f}" if us else "?" for us in (r.fastnn_kernel_us, r.torch_kernel_us))
+            if r.fastnn_kernel_us and r.torch_kernel_us:
+                kernel += f" ({r.torch_kernel_us / r.fastnn_kernel_us:.2f}x)"
+        out.append(f"| {r.group} | {r.name} | {fast_txt} | {torch_txt} | {speed} | "
+                   f"{rate} | {frac} | {kernel + ' | ' if gpu else ''}{note} |")
     out.append("")
     out.append("speedup = PyTorch time / fastnn time, the median of per-round ratios (rounds interleave the two "
                "in random order); ms are medians with minimums in brackets.")
+    if gpu:
+        out.append("On the GPU every timed block starts and ends with a device synchronize, so a row's time is what "
+                   "the caller waits for, launch overhead included. For GEMMs the speedup is fastnn's throughput as "
+                   "a fraction of cuBLAS's (target >= 0.8); % of peak is against the card's measured FP32 "
+                   "(TF32 off) matmul rate for GEMMs and its device-to-device copy rate for memory-bound rows "
+                   "(target 80%). Kernel us: GPU time per call of the kernels and copies alone (CUPTI through "
+                   "torch.profiler), which tells kernels apart where launch overhead dominates the wall time; "
+                   "its ratio is torch / fastnn.")
     return "\n".join(out)
 
 
-def save(machine: Machine, rows: list[Row], out_dir: Path, log=print) -> Path:
+def save(machine: Machine, rows: list[Row], out_dir: Path, log=print, chart: bool = True) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps({"machine": asdict(machine), "rows": [asdict(r) for r in rows]},
                                                      indent=1, default=float))
     (out_dir / "results.md").write_text(to_markdown(machine, rows) + "\n")
+    if not chart:
+        return out_dir
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        shown = [r for r in rows if r.speedup == r.speedup]
+        shown = [r for r in rows if r.speedup == r.speedup and r.speedup > 0]
+        if not shown:
+            log("no fastnn-vs-PyTorch ratios to chart: no ratios.png written")
+            return out_dir
         fig, ax = plt.subplots(figsize=(10, 0.32 * len(shown) + 1.5))
         labels = [f"{r.group}: {r.name}" for r in shown]
         colors = ["#999999" if r.disturbed else ("#2a9d8f" if r.speedup >= 1 else "#e76f51") for r in shown]
@@ -200,8 +242,7 @@ def save(machine: Machine, rows: list[Row], out_dir: Path, log=print) -> Path:
         ax.set_yticks(range(len(shown)), labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("speedup over PyTorch (log scale; grey = disturbed by other load)")
-        ax.set_title(f"fastnn vs PyTorch {machine.torch_version} — {machine.cpu}, {machine.threads} threads, {machine.date}",
-                     fontsize=9)
+        ax.set_title(f"fastnn vs PyTorch {machine.torch_version} — {machine.title()}, {machine.date}", fontsize=9)
         fig.tight_layout()
         fig.savefig(out_dir / "ratios.png", dpi=110)
         plt.close(fig)

@@ -245,16 +245,32 @@ def epoch_row(b: Bench):
              note=f"{what}, batch 128, Keras-style fit incl. shuffling (target < 4 s)")
 
 
+def output_dir(args, device: str = "cpu") -> Path:
+    if args.output:
+        return Path(args.output)
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    if not root.parent.is_dir():  # an installed fastnn: write beside the current directory
+        root = Path("benchmark-results")
+    return root / (time.strftime("%Y-%m-%d-%H%M") + ("" if device == "cpu" else f"-{device}") +
+                   ("-quick" if args.quick else ""))
+
+
 def run(argv=None) -> int:
     p = argparse.ArgumentParser(prog="fastnn bench", description="fastnn vs PyTorch, side by side")
     p.add_argument("--quick", action="store_true", help="a one-minute subset")
-    p.add_argument("--device", default="cpu", help="cpu (cuda arrives with the CUDA backend)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu, or cuda: fastnn's CUDA backend vs PyTorch on the same GPU (fastnn.bench.gpu)")
     p.add_argument("--threads", type=int, default=None, help="threads for both libraries (default: all cores)")
     p.add_argument("--output", default=None, help="directory for results.md/json/png (default benchmarks/results/<date>)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile rows (they compile for ~1 min)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="cuda: stop starting rows after this long (skipped rows are listed), so a capped run "
+                        "still ends with its chart")
     args = p.parse_args(argv)
-    if args.device != "cpu":
-        raise SystemExit(f"--device {args.device}: this build benchmarks the CPU only so far")
+    if args.device == "cuda":
+        from fastnn.bench.gpu import run_cuda
+
+        return run_cuda(args, output_dir(args, "cuda"))
     torch = _torch()
     threads = args.threads or fastnn.get_num_threads()
     fastnn.set_num_threads(threads)
@@ -275,13 +291,7 @@ def run(argv=None) -> int:
         load_rows(b, torch)
         epoch_row(b)
     machine = machine_info(b, torch.__version__, fastnn.__version__)
-    if args.output:
-        out = Path(args.output)
-    else:
-        root = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-        if not root.parent.is_dir():  # an installed fastnn: write beside the current directory
-            root = Path("benchmark-results")
-        out = root / (time.strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else ""))
+    out = output_dir(args)
     save(machine, b.rows, out)
     print(to_markdown(machine, b.rows))
     print(f"\nwrote {out}/results.md, results.json, ratios.png")

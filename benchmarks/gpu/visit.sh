@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# One visit to a lent GPU, in one call, from the repository root (see benchmarks/gpu/README.md):
+#   record the machine -> build and install fastnn with CUDA -> CUDA tests -> the rest of the suite ->
+#   fastnn bench --device cuda -> a summary printed last.
+# Every phase runs under its own wall-clock cap inside a total budget (FASTNN_VISIT_TOTAL seconds,
+# default 540: the run tool's per-call limit is 600), and the visit goes on to the next phase when
+# one fails or times out, so a call always returns what it got. Files written under $OUT (7; the
+# run tool returns at most 8):
+#   info.txt                 machine, versions, commit, then the phase table (the summary)
+#   build.log                pip install -v output
+#   tests.log                the CUDA tests (-k cuda), then the rest of the suite (-k 'not cuda')
+#   bench.log                fastnn bench's progress lines
+#   bench/results.md, bench/results.json, bench/ratios.png
+#
+# Environment:
+#   COMMIT=<sha>             the commit being measured (the tree arrives without .git); else the
+#                            file benchmarks/gpu/COMMIT, else `git rev-parse`, else 'unknown'
+#   OUT=<dir>                where results go (the run tool sets it; default: a new temp dir)
+#   FASTNN_VISIT_DRY=1       a rehearsal without a GPU: no nvidia-smi, no pip install; the
+#                            fastnn importable from the tree (an emulated in-place build:
+#                            FASTNN_CUDA=EMULATE /work/dev-build.sh) is tested and benchmarked
+#   FASTNN_VISIT_TOTAL=<s>   total budget in seconds (default 540)
+#   FASTNN_VISIT_CUDA=EMULATE  rehearses the pip install path without a GPU (default ON)
+#   FASTNN_VISIT_BENCH_ARGS  extra arguments for fastnn bench (e.g. --no-compile, --quick)
+#   PYTHON=<python>          default: python3
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+DRY=${FASTNN_VISIT_DRY:-0}
+TOTAL=${FASTNN_VISIT_TOTAL:-540}
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT/bench"
+INFO=$OUT/info.txt
+START=$SECONDS
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
+# CMake finds nvcc on the PATH (or through CUDACXX)
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
+: >"$INFO"
+PHASES=()
+
+left() { echo $((TOTAL - (SECONDS - START))); }
+
+# cap WANT RESERVE: WANT seconds, or less so that RESERVE seconds stay for the phases after
+cap() {
+  local c=$(($(left) - $2))
+  [ "$c" -gt "$1" ] && c=$1
+  echo "$c"
+}
+
+# phase NAME CAP LOG DIR CMD...: runs CMD in DIR under `timeout`, appending to LOG; records rc and seconds
+phase() {
+  local name=$1 limit=$2 log=$3 dir=$4
+  shift 4
+  if [ "$limit" -lt 10 ]; then
+    PHASES+=("$(printf '%-12s skipped: only %ss of the budget left' "$name" "$limit")")
+    echo "== $name: skipped (budget)"
+    return 99
+  fi
+  echo "== $name (cap ${limit}s; $(left)s of ${TOTAL}s left)"
+  echo "== $name: $* (cap ${limit}s)" >>"$log"
+  local t0=$SECONDS
+  (cd "$dir" && exec timeout -k 10 "$limit" "$@") >>"$log" 2>&1
+  local rc=$?
+  echo >>"$log"  # a killed pytest leaves its line of dots open
+  local what="rc=$rc"
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && what="TIMED OUT after ${limit}s (rc=$rc)"
+  PHASES+=("$(printf '%-12s %-40s %4ss' "$name" "$what" $((SECONDS - t0)))")
+  echo "   $name: $what in $((SECONDS - t0))s"
+  return $rc
+}
+
+# -- the machine ---------------------------------------------------------------------------------
+commit=${COMMIT:-}
+[ -z "$commit" ] && [ -s benchmarks/gpu/COMMIT ] && commit=$(head -n 1 benchmarks/gpu/COMMIT)
+[ -z "$commit" ] && commit=$(git rev-parse HEAD 2>/dev/null || true)
+commit=${commit:-unknown}
+export FASTNN_COMMIT=$commit  # fastnn bench records it when there is no .git
+{
+  echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "commit:  $commit"
+  echo "mode:    $([ "$DRY" = 1 ] && echo 'DRY rehearsal (no nvidia-smi, no pip install)' || echo 'GPU visit')"
+  echo "host:    $(uname -srm); $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+  echo "python:  $PY ($("$PY" --version 2>&1))"
+  echo "torch:   $(timeout 60 "$PY" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1 | tail -n 1)"
+  if [ "$DRY" != 1 ]; then
+    echo "-- nvidia-smi -L"
+    timeout 30 nvidia-smi -L 2>&1
+    echo "-- nvidia-smi (name, driver, compute capability, memory; then clocks)"
+    timeout 30 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv 2>&1
+    timeout 30 nvidia-smi --query-gpu=clocks.max.sm,clocks.max.memory,clocks.sm,power.limit --format=csv 2>&1
+  fi
+  echo "-- nvcc --version"
+  timeout 30 nvcc --version 2>&1 | tail -n 2 || echo "nvcc not found"
+} >>"$INFO" 2>&1
+cat "$INFO"
+
+# -- build and install -----------------------------------------------------------------------------
+built=0
+if [ "$DRY" = 1 ]; then
+  # the tree's own build (e.g. FASTNN_CUDA=EMULATE /work/dev-build.sh); tests run from tests/, so
+  # the tree must be on the path
+  export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+  echo "DRY: no pip install; using the fastnn importable from $ROOT" >"$OUT/build.log"
+  (cd tests && "$PY" -c 'import fastnn; print(fastnn.build_info())') >>"$OUT/build.log" 2>&1 && built=1
+  PHASES+=("$(printf '%-12s %s' build "DRY: skipped (in-tree build, built=$built)")")
+else
+  # sm_XY of this card only: half the nvcc time of the default (80;90)
+  arch=$(timeout 30 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')
+  arch_flag=()
+  [[ "$arch" =~ ^[0-9]+$ ]] && arch_flag=("--config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=$arch")
+  # FASTNN_CUDA=ON: a build that silently left CUDA out would fail here, not in the tests
+  phase build "$(cap 300 200)" "$OUT/build.log" "$ROOT" \
+    env FASTNN_CUDA="${FASTNN_VISIT_CUDA:-ON}" "$PY" -m pip install --no-build-isolation --no-deps -v "${arch_flag[@]}" . && built=1
+fi
+if [ $built = 1 ]; then
+  (cd tests && timeout 60 "$PY" -c 'import fastnn, sys; i = fastnn.build_info(); print("fastnn build_info:", i);
+sys.exit(0 if i["cuda_available"] else 1)') >>"$INFO" 2>&1 || { echo "fastnn has no usable CUDA device" | tee -a "$INFO"; }
+fi
+tail -n 1 "$INFO"
+
+# -- tests -----------------------------------------------------------------------------------------
+# From tests/, so that `python -m pytest` imports the installed fastnn, not the source tree.
+if [ $built = 1 ]; then
+  # The whole suite in two runs: the CUDA tests first, then the rest (-k 'not cuda'), so that the
+  # tests a GPU adds are never cut short by the CPU ones, and none runs twice.
+  for t in "tests-cuda 150 200 cuda" "tests-rest 180 200 not cuda"; do
+    read -r name want reserve kexpr <<<"$t"
+    phase "$name" "$(cap "$want" "$reserve")" "$OUT/tests.log" "$ROOT/tests" \
+      "$PY" -m pytest -q -x -p no:cacheprovider -k "$kexpr" .
+    [ $? -ne 99 ] && PHASES+=("             pytest: $(grep -E 'passed|failed|error|%\]' "$OUT/tests.log" | tail -n 1 | cut -c1-100)")
+  done
+else
+  PHASES+=("tests        skipped: no build")
+fi
+
+# -- benchmarks ------------------------------------------------------------------------------------
+if [ $built = 1 ]; then
+  bcap=$(cap 100000 15)
+  # --time-limit (counted from after torch's import and CUDA start-up, ~15 s) stops the suite
+  # starting rows in time to write its chart before the cap
+  # shellcheck disable=SC2086
+  phase bench "$bcap" "$OUT/bench.log" "$ROOT/tests" "$PY" -m fastnn bench --device cuda --output "$OUT/bench" \
+    --time-limit $((bcap > 120 ? bcap - 60 : bcap / 2)) ${FASTNN_VISIT_BENCH_ARGS:-}
+else
+  PHASES+=("bench        skipped: no build")
+fi
+
+# -- summary ---------------------------------------------------------------------------------------
+{
+  echo
+  echo "======== summary ($((SECONDS - START))s of ${TOTAL}s)"
+  if [ -f "$OUT/build.log" ]; then
+    echo "-- tail of build.log"
+    grep -v '^\s*$' "$OUT/build.log" | tail -n 6 | cut -c1-220
+  fi
+  if [ -f "$OUT/tests.log" ]; then
+    echo "-- tests.log: failures, errors and closing lines"
+    grep -E '^(FAILED|ERROR)|^E  |[0-9]+ (passed|failed)|^== tests' "$OUT/tests.log" | tail -n 14 | cut -c1-220
+  fi
+  if [ -f "$OUT/bench.log" ]; then
+    echo "-- bench.log: start, errors, skipped rows, end (the table is in bench/results.md)"
+    grep -E '^(GPU: .*peak|wrote|Traceback)|Error|skipped' "$OUT/bench.log" | grep -v '^|' | tail -n 12 | cut -c1-220
+  fi
+  echo "-- phases (name, result, seconds)"
+  printf '%s\n' "${PHASES[@]}"
+} >>"$INFO"
+if [ -f "$OUT/bench/results.md" ]; then
+  echo "======== bench/results.md"
+  cat "$OUT/bench/results.md"
+fi
+sed -n '/^======== summary/,$p' "$INFO"
+echo "files in $OUT:"
+(cd "$OUT" && find . -type f | sort | sed 's/^/  /')

@@ -1,0 +1,168 @@
+"""`fastnn bench --device cuda` as a smoke test: on the emulated CUDA device (CI's .ci/cuda) the
+suite runs end to end on tiny shapes; where torch sees no GPU the PyTorch columns stay empty. Each
+test takes seconds; the CPU bench's own smoke run is in .ci/run."""
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+import fastnn
+
+INFO = fastnn.build_info()
+needs_cuda = pytest.mark.skipif(not INFO["cuda_available"], reason="no CUDA device (real or emulated)")
+
+
+def run_bench(out, *args, env=None):
+    cmd = [sys.executable, "-m", "fastnn", "bench", "--device", "cuda", "--output", str(out), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout, json.loads((out / "results.json").read_text())
+
+
+@needs_cuda
+def test_cuda_bench_quick_smoke(tmp_path):
+    stdout, res = run_bench(tmp_path, "--quick")
+    rows, machine = res["rows"], res["machine"]
+    assert machine["device"] == "cuda" and machine["peak_gflops"] > 0 and machine["copy_gbps"] > 0
+    assert machine["extra"]["gpu"] and machine["extra"]["peak_source"] and machine["extra"]["copy_source"]
+    groups = {r["group"] for r in rows}
+    assert {"gemm", "memory", "optimizer", "step"} <= groups
+    assert all(r["fastnn_ms"] > 0 for r in rows)
+    assert all(r["rate"] > 0 for r in rows if r["group"] in ("gemm", "memory", "optimizer"))
+    md = (tmp_path / "results.md").read_text()
+    assert md.count("\n| ") >= len(rows) and "GPU:" in md
+    if INFO["cuda_emulated"]:  # torch never sees the emulated device: fastnn alone, no ratios
+        assert all(r["torch_ms"] != r["torch_ms"] and r["speedup"] != r["speedup"] for r in rows)
+        assert all("no torch CUDA here" in r["note"] for r in rows)
+        assert "CPU emulation of CUDA" in machine["extra"]["gpu"]
+
+
+@needs_cuda
+def test_cuda_bench_pytorch_paths_with_torch_on_the_cpu(tmp_path):
+    """FASTNN_BENCH_TORCH_DEVICE=cpu runs PyTorch's side of every row on the CPU, so that code
+    (written for a GPU no CI has) runs somewhere; the ratios mean nothing."""
+    pytest.importorskip("torch")
+    stdout, res = run_bench(tmp_path, "--quick", env={"FASTNN_BENCH_TORCH_DEVICE": "cpu"})
+    rows = res["rows"]
+    names = [r["name"] for r in rows]
+    assert all(r["torch_ms"] > 0 and r["speedup"] > 0 for r in rows), names
+    assert any("vs torch fused=True" in n for n in names) and any("fused Adam" in n for n in names)
+    assert (tmp_path / "ratios.png").stat().st_size > 0
+    assert "a code-path test" in (tmp_path / "results.md").read_text()
+
+
+class _StubGraph:
+    """Stands in for fastnn.cuda.CUDAGraph until the real one lands: nothing is captured, and a
+    replay does nothing; what is tested is the row's plumbing."""
+
+    replays = 0
+
+    def replay(self):
+        _StubGraph.replays += 1
+
+
+class _StubCapture:
+    def __init__(self, g, fail=False):
+        self.fail = fail
+
+    def __enter__(self):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@needs_cuda
+@pytest.mark.parametrize("fail", [False, True])
+def test_cuda_graph_rows_appear_when_fastnn_has_cuda_graphs(monkeypatch, fail):
+    from fastnn.bench import gpu
+
+    stub = types.SimpleNamespace(CUDAGraph=_StubGraph, graph=lambda g: _StubCapture(g, fail))
+    monkeypatch.setattr(fastnn, "cuda", stub, raising=False)
+    assert gpu.fastnn_has_cuda_graphs()
+    b = gpu.GpuBench(None, quick=True, log=lambda *a: None)
+    gpu.fastnn_cuda_graph_rows(b, None, gpu.TINY)
+    assert [r.name for r in b.rows] == [f"{gpu.step_name(m, n, gpu.TINY.hidden)}, fastnn CUDA graph"
+                                       for m, n in gpu.step_configs(gpu.TINY)]
+    if fail:
+        assert all("capture failed: RuntimeError" in r.note for r in b.rows)
+    else:
+        assert all(r.fastnn_ms > 0 for r in b.rows) and _StubGraph.replays > 0
+
+
+@needs_cuda
+def test_cuda_bench_time_limit_skips_rows_but_writes_results(tmp_path):
+    _, res = run_bench(tmp_path, "--quick", "--time-limit", "0")
+    assert res["rows"] and all(r["note"].startswith("skipped: --time-limit") for r in res["rows"])
+
+
+def test_cuda_bench_without_a_cuda_device_says_so(tmp_path, monkeypatch):
+    from fastnn.bench.suite import run
+
+    # a CPU-only build's answer, on any build
+    monkeypatch.setattr(fastnn, "build_info", lambda: {**INFO, "cuda_available": False, "cuda_device_count": 0})
+    with pytest.raises(SystemExit, match="no usable CUDA device"):
+        run(["--device", "cuda", "--output", str(tmp_path)])
+    assert not (tmp_path / "results.json").exists()
+
+
+@needs_cuda
+def test_cuda_kernel_times_sum_the_device_activity_per_call(monkeypatch):
+    """kernel_us adds up what CUPTI recorded on the device (through torch.profiler) and divides by
+    the calls; no GPU here, so the profiler is replaced by its recorded events."""
+    torch = pytest.importorskip("torch")
+    from torch.autograd import DeviceType
+
+    from fastnn.bench import gpu
+
+    def event(device_type, us):
+        return types.SimpleNamespace(device_type=device_type, time_range=types.SimpleNamespace(elapsed_us=lambda: us))
+
+    class RecordedProfile:
+        def __init__(self, activities):
+            assert activities == [torch.profiler.ProfilerActivity.CUDA]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def events(self):  # two kernels and a memset on the device, and CPU-side events that must not count
+            return [event(DeviceType.CUDA, 30.0), event(DeviceType.CPU, 1000.0), event(DeviceType.CUDA, 8.0),
+                    event(DeviceType.CUDA, 2.0)]
+
+    monkeypatch.setattr(torch.profiler, "profile", RecordedProfile)
+    calls = []
+    b = gpu.GpuBench(None, quick=True, log=lambda *a: None)
+    b.kernel_timing = True
+    assert b.kernel_us(lambda: calls.append(1), calls=4) == pytest.approx(10.0) and len(calls) == 4
+    row = b.compare("gemm", "x", lambda: None, kernel=True)
+    assert row.fastnn_kernel_us == pytest.approx(4.0)  # 40 us over kernel_us's default 10 calls
+
+    def broken(activities):
+        raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED")
+
+    monkeypatch.setattr(torch.profiler, "profile", broken)
+    assert b.kernel_us(lambda: None) is None and not b.kernel_timing  # not tried again
+
+
+def test_gpu_markdown_has_the_kernel_column():
+    from fastnn.bench.harness import Machine, Row, to_markdown
+
+    m = Machine(cpu="x", threads=1, peak_gflops=50000.0, copy_gbps=3000.0, device="cuda",
+                extra={"gpu": "NVIDIA H100 80GB HBM3", "driver": "580.159.04", "peak_source": "p", "copy_source": "c"})
+    rows = [Row("gemm", "fwd", 0.02, 0.018, 0.019, 0.017, 0.9, 40000.0, "GFLOP/s", 44000.0, 0.8,
+                fastnn_kernel_us=10.0, torch_kernel_us=8.0),
+            Row("step", "skipped one", *[float("nan")] * 5, note="skipped: --time-limit reached")]
+    md = to_markdown(m, rows)
+    assert "GPU: NVIDIA H100 80GB HBM3 (driver 580.159.04)" in md
+    assert "| 10.0 / 8.0 (0.80x) |" in md and "| kernel us fastnn / torch (ratio) |" in md
+    header, rule = [ln for ln in md.splitlines() if ln.startswith("|")][:2]
+    assert header.count("|") == rule.count("|") == md.splitlines()[-4].count("|")
+    assert "nan" not in md.split("| group |")[1]  # skipped rows have empty cells
