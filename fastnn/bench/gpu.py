@@ -500,9 +500,9 @@ def capture_fastnn_step(batch: int, model: str, hidden: int, warmup: int = 3):
     """A whole fastnn training step (forward, loss, backward, optimizer.step, zero_grad) captured in
     one CUDA graph the way torch users do with torch.cuda.graph; returns the graph's replay.
 
-    The inputs are the step's own static tensors, as with torch. Adam is built with
-    capturable=True (torch's switch that keeps the step count on the device, so replays advance it);
-    warm-up steps run eagerly first so one-time allocations and setup stay out of the graph.
+    The inputs are the step's own static tensors, as with torch. fastnn refills each replay's
+    per-step scalars (Adam's step count, the dropout keys) itself; capturable=True is accepted for
+    torch's sake. Warm-up steps run eagerly first: the optimizer creates its state there.
     """
     step = fastnn_step(batch, model, hidden, capturable=True)
     for _ in range(warmup):
