@@ -600,6 +600,10 @@ STATE = {"sgd": [("momentum_buffer", lambda kw: kw.get("momentum", 0) != 0)],
          "rmsprop": [("square_avg", lambda kw: True), ("momentum_buffer", lambda kw: kw.get("momentum", 0) > 0),
                      ("grad_avg", lambda kw: kw.get("centered", False))],
          "adagrad": [("state_sum", lambda kw: True)]}
+OPTIM_CASES_BY_NAME = {}
+for _name, _kw in OPTIM_CASES:  # the richest case of each optimizer: every state buffer in use
+    if len(_kw) >= len(OPTIM_CASES_BY_NAME.get(_name, {})):
+        OPTIM_CASES_BY_NAME[_name] = _kw
 
 
 def torch_optimizer(name, param, kw):
@@ -643,6 +647,24 @@ def test_optimizer_matches_torch_and_cpu(case, dtype, rng):
         rtol = 1e-6 if dtype == "float32" else 1e-12
         assert_close(host(p_cu), tp.detach(), dtype, rtol, what=f"{name} {kw} vs torch")
         assert_close(host(p_cu), p_cpu, dtype, rtol, what=f"{name} {kw} vs CPU")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop", "adagrad"])
+def test_optimizer_vector_and_scalar_paths_agree(name, dtype, rng):
+    """Aligned buffers move in 16-byte groups, a view one element off takes the scalar loop: the
+    same update either way, bit for bit (n = 37: whole groups and a tail)."""
+    kw = dict(OPTIM_CASES_BY_NAME[name])
+    param = randn(rng, (37,), dtype)
+    grads = [randn(rng, (37,), dtype) for _ in range(3)]
+    size = np.dtype(dtype).itemsize
+
+    def unaligned(a):
+        padded = cu(np.concatenate([np.zeros(1, dtype), a.ravel()]))
+        return _C._tensor_view(padded._storage_bytes(), padded._byte_offset + size, list(a.shape), dtype)
+
+    p_vec, _ = run_kernel(name, kw, param, grads, cu)
+    p_scalar, _ = run_kernel(name, kw, param, grads, unaligned)
+    assert same_bits(host(p_vec), host(p_scalar))
 
 
 def test_optimizer_empty_buffer(dtype):
