@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 from fastnn import _C
 
 __all__ = ["is_available", "device_count", "synchronize", "CUDAGraph", "graph", "is_current_stream_capturing"]
@@ -155,3 +157,29 @@ class graph:
             pass
         self.cuda_graph.reset()
         return False
+
+
+class _GraphedStep:
+    """A training step captured once and replayed per batch (what Keras ``fit`` and the
+    scikit-learn estimators use on a CUDA device).
+
+    ``step(*inputs)`` runs the whole device step and returns device tensors; it is captured with
+    inputs copied from ``arrays`` into tensors of the step's own. Calling the object with new host
+    arrays of the same shapes copies them in, replays, and returns the captured outputs, which now
+    hold this batch's values. ``uses`` counts replays.
+    """
+
+    def __init__(self, step, arrays, device):
+        self.inputs = [_C.from_dlpack(np.ascontiguousarray(a)).to(device) for a in arrays]
+        self.shapes = [tuple(a.shape) for a in arrays]
+        self.graph = CUDAGraph()
+        self.uses = 0
+        with graph(self.graph, device):
+            self.outputs = step(*self.inputs)
+
+    def __call__(self, *arrays):
+        for t, a in zip(self.inputs, arrays):
+            t.copy_(np.ascontiguousarray(a))
+        self.graph.replay()
+        self.uses += 1
+        return self.outputs

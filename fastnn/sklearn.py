@@ -28,6 +28,7 @@ except ImportError as e:  # pragma: no cover - exercised only without scikit-lea
     raise ImportError("fastnn.sklearn needs scikit-learn and scipy: pip install scikit-learn") from e
 
 from fastnn import _C, nn, optim
+from fastnn import cuda as _cuda
 
 _ACTIVATIONS = {"identity": None, "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 
@@ -125,27 +126,65 @@ class _BaseMLP(BaseEstimator):
             self._net.to(str(self.device))  # ValueError naming the device when it is not usable
         self._zero_weights = [_C.zeros(list(lin.weight.shape), self._dtype, str(self.device)) for lin in self._linears]
 
-    def _loss_grad(self, out, y):
-        """Mean loss and d loss / d out for scikit-learn's output loss on a batch."""
-        kind, n = self._out_kind, len(y)
+    def _device_loss_grad(self, out, y):
+        """(loss tensor, d loss / d out, scale) for scikit-learn's output loss on a batch, on the
+        device alone: the batch's mean loss is scale * loss."""
+        kind, n = self._out_kind, out.shape[0]
         if kind == "softmax":
-            value, grad = _C.cross_entropy(out, y)
-            return value.item(), grad
+            loss, grad = _C.cross_entropy(out, y)
+            return loss, grad, 1.0
         if kind == "logistic":  # sum over outputs, mean over samples, as scikit-learn's log loss
-            value = _C.bce_with_logits_forward(out, y, None, None, "sum").item() / n
-            return value, _C.bce_with_logits_backward(out, y, 1.0 / n, None, None, "sum")
-        value = 0.5 * _C.mse_forward(out, y).item()
-        return value, _C.mse_backward(out, y, 0.5)
+            return (_C.bce_with_logits_forward(out, y, None, None, "sum"),
+                    _C.bce_with_logits_backward(out, y, 1.0 / n, None, None, "sum"), 1.0 / n)
+        return _C.mse_forward(out, y), _C.mse_backward(out, y, 0.5), 0.5
 
-    def _l2_penalty(self, n) -> float:
-        """scikit-learn's penalty alpha/2 ||W||^2 / n on the weights (not the biases), computed on
-        the parameters' device (||W||^2 as a sum-reduced squared error against zeros)."""
+    def _loss_grad(self, out, y):
+        """Mean loss (a float) and d loss / d out for scikit-learn's output loss on a batch."""
+        loss, grad, scale = self._device_loss_grad(out, y)
+        return scale * loss.item(), grad
+
+    def _weight_squares(self):
+        """||W||^2 of each layer's weights, as 0-d tensors on the parameters' device (a sum-reduced
+        squared error against zeros)."""
+        return [_C.mse_forward(lin.weight.data, zeros, "sum") for lin, zeros in zip(self._linears, self._zero_weights)]
+
+    def _l2_penalty(self, n, squares=None) -> float:
+        """scikit-learn's penalty alpha/2 ||W||^2 / n on the weights (not the biases)."""
         if self.alpha == 0:
             return 0.0
-        total = 0.0
-        for lin, zeros in zip(self._linears, self._zero_weights):
-            total += _C.mse_forward(lin.weight.data, zeros, "sum").item()
-        return 0.5 * self.alpha * total / n
+        return 0.5 * self.alpha * sum(t.item() for t in (squares or self._weight_squares())) / n
+
+    def _train_batch(self, xb, yb, graphed, full=True):
+        """One optimizer step on a batch; returns its loss (with the L2 penalty). On a CUDA device,
+        `graphed` (a dict kept for one fit call) holds the batch shape's captured step: the call's
+        first batch runs eagerly (the optimizer makes its state), the next full-size one (`full`)
+        is captured, and the rest of that size replay it."""
+        n = len(xb)
+        if self.alpha:  # read by the optimizer at each step, a replay's included
+            self._optimizer.param_groups[0]["weight_decay"] = self.alpha / n
+        step = graphed.get("step")
+        if step is None and full and str(self.device) != "cpu" and graphed.get("eager_steps", 0) > 0:
+            def device_step(x, y):
+                out = self._net(x)
+                loss, grad, scale = self._device_loss_grad(out, y)
+                self._net.backward(grad)
+                squares = self._weight_squares() if self.alpha else []  # before the update, as eagerly
+                self._optimizer.step()
+                self._optimizer.zero_grad()
+                return loss, squares, scale
+
+            step = graphed["step"] = _cuda._GraphedStep(device_step, (xb, yb), str(self.device))
+        if step is not None and step.shapes == [xb.shape, yb.shape]:
+            loss, squares, scale = step(xb, yb)
+            return scale * loss.item() + self._l2_penalty(n, squares)
+        out = self._net(self._dev(xb))
+        value, grad = self._loss_grad(out, self._dev(yb))
+        self._net.backward(grad)
+        value += self._l2_penalty(n)
+        self._optimizer.step()
+        self._optimizer.zero_grad()
+        graphed["eager_steps"] = graphed.get("eager_steps", 0) + 1
+        return value
 
     def _dev(self, array):
         if str(self.device) == "cpu":
@@ -257,6 +296,7 @@ class _BaseMLP(BaseEstimator):
         if self.batch_norm and n >= 2:
             batch_size = max(batch_size, 2)
         self.n_iter_ = getattr(self, "n_iter_", 0) if incremental else 0
+        graphed = {}  # this call's captured step (CUDA only); dropped with the call
         for _ in range(1 if incremental else self.max_iter):
             idx = rs.permutation(n) if self.shuffle else np.arange(n)
             total = 0.0
@@ -265,14 +305,7 @@ class _BaseMLP(BaseEstimator):
                 starts.pop()  # BatchNorm needs two samples: a trailing single joins the previous batch
             for i, s in enumerate(starts):
                 b = idx[s:(starts[i + 1] if i + 1 < len(starts) else n)]
-                out = self._net(self._dev(X[b]))
-                value, grad = self._loss_grad(out, self._dev(y[b]))
-                self._net.backward(grad)
-                if self.alpha:
-                    value += self._l2_penalty(len(b))
-                    self._optimizer.param_groups[0]["weight_decay"] = self.alpha / len(b)
-                self._optimizer.step()
-                self._optimizer.zero_grad()
+                value = self._train_batch(X[b], y[b], graphed, full=len(b) == batch_size)
                 total += value * len(b)
             self.n_iter_ += 1
             self.loss_ = total / n

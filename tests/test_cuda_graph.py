@@ -238,3 +238,24 @@ def test_keras_fit_replays_a_graph_and_matches_eager_fit(loss):
     for a, b in zip(graphed.get_weights(), eager.get_weights()):
         assert a.tobytes() == b.tobytes()
     np.testing.assert_array_equal(graphed.predict(x), eager.predict(x))
+
+
+@pytest.mark.parametrize("solver,alpha", [("adam", 1e-3), ("sgd", 0.0)])
+def test_sklearn_replays_a_graph_and_matches_the_cpu(solver, alpha, monkeypatch):
+    from fastnn.sklearn import MLPClassifier
+
+    replays = []
+    real_call = fastnn.cuda._GraphedStep.__call__
+    monkeypatch.setattr(fastnn.cuda._GraphedStep, "__call__", lambda self, *a: replays.append(1) or real_call(self, *a))
+
+    g = np.random.default_rng(0)
+    x = g.standard_normal((90, 6)).astype(np.float32)  # 90 = 4 batches of 20 and one of 10
+    y = (x[:, 0] - x[:, 3] > 0).astype(int)
+    kw = dict(hidden_layer_sizes=(8,), max_iter=4, batch_size=20, random_state=0, solver=solver, alpha=alpha,
+              dropout=0.1, batch_norm=True, momentum=0.9)
+    cuda_clf = MLPClassifier(device="cuda", **kw).fit(x, y)
+    cpu_clf = MLPClassifier(**kw).fit(x, y)
+    assert len(replays) == 4 * 4 - 1  # every full batch but the first
+    # the same steps (dropout masks included) on both devices: losses agree to float32 rounding
+    np.testing.assert_allclose(cuda_clf.loss_curve_, cpu_clf.loss_curve_, rtol=1e-4)
+    np.testing.assert_allclose(cuda_clf.predict_proba(x), cpu_clf.predict_proba(x), rtol=1e-3, atol=1e-5)

@@ -290,7 +290,8 @@ class Sequential:
         step = getattr(self, "_graphed_step", None)
         key = (id(self._net), id(self.optimizer), xb.shape, yb.shape, yb.dtype)
         if step is not None and step.key == key:
-            return step(xb, yb)
+            out, loss = step(xb, yb)
+            return out, loss.item()
         device_loss = self._device_loss(yb.dtype)
         if (self.device != "cpu" and getattr(self, "jit_compile", "auto") is not False and device_loss
                 and getattr(self, "_steps_done", 0) > 0 and (step is None or step.key[:2] != key[:2]
@@ -299,8 +300,19 @@ class Sequential:
             # whose last batch differs keeps the graph of its full batches)
             if step is not None:
                 step.graph.reset()
-            self._graphed_step = _GraphedStep(self, key, xb, yb, device_loss)
-            return self._graphed_step(xb, yb)
+
+            def device_step(x, y):
+                out = self._net(x)
+                loss, grad = device_loss(out, y)
+                self._net.backward(grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                return out, loss
+
+            self._graphed_step = _cuda._GraphedStep(device_step, (xb, yb), self.device)
+            self._graphed_step.key = key
+            out, loss = self._graphed_step(xb, yb)
+            return out, loss.item()
         out = self._net(self._dev(xb))
         value, grad = self._loss_and_grad(out, self._dev(yb))
         self._net.backward(grad)
@@ -548,27 +560,3 @@ def load_model(filepath) -> Sequential:
                     state.setdefault(int(idx), {})[name] = value
             model.optimizer.load_state_dict({"state": state, "param_groups": config["optimizer_param_groups"]})
     return model
-
-
-class _GraphedStep:
-    """The device half of a Keras training step captured in a CUDA graph (fastnn.cuda): batches are
-    copied into its input tensors, one replay runs forward, loss, backward, the optimizer update and
-    zero_grad, and the output and loss are read from the tensors the capture made."""
-
-    def __init__(self, model, key, xb, yb, device_loss):
-        self.key, self.uses = key, 0
-        self.x, self.y = model._dev(xb), model._dev(yb)
-        self.graph = _cuda.CUDAGraph()
-        with _cuda.graph(self.graph, model.device):
-            self.out = model._net(self.x)
-            self.loss, grad = device_loss(self.out, self.y)
-            model._net.backward(grad)
-            model.optimizer.step()
-            model.optimizer.zero_grad()
-
-    def __call__(self, xb, yb):
-        self.x.copy_(np.ascontiguousarray(xb))
-        self.y.copy_(np.ascontiguousarray(yb))
-        self.graph.replay()
-        self.uses += 1
-        return self.out, self.loss.item()
