@@ -1,4 +1,8 @@
 """Activations and softmax / log-softmax: forward and backward against torch autograd."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +27,40 @@ def test_activation_matches_torch(kind, shape, dtype, rng):
     # tanh/sigmoid derivatives are computed from the output y (as torch does); 1 - y^2 cancels
     # when |y| -> 1, so one ulp of difference in y becomes an error of ~eps * |dy|, not eps * |dx|
     assert_close(dx, xt.grad, dtype, what="dx", scale=np.max(np.abs(dy)))
+
+
+def test_float32_tanh_and_sigmoid_are_accurate_everywhere():
+    """float32 tanh and sigmoid are polynomials on the CPU (ops/fast_math.h): within a few ulp of
+    float64 torch over the whole range, across the 0.625 switch of tanh and the exp cut-off at -86,
+    with signed zeros, infinities and NaN handled as torch does."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-100, 100, 400001), rng.standard_normal(100000) * 4,
+                        np.float32(0.625) + np.arange(-64, 64) * np.float32(6e-8),
+                        np.array([0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 43.0, -43.0, 87.0, -87.0, 89.0, -89.0])
+                        ]).astype(np.float32)
+    for kind in ("tanh", "sigmoid"):
+        y = np.asarray(_C.activation_forward(x, kind), dtype=np.float64)
+        ref = TORCH_ACT[kind](torch.from_numpy(x).double()).numpy()
+        rel = np.abs(y - ref) / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)
+        assert rel.max() < 4e-7, f"{kind}: worst relative error {rel.max():.3g} at x = {x[rel.argmax()]!r}"
+    special = np.array([np.inf, -np.inf, np.nan, -0.0, 0.0], np.float32)
+    t = np.asarray(_C.activation_forward(special, "tanh"))
+    assert t[0] == 1 and t[1] == -1 and np.isnan(t[2]) and t[4] == 0
+    s = np.asarray(_C.activation_forward(special, "sigmoid"))
+    assert s[0] == 1 and s[1] == 0 and np.isnan(s[2]) and s[3] == 0.5 and s[4] == 0.5
+    r = np.asarray(_C.activation_forward(special, "relu"))
+    assert r[0] == np.inf and r[1] == 0 and np.isnan(r[2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_other_isa_variants(isa):
+    """The activation loops are compiled for the baseline x86-64, AVX2 and AVX-512 and the best
+    runs; the others are checked in a child process whose FASTNN_ISA caps the choice."""
+    env = dict(os.environ, FASTNN_ISA=isa)
+    r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
+                        "-k", "not other_isa"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
 def test_sigmoid_is_stable_at_extremes(dtype):

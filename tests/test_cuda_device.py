@@ -199,8 +199,9 @@ def test_activation_vs_torch_and_cpu(rng, dtype, activation, n):
 
     y_cpu = C.activation_forward(x, activation).numpy()
     dx_cpu = C.activation_backward(y, dy, activation).numpy()
-    if activation in ("relu", "none") or EMULATED:
-        # the same math on the same inputs; transcendental functions differ only on a real GPU
+    if activation in ("relu", "none"):
+        # no rounding at all. (tanh and sigmoid round: the CPU's AVX2/AVX-512 loops fuse
+        # multiply-adds, and a GPU has its own tanhf and expf, so they agree to float rounding)
         assert bits(y).tobytes() == bits(y_cpu).tobytes()
         assert bits(dx).tobytes() == bits(dx_cpu).tobytes()
     else:

@@ -63,13 +63,13 @@ class DeviceCache {
  public:
   explicit DeviceCache(int device) : device_(device) {}
 
-  // A block of `bytes` (a size class): from `pool`'s free list, then the shared one, then cudaMalloc.
+  // A block of `bytes` (a size class): from the shared free list, or during a capture from the
+  // pool's own (never the shared one: a block freed during the capture may still be read by a kernel
+  // recorded before the free, and the graph must not also write it), else cudaMalloc.
   void* allocate(size_t bytes, CapturePool* pool) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (FreeLists* lists : {pool ? &pool->free : nullptr, &free_}) {
-      if (!lists) continue;
-      auto& list = (*lists)[bytes];
-      if (list.empty()) continue;
+    auto& list = (pool ? pool->free : free_)[bytes];
+    if (!list.empty()) {
       void* p = list.back();
       list.pop_back();
       cached_bytes_ -= bytes;

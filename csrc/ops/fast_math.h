@@ -22,15 +22,15 @@ inline __attribute__((always_inline)) uint32_t float_to_bits(float f) {
   return u;
 }
 
-// exp(x) for x <= 0 (all that tanh and sigmoid need): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by
-// Cephes' degree-6 polynomial, 2^n built in the exponent bits. Below -86 the result is 0 (the true
-// value is under 2^-124, invisible next to the 1 it is added to).
+// exp(x) for x <= 0 (all that tanh, sigmoid and softmax need): x = n ln2 + r, |r| <= ln2 / 2,
+// exp(r) by Cephes' degree-6 polynomial, 2^n built in the exponent bits as two normal factors so
+// results down to the subnormal range come out right. Below -104 the result rounds to 0.
 inline __attribute__((always_inline)) float exp_nonpositive(float x) {
-  const float xc = x < -86.0f ? -86.0f : x;  // NaN passes through the comparison unchanged
+  const float xc = x < -104.0f ? -104.0f : x;  // NaN passes through the comparison unchanged
   // round(x / ln2) by the 1.5 * 2^23 trick: the integer lands in the low mantissa bits
   const float shifted = xc * 1.44269504088896341f + 12582912.0f;
   const float n = shifted - 12582912.0f;
-  const int32_t ni = static_cast<int32_t>(float_to_bits(shifted) - 0x4B400000u);
+  const int32_t ni = static_cast<int32_t>(float_to_bits(shifted) - 0x4B400000u);  // in [-150, 0]
   const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -39,9 +39,11 @@ inline __attribute__((always_inline)) float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float er = p * (r * r) + r + 1.0f;
-  const float scale = bits_to_float(static_cast<uint32_t>(ni + 127) << 23);  // n in [-124, 0]
-  const float y = er * scale;
-  return x < -86.0f ? 0.0f : y;
+  const int32_t half = ni / 2;  // 2^n = 2^half * 2^(n - half), both at least 2^-75
+  const float scale_a = bits_to_float(static_cast<uint32_t>(half + 127) << 23);
+  const float scale_b = bits_to_float(static_cast<uint32_t>(ni - half + 127) << 23);
+  const float y = er * scale_a * scale_b;
+  return x < -104.0f ? 0.0f : y;
 }
 
 // 1 / (1 + e^-x) without overflow: e = exp(-|x|) <= 1, and for x < 0 the result is e / (1 + e).
