@@ -70,6 +70,13 @@ def memory_rows(b: Bench, torch, n_rows, n_cols):
               lambda: torch.ops.aten.threshold_backward(dyt * mask * 2.0, xt, 0.0), 3 * nbytes, "GB/s", b.copy,
               note="mask regenerated, not stored")
 
+    for kind, torch_fn in (("tanh", torch.tanh), ("sigmoid", torch.sigmoid)):
+        out_t = torch.empty_like(xt)
+        b.compare("memory", f"{kind} fwd ({n_rows}x{n_cols})",
+                  lambda kind=kind: _C.activation_forward(x, kind, y),
+                  lambda torch_fn=torch_fn, out_t=out_t: torch_fn(xt, out=out_t), 2 * nbytes, "GB/s", b.copy,
+                  note="float32: a vectorised polynomial, a few ulp")
+
     c = n_cols
     w, bias = np.ones(c, np.float32), np.zeros(c, np.float32)
     rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
