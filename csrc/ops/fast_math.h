@@ -1,36 +1,34 @@
-// Branch-free float32 exp, tanh and sigmoid for the CPU loops. std::tanh / std::exp are library
-// calls the compiler cannot vectorise (without -ffast-math), about 40 cycles an element: a tanh
-// layer of 128 x 1024 took 1.2 ms, more than its GEMM. These are plain arithmetic and selects, so
-// a loop over them vectorises (16 lanes under AVX-512), and they keep IEEE special values: NaN in,
-// NaN out; +-inf saturate. Accuracy: the Cephes single-precision polynomials, a few ulp
-// (tests compare with torch to 1e-5 relative in float32). float64 keeps std::.
+// Branch-free exp, log1p, tanh and sigmoid for the CPU loops: plain arithmetic and selects, so a
+// loop over them vectorises (16 float lanes under AVX-512), where a libm call per element keeps it
+// scalar at ~40 cycles an element (a tanh layer of 128 x 1024 took 1.2 ms, more than its GEMM; BCE
+// was 10x slower than torch). IEEE special values are kept: NaN in, NaN out; +-inf saturate.
+// Accuracy: Cephes' polynomials, a few ulp (tests compare with float64 torch). Used by the
+// activations (float32; float64 keeps std::tanh / std::exp) and the losses (both dtypes). They rely
+// on -fno-trapping-math (CMakeLists.txt): with GCC's default every FP operation may trap, so a
+// select such as `underflow ? 0 : p * 2^n` is sunk into branches and the loops stay scalar.
 // CUDA device code keeps CUDA's own tanhf / expf (activation.h picks).
 #pragma once
 #include <cstdint>
 #include <cstring>
 
+#include "core/cpu_features.h"
+
 namespace fastnn::fastmath {
 
-inline __attribute__((always_inline)) float bits_to_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-inline __attribute__((always_inline)) uint32_t float_to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
+FASTNN_FORCE_INLINE uint32_t bits_of(float x) { uint32_t b; std::memcpy(&b, &x, 4); return b; }
+FASTNN_FORCE_INLINE uint64_t bits_of(double x) { uint64_t b; std::memcpy(&b, &x, 8); return b; }
+FASTNN_FORCE_INLINE float float_of(uint32_t b) { float x; std::memcpy(&x, &b, 4); return x; }
+FASTNN_FORCE_INLINE double double_of(uint64_t b) { double x; std::memcpy(&x, &b, 8); return x; }
 
 // exp(x) for x <= 0 (all that tanh, sigmoid and softmax need): x = n ln2 + r, |r| <= ln2 / 2,
 // exp(r) by Cephes' degree-6 polynomial, 2^n built in the exponent bits as two normal factors so
 // results down to the subnormal range come out right. Below -104 the result rounds to 0.
-inline __attribute__((always_inline)) float exp_nonpositive(float x) {
+FASTNN_FORCE_INLINE float exp_nonpositive(float x) {
   const float xc = x < -104.0f ? -104.0f : x;  // NaN passes through the comparison unchanged
   // round(x / ln2) by the 1.5 * 2^23 trick: the integer lands in the low mantissa bits
   const float shifted = xc * 1.44269504088896341f + 12582912.0f;
   const float n = shifted - 12582912.0f;
-  const int32_t ni = static_cast<int32_t>(float_to_bits(shifted) - 0x4B400000u);  // in [-150, 0]
+  const int32_t ni = static_cast<int32_t>(bits_of(shifted) - 0x4B400000u);  // in [-150, 0]
   const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -40,14 +38,81 @@ inline __attribute__((always_inline)) float exp_nonpositive(float x) {
   p = p * r + 5.0000001201e-1f;
   const float er = p * (r * r) + r + 1.0f;
   const int32_t half = ni / 2;  // 2^n = 2^half * 2^(n - half), both at least 2^-75
-  const float scale_a = bits_to_float(static_cast<uint32_t>(half + 127) << 23);
-  const float scale_b = bits_to_float(static_cast<uint32_t>(ni - half + 127) << 23);
+  const float scale_a = float_of(static_cast<uint32_t>(half + 127) << 23);
+  const float scale_b = float_of(static_cast<uint32_t>(ni - half + 127) << 23);
   const float y = er * scale_a * scale_b;
   return x < -104.0f ? 0.0f : y;
 }
 
+// exp(x) for x <= 0 in double, within 2 ulp: Cephes' Pade form after the same range reduction;
+// below -708 (where the result leaves the normal range) it returns 0.
+FASTNN_FORCE_INLINE double exp_nonpositive(double x) {
+  const bool underflow = x < -708.0;
+  const double xc = underflow ? -708.0 : x;
+  const double shifter = 6755399441055744.0;  // 1.5 * 2^52
+  const double k = xc * 1.4426950408889634074 + shifter;
+  const double n = k - shifter;
+  double r = xc - n * 6.93145751953125e-1;
+  r = r - n * 1.42860682030941723212e-6;
+  // Cephes' Pade form: exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2))
+  const double rr = r * r;
+  double px = 1.26177193074810590878e-4;
+  px = px * rr + 3.02994407707441961300e-2;
+  px = px * rr + 9.99999999999999999910e-1;
+  px = px * r;
+  double q = 3.00198505138664455042e-6;
+  q = q * rr + 2.52448340349684104192e-3;
+  q = q * rr + 2.27265548208155028766e-1;
+  q = q * rr + 2.00000000000000000009e0;
+  const double e = 1.0 + 2.0 * (px / (q - px));
+  const double y = e * double_of((bits_of(k) - bits_of(shifter) + 1023u) << 52);
+  return underflow ? 0.0 : y;
+}
+
+// log1p(u) for u in [0, 1] (u = exp(-|x|) in BCE), within 3 ulp: log(1 + u) = 2 atanh(s) with
+// s = u / (2 + u), or log 2 + 2 atanh(s) with s = (u - 1) / (u + 3) once 1 + u > sqrt 2, so that
+// |s| <= 0.1716 and the odd series of atanh converges fast. s comes from u directly, never from
+// 1 + u, so small u keep their full precision.
+template <class T>
+FASTNN_FORCE_INLINE T log1p_unit(T u);
+
+template <>
+FASTNN_FORCE_INLINE float log1p_unit(float u) {
+  const bool high = u > 0.41421356f;
+  const float u_minus_1 = u - 1.0f, u_plus_3 = u + 3.0f, u_plus_2 = u + 2.0f;
+  const float s = (high ? u_minus_1 : u) / (high ? u_plus_3 : u_plus_2);
+  const float z = s * s;
+  // atanh(s) / s = sum z^k / (2k + 1); the first omitted term is z^5 / 11 < 2e-9
+  float p = 1.0f / 9;
+  p = p * z + 1.0f / 7;
+  p = p * z + 1.0f / 5;
+  p = p * z + 1.0f / 3;
+  p = p * z + 1.0f;
+  return (high ? 0.693147180559945309f : 0.0f) + 2.0f * s * p;
+}
+
+template <>
+FASTNN_FORCE_INLINE double log1p_unit(double u) {
+  const bool high = u > 0.41421356237309505;
+  const double u_minus_1 = u - 1.0, u_plus_3 = u + 3.0, u_plus_2 = u + 2.0;
+  const double s = (high ? u_minus_1 : u) / (high ? u_plus_3 : u_plus_2);
+  const double z = s * s;
+  // the first omitted term is z^10 / 21 < 3e-17
+  double p = 1.0 / 19;
+  p = p * z + 1.0 / 17;
+  p = p * z + 1.0 / 15;
+  p = p * z + 1.0 / 13;
+  p = p * z + 1.0 / 11;
+  p = p * z + 1.0 / 9;
+  p = p * z + 1.0 / 7;
+  p = p * z + 1.0 / 5;
+  p = p * z + 1.0 / 3;
+  p = p * z + 1.0;
+  return (high ? 0.69314718055994530942 : 0.0) + 2.0 * s * p;
+}
+
 // 1 / (1 + e^-x) without overflow: e = exp(-|x|) <= 1, and for x < 0 the result is e / (1 + e).
-inline __attribute__((always_inline)) float sigmoid(float x) {
+FASTNN_FORCE_INLINE float sigmoid(float x) {
   const float ax = x < 0.0f ? -x : x;
   const float e = exp_nonpositive(-ax);
   const float s = 1.0f / (1.0f + e);
@@ -56,7 +121,7 @@ inline __attribute__((always_inline)) float sigmoid(float x) {
 
 // Cephes tanhf: an odd polynomial below 0.625, where 1 - 2 / (e^2x + 1) would cancel; above it,
 // written with e = exp(-2|x|) <= 1: tanh |x| = (1 - e) / (1 + e).
-inline __attribute__((always_inline)) float tanh(float x) {
+FASTNN_FORCE_INLINE float tanh(float x) {
   const float ax = x < 0.0f ? -x : x;
   const float z = x * x;
   float p = -5.70498872745e-3f;

@@ -1,9 +1,7 @@
 // CPU loss kernels. The hot loops (exp over logits, exp + log1p over BCE elements) are written as
-// plain loops the compiler vectorises, with exp and log1p as branch-free polynomials instead of
-// libm calls (a libm call per element made BCE 10x slower than torch). Each kernel is compiled
-// three times, for the baseline x86-64, AVX2 and AVX-512, and picked by cpu_isa() at run time.
-// They rely on -fno-trapping-math (CMakeLists.txt): with GCC's default every FP operation may trap,
-// so a select such as `underflow ? 0 : p * 2^n` is sunk into branches and the loops stay scalar.
+// plain loops the compiler vectorises, with exp and log1p the branch-free polynomials of
+// ops/fast_math.h instead of libm calls. Each kernel is compiled three times, for the baseline
+// x86-64, AVX2 and AVX-512, and picked by cpu_isa() at run time.
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +10,7 @@
 
 #include "core/cpu_features.h"
 #include "core/parallel.h"
+#include "ops/fast_math.h"
 #include "ops/loss.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -22,102 +21,9 @@ namespace fastnn::cpu {
 
 namespace {
 
-// ---- Vectorisable exp and log1p ----------------------------------------------------------------
+using fastmath::exp_nonpositive;
+using fastmath::log1p_unit;
 
-FASTNN_FORCE_INLINE uint32_t bits_of(float x) { uint32_t b; std::memcpy(&b, &x, 4); return b; }
-FASTNN_FORCE_INLINE uint64_t bits_of(double x) { uint64_t b; std::memcpy(&b, &x, 8); return b; }
-FASTNN_FORCE_INLINE float float_of(uint32_t b) { float x; std::memcpy(&x, &b, 4); return x; }
-FASTNN_FORCE_INLINE double double_of(uint64_t b) { double x; std::memcpy(&x, &b, 8); return x; }
-
-// exp(x) for x <= 0 (and NaN, -inf), within 2 ulp (measured: 1.0 float, 1.7 double): the only exponentials the losses need (x - max
-// in softmax, -|x| in BCE), so there is no overflow path. Cephes' range reduction: exp(x) =
-// 2^n exp(r), n = round(x / ln 2), |r| <= ln 2 / 2. Below the smallest normal result it returns 0
-// where libm returns a subnormal (an absolute difference under 1.2e-38, resp. 2.3e-308).
-FASTNN_FORCE_INLINE float exp_nonpositive(float x) {
-  const bool underflow = x < -87.0f;  // exp(-87) is a normal float, so 2^n is too
-  const float xc = underflow ? -87.0f : x;
-  // Adding 1.5 * 2^23 rounds x / ln 2 to an integer held in the low mantissa bits: n without a
-  // float-to-int conversion (which NaN would make undefined).
-  const float shifter = 12582912.0f;
-  const float k = xc * 1.44269504088896341f + shifter;
-  const float n = k - shifter;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const float y = p * float_of((bits_of(k) - bits_of(shifter) + 127u) << 23);
-  return underflow ? 0.0f : y;
-}
-
-FASTNN_FORCE_INLINE double exp_nonpositive(double x) {
-  const bool underflow = x < -708.0;
-  const double xc = underflow ? -708.0 : x;
-  const double shifter = 6755399441055744.0;  // 1.5 * 2^52
-  const double k = xc * 1.4426950408889634074 + shifter;
-  const double n = k - shifter;
-  double r = xc - n * 6.93145751953125e-1;
-  r = r - n * 1.42860682030941723212e-6;
-  // Cephes' Pade form: exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2))
-  const double rr = r * r;
-  double px = 1.26177193074810590878e-4;
-  px = px * rr + 3.02994407707441961300e-2;
-  px = px * rr + 9.99999999999999999910e-1;
-  px = px * r;
-  double q = 3.00198505138664455042e-6;
-  q = q * rr + 2.52448340349684104192e-3;
-  q = q * rr + 2.27265548208155028766e-1;
-  q = q * rr + 2.00000000000000000009e0;
-  const double e = 1.0 + 2.0 * (px / (q - px));
-  const double y = e * double_of((bits_of(k) - bits_of(shifter) + 1023u) << 52);
-  return underflow ? 0.0 : y;
-}
-
-// log1p(u) for u in [0, 1] (u = exp(-|x|) in BCE), within 3 ulp: log(1 + u) = 2 atanh(s) with
-// s = u / (2 + u), or log 2 + 2 atanh(s) with s = (u - 1) / (u + 3) once 1 + u > sqrt 2, so that
-// |s| <= 0.1716 and the odd series of atanh converges fast. s comes from u directly, never from
-// 1 + u, so small u keep their full precision.
-template <class T>
-FASTNN_FORCE_INLINE T log1p_unit(T u);
-
-template <>
-FASTNN_FORCE_INLINE float log1p_unit(float u) {
-  const bool high = u > 0.41421356f;
-  const float u_minus_1 = u - 1.0f, u_plus_3 = u + 3.0f, u_plus_2 = u + 2.0f;
-  const float s = (high ? u_minus_1 : u) / (high ? u_plus_3 : u_plus_2);
-  const float z = s * s;
-  // atanh(s) / s = sum z^k / (2k + 1); the first omitted term is z^5 / 11 < 2e-9
-  float p = 1.0f / 9;
-  p = p * z + 1.0f / 7;
-  p = p * z + 1.0f / 5;
-  p = p * z + 1.0f / 3;
-  p = p * z + 1.0f;
-  return (high ? 0.693147180559945309f : 0.0f) + 2.0f * s * p;
-}
-
-template <>
-FASTNN_FORCE_INLINE double log1p_unit(double u) {
-  const bool high = u > 0.41421356237309505;
-  const double u_minus_1 = u - 1.0, u_plus_3 = u + 3.0, u_plus_2 = u + 2.0;
-  const double s = (high ? u_minus_1 : u) / (high ? u_plus_3 : u_plus_2);
-  const double z = s * s;
-  // the first omitted term is z^10 / 21 < 3e-17
-  double p = 1.0 / 19;
-  p = p * z + 1.0 / 17;
-  p = p * z + 1.0 / 15;
-  p = p * z + 1.0 / 13;
-  p = p * z + 1.0 / 11;
-  p = p * z + 1.0 / 9;
-  p = p * z + 1.0 / 7;
-  p = p * z + 1.0 / 5;
-  p = p * z + 1.0 / 3;
-  p = p * z + 1.0;
-  return (high ? 0.69314718055994530942 : 0.0) + 2.0 * s * p;
-}
 
 // ---- Deterministic blocked reduction -----------------------------------------------------------
 
