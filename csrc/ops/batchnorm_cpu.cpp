@@ -27,8 +27,9 @@ namespace {
 
 // Columns per strip. Each row of a strip is read as one contiguous segment, and segments shorter
 // than a few KiB defeat the prefetchers: on 4096x4096 float32 the statistics passes took 20%
-// less time with 2048 columns (8 KiB) than with 512. The strip's accumulators (up to 88 KiB)
-// live in the workspace, in L2.
+// less time with 2048 columns (8 KiB) than with 512. The strip's accumulators (up to 80 KiB, in
+// L2) are thread_local arrays: too large for a thread's stack, and in the output or workspace
+// buffers (rows of cols doubles) the 1024x1024 float32 backward took 1.8x as long.
 constexpr int64_t kStrip = 2048;
 
 // Input bytes of a statistics pass above which it prefetches the next row block. Data read from
@@ -69,7 +70,6 @@ struct ForwardArgs {
   double* save_mean;  // float64 for both dtypes: the statistics as accumulated
   double* save_invstd;
   T* coef;  // workspace, 3 x cols: y = (x - hi) * scale + shift
-  double* sums;  // training workspace, 2 x cols: the statistics pass's accumulators
   bool prefetch;  // the statistics pass prefetches (kPrefetchBytes)
   bool stream;  // streaming stores for y where aligned (kStreamPassBytes)
 };
@@ -112,7 +112,8 @@ FASTNN_FORCE_INLINE void prefetch_block(const T* p, int64_t stride) {
   for (int64_t r = 0; r < kRowBlock; ++r) __builtin_prefetch(p + r * stride, 0, 2);
 }
 
-// body(c) for c in [0, w), a cache line of T at a time, each line after prefetch(c) when `ahead`.
+// body(begin, end) over [0, w): a cache line of T at a time, each after prefetch(begin), when
+// `ahead`; else at once.
 template <class T, class Prefetch, class Body>
 FASTNN_FORCE_INLINE void over_lines(int64_t w, bool ahead, Prefetch prefetch, Body body) {
   constexpr int64_t kLine = 64 / sizeof(T);
@@ -120,10 +121,10 @@ FASTNN_FORCE_INLINE void over_lines(int64_t w, bool ahead, Prefetch prefetch, Bo
   if (ahead) {
     for (; c + kLine <= w; c += kLine) {
       prefetch(c);
-      for (int64_t i = c; i < c + kLine; ++i) body(i);
+      body(c, c + kLine);
     }
   }
-  for (; c < w; ++c) body(c);
+  body(c, w);
 }
 
 // Training forward statistics over columns [c0, c0 + w): sums of u = x - k and u^2, k the column's
@@ -134,11 +135,31 @@ FASTNN_FORCE_INLINE void over_lines(int64_t w, bool ahead, Prefetch prefetch, Bo
 template <class T>
 struct ForwardTrainStrip {
   using Args = ForwardArgs<T>;
+
+  // Columns [begin, end) of the row block at row. A function of its own for the restrict
+  // parameters: the lambdas that call it capture pointers without their restrict, and the
+  // vectorised loop would test them for overlap at every call.
+  static FASTNN_FORCE_INLINE void block(const T* row, int64_t cols, const T* __restrict k, double* __restrict sum_u,
+                                        double* __restrict sum_u2, int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double su = 0, su2 = 0;
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < kRowBlock; ++r) {
+        const double u = static_cast<double>(row[r * cols + c]) - static_cast<double>(k[c]);
+        su += u;
+        su2 += u * u;
+      }
+      sum_u[c] += su;
+      sum_u2[c] += su2;
+    }
+  }
+
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
     // k waits in hi's row of coef until the coefficients replace it
     T* __restrict k = a.coef + c0;
-    double* __restrict sum_u = a.sums + c0;
-    double* __restrict sum_u2 = a.sums + a.cols + c0;
+    alignas(64) static thread_local double acc[2][kStrip];  // see kStrip
+    double* __restrict sum_u = acc[0];
+    double* __restrict sum_u2 = acc[1];
     for (int64_t c = 0; c < w; ++c) {
       k[c] = a.x[c0 + c];
       sum_u[c] = sum_u2[c] = 0.0;
@@ -148,16 +169,8 @@ struct ForwardTrainStrip {
       const T* row = a.x + n * a.cols + c0;
       over_lines<T>(w, a.prefetch && n + 2 * kRowBlock <= a.rows, [&](int64_t c) FASTNN_ALWAYS_INLINE {
         prefetch_block(row + kRowBlock * a.cols + c, a.cols);
-      }, [&](int64_t c) FASTNN_ALWAYS_INLINE {
-        double su = 0, su2 = 0;
-#pragma GCC unroll 8
-        for (int64_t r = 0; r < kRowBlock; ++r) {
-          const double u = static_cast<double>(row[r * a.cols + c]) - static_cast<double>(k[c]);
-          su += u;
-          su2 += u * u;
-        }
-        sum_u[c] += su;
-        sum_u2[c] += su2;
+      }, [&](int64_t begin, int64_t end) FASTNN_ALWAYS_INLINE {
+        block(row, a.cols, k, sum_u, sum_u2, begin, end);
       });
     }
     for (; n < a.rows; ++n) {
@@ -306,14 +319,42 @@ struct BackwardTrainStrip {
   using Args = BackwardArgs<T>;
   static constexpr bool kFloat = sizeof(T) < sizeof(double);
 
+  // Columns [begin, end) of the row block at row (x) and g (dy); see ForwardTrainStrip::block.
+  static FASTNN_FORCE_INLINE void block(const T* row, const T* g, int64_t cols, const T* __restrict hi,
+                                        double* __restrict sum_u, double* __restrict sum_dy,
+                                        double* __restrict sum_dy_u, double* __restrict sum_u2,
+                                        double* __restrict sum_dy2, int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      T su = 0, sd = 0, sdu = 0, su2 = 0, sd2 = 0;
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < kRowBlock; ++r) {
+        const T u = row[r * cols + c] - hi[c], gc = g[r * cols + c];
+        su += u;
+        sd += gc;
+        sdu += gc * u;
+        if constexpr (kFloat) {
+          su2 += u * u;
+          sd2 += gc * gc;
+        }
+      }
+      sum_u[c] += su;
+      sum_dy[c] += sd;
+      sum_dy_u[c] += sdu;
+      if constexpr (kFloat) {
+        sum_u2[c] += su2;
+        sum_dy2[c] += sd2;
+      }
+    }
+  }
+
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
-    // The accumulators occupy coef64's rows until the coefficients replace them, column by column.
-    T* __restrict hi = a.coef + c0;
-    double* __restrict sum_u = a.coef64 + c0;
-    double* __restrict sum_dy = a.coef64 + a.cols + c0;
-    double* __restrict sum_dy_u = a.coef64 + 2 * a.cols + c0;
-    double* __restrict sum_u2 = a.coef64 + 3 * a.cols + c0;
-    double* __restrict sum_dy2 = a.coef64 + 4 * a.cols + c0;
+    T* __restrict hi = a.coef + c0;  // until the coefficients replace it
+    alignas(64) static thread_local double acc[5][kStrip];  // see kStrip
+    double* __restrict sum_u = acc[0];
+    double* __restrict sum_dy = acc[1];
+    double* __restrict sum_dy_u = acc[2];
+    double* __restrict sum_u2 = acc[3];
+    double* __restrict sum_dy2 = acc[4];
     for (int64_t c = 0; c < w; ++c) {
       hi[c] = static_cast<T>(a.save_mean[c0 + c]);
       sum_u[c] = sum_dy[c] = sum_dy_u[c] = sum_u2[c] = sum_dy2[c] = 0.0;
@@ -325,26 +366,8 @@ struct BackwardTrainStrip {
       over_lines<T>(w, a.prefetch && n + 2 * kRowBlock <= a.rows, [&](int64_t c) FASTNN_ALWAYS_INLINE {
         prefetch_block(row + kRowBlock * a.cols + c, a.cols);
         prefetch_block(g + kRowBlock * a.cols + c, a.cols);
-      }, [&](int64_t c) FASTNN_ALWAYS_INLINE {
-        T su = 0, sd = 0, sdu = 0, su2 = 0, sd2 = 0;
-#pragma GCC unroll 8
-        for (int64_t r = 0; r < kRowBlock; ++r) {
-          const T u = row[r * a.cols + c] - hi[c], gc = g[r * a.cols + c];
-          su += u;
-          sd += gc;
-          sdu += gc * u;
-          if constexpr (kFloat) {
-            su2 += u * u;
-            sd2 += gc * gc;
-          }
-        }
-        sum_u[c] += su;
-        sum_dy[c] += sd;
-        sum_dy_u[c] += sdu;
-        if constexpr (kFloat) {
-          sum_u2[c] += su2;
-          sum_dy2[c] += sd2;
-        }
+      }, [&](int64_t begin, int64_t end) FASTNN_ALWAYS_INLINE {
+        block(row, g, a.cols, hi, sum_u, sum_dy, sum_dy_u, sum_u2, sum_dy2, begin, end);
       });
     }
     for (; n < a.rows; ++n) {
@@ -361,8 +384,7 @@ struct BackwardTrainStrip {
         }
       }
     }
-    // Each column's sums are read before its coefficients overwrite them (through the same
-    // pointers: they are restrict). coef64: mean, k_dy, k_x, k_0, exact; coef: hi, f_dy, f_x, f_0.
+    // coef64: mean, k_dy, k_x, k_0, exact; coef: hi, f_dy, f_x, f_0
     T* f_dy = a.coef + a.cols + c0;
     T* f_x = a.coef + 2 * a.cols + c0;
     T* f_0 = a.coef + 3 * a.cols + c0;
@@ -374,11 +396,11 @@ struct BackwardTrainStrip {
           sum_dy_u[c], sum_u2[c], sum_dy2[c], kFloat);
       if (a.dweight) store_grad(a.dweight, col, k.dweight, a.accumulate);
       if (a.dbias) store_grad(a.dbias, col, k.dbias, a.accumulate);
-      sum_u[c] = k.mean;
-      sum_dy[c] = k.k_dy;
-      sum_dy_u[c] = k.k_x;
-      sum_u2[c] = k.k_0;
-      sum_dy2[c] = k.exact ? 1.0 : 0.0;
+      a.coef64[col] = k.mean;
+      a.coef64[a.cols + col] = k.k_dy;
+      a.coef64[2 * a.cols + col] = k.k_x;
+      a.coef64[3 * a.cols + col] = k.k_0;
+      a.exact[col] = k.exact ? 1.0 : 0.0;
       // k_x * ((x - hi) - lo) + k_0 = k_x * (x - hi) + (k_0 - k_x * lo), mean = hi + lo
       T lo;
       split_hi_lo(k.mean, hi[c], lo);
@@ -578,12 +600,10 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
     const int64_t rows = x.size(0), cols = x.size(1);
     if (cols == 0) return;
     Tensor coef = Tensor::empty({3, cols}, x.dtype());
-    Tensor sums = training ? Tensor::empty({2, cols}, DType::float64) : Tensor();
     ForwardArgs<T> a{x.data<T>(), y.data<T>(), rows, cols, data_or_null<T>(weight), data_or_null<T>(bias),
                      running_mean.defined() ? running_mean.data<T>() : nullptr,
                      running_var.defined() ? running_var.data<T>() : nullptr,
                      momentum, eps, save_mean.data<double>(), save_invstd.data<double>(), coef.data<T>(),
-                     training ? sums.data<double>() : nullptr,
                      x.numel() * static_cast<int64_t>(sizeof(T)) > kPrefetchBytes,
                      2 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes};
     if (training) {
