@@ -16,6 +16,11 @@ from fastnn import _C
 from utils import assert_close, randn
 
 SHAPES = [(2, 2), (2, 1000), (7, 33), (33, 7), (1000, 2), (1000, 33), (33, 1000), (65, 257), (9, 513)]
+# Over 16 MiB of traffic for both dtypes: the statistics passes prefetch, and the AVX-512
+# elementwise pass streams its output when every row is whole cache lines (2048 columns) and not
+# otherwise (4099); both column counts take its 4-row blocks, and 1031 and 517 rows leave 3 and 1
+# rows after them.
+LARGE = [(1031, 2048), (517, 4099)]
 
 
 def t64(a, requires_grad=False):
@@ -107,7 +112,7 @@ def test_eval_matches_torch(dtype, rng, shape, affine):
 @pytest.mark.parametrize("cols", [1, 7, 33, 1000])
 def test_rows_and_columns_grid(dtype, rng, rows, cols):
     """Row counts off the 8-row blocks the statistics pass sums in registers (4097 = 512 blocks +
-    1), and column counts off the vector widths and the 512-column strips."""
+    1), and column counts off the vector widths (the 2048-column strips: LARGE[1] spans two)."""
     check_training(dtype, rng, (rows, cols), True, True)
 
 
@@ -221,8 +226,24 @@ def test_accumulate_and_buffers(dtype, rng):
     assert_close(dw3, dw_ref, dtype, what="dweight without weight")
 
 
-def test_in_place_forward_and_backward(dtype, rng):
-    x, w, b, _, _, dy = make(rng, (64, 300), dtype)
+@pytest.mark.parametrize("shape", LARGE)
+def test_large_inputs_match_torch(dtype, rng, shape):
+    check_training(dtype, rng, shape, True, True)
+
+
+def aligned(a):
+    """A copy of a in fastnn's 64-byte aligned storage, which the streaming stores need (numpy's
+    own buffers are 16-byte aligned)."""
+    out = np.asarray(_C.zeros(list(a.shape), str(a.dtype)))
+    out[...] = a
+    assert out.ctypes.data % 64 == 0
+    return out
+
+
+@pytest.mark.parametrize("shape", [(64, 300)] + LARGE)
+def test_in_place_forward_and_backward(dtype, rng, shape):
+    x, w, b, _, _, dy = make(rng, shape, dtype)
+    x, dy = aligned(x), aligned(dy)
     y, m, s = _C.batchnorm_forward(x, w, b, None, None, True)
     dx, _, _ = _C.batchnorm_backward(x, dy, w, m, s, True)
     y, dx = np.asarray(y).copy(), np.asarray(dx).copy()
@@ -232,10 +253,11 @@ def test_in_place_forward_and_backward(dtype, rng):
     np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("shape", [(500, 1000), (4097, 33), (300, 2100)])
+@pytest.mark.parametrize("shape", [(500, 1000), (4097, 33), (300, 2100), LARGE[0]])
 def test_deterministic_across_thread_counts(dtype, rng, shape):
     """Bitwise: the statistics pass splits columns and the elementwise pass rows, never a column's
-    sum; (300, 2100) spans several strips and row segments, (4097, 33) splits rows only."""
+    sum; (300, 2100) spans several row segments, (4097, 33) splits rows only, and LARGE[0] row
+    blocks that start wherever a thread's rows do."""
     x, w, b, rm, rv, dy = make(rng, shape, dtype)
     before = fastnn.get_num_threads()
     outs = []
@@ -253,9 +275,10 @@ def test_deterministic_across_thread_counts(dtype, rng, shape):
             assert a.tobytes() == b_.tobytes()
 
 
-def test_every_isa_variant_matches_torch(tmp_path, rng):
+@pytest.mark.parametrize("shape", [(70, 300), LARGE[0]])
+def test_every_isa_variant_matches_torch(tmp_path, rng, shape):
     """The AVX-512, AVX2 and baseline builds of each kernel, run in subprocesses."""
-    x, w, b, rm, rv, dy = make(rng, (70, 300), "float64")
+    x, w, b, rm, rv, dy = make(rng, shape, "float64")
     np.savez(tmp_path / "in.npz", x=x, w=w, b=b, rm=rm, rv=rv, dy=dy)
     code = f"""
 import numpy as np, fastnn

@@ -1,17 +1,21 @@
 // BatchNorm1d on the CPU. (N, C) is row-major, so a column's values are C apart. Training takes
 // two passes, the fewest the math allows:
 //   1. statistics: threads own disjoint column ranges, walked in strips of up to kStrip columns row
-//      by row, with the strip's accumulators on the stack and a contiguous, vectorisable inner loop
-//      across the strip; each column is reduced by one thread in row order, so results do not
-//      depend on the thread count. The pass ends with per-column coefficients in a C-sized
-//      workspace.
-//   2. elementwise (y, or dx): threads own row ranges and stream whole rows, in kApplyChunk-column
-//      segments whose coefficients stay in L1. Written column strip by column strip (as pass 1 is
-//      read), the output measured 1.5-2x slower: 2 KiB segments 16 KiB apart defeat the
-//      prefetchers. Streaming (non-temporal) stores measured slower here, not faster.
+//      by row (8 rows at a time, the next 8 prefetched when the input is large), with the strip's
+//      accumulators in a workspace and a contiguous, vectorisable inner loop across the strip;
+//      each column is reduced by one thread in row order, so results do not depend on the thread
+//      count. The pass ends with per-column coefficients in a C-sized workspace.
+//   2. elementwise (y, or dx): threads own row ranges and stream whole rows. Written column strip
+//      by column strip (as pass 1 is read), the output measured 1.5-2x slower: 2 KiB segments
+//      16 KiB apart defeat the prefetchers. The AVX-512 variant blocks rows by 4 when the
+//      coefficients outgrow L1 and streams its output past the caches when the pass is large.
 // Each kernel is compiled for AVX-512, AVX2 and the baseline and picked at run time.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "core/cpu_features.h"
 #include "core/parallel.h"
@@ -21,14 +25,37 @@
 namespace fastnn::cpu {
 namespace {
 
-// Columns per strip: up to 64 KiB of accumulators and coefficients on the stack, and 2-4 KiB read
-// contiguously per row. Narrower strips (64-256) measured slower once the input outgrows the
-// caches: each row's short segment defeats the prefetchers.
-constexpr int64_t kStrip = 512;
+// Columns per strip. Each row of a strip is read as one contiguous segment, and segments shorter
+// than a few KiB defeat the prefetchers: on 4096x4096 float32 the statistics passes took 20%
+// less time with 2048 columns (8 KiB) than with 512. The strip's accumulators (up to 80 KiB, in
+// L2) are thread_local arrays: too large for a thread's stack, and in the output or workspace
+// buffers (rows of cols doubles) the 1024x1024 float32 backward took 1.8x as long.
+constexpr int64_t kStrip = 2048;
 
-// Columns per row segment of the elementwise pass: its input, output and 3-4 coefficient rows fit
-// in L1 (48 KiB) with room to spare.
+// Input bytes of a statistics pass above which it prefetches the next row block. Data read from
+// memory gains (20-30% on 64 MiB of float32 of most shapes, 25% on 2048x2048's backward); data
+// already in the caches loses (20% on 1024x1024), the prefetches costing issue slots.
+constexpr int64_t kPrefetchBytes = int64_t{16} << 20;
+
+// Columns per segment of the backward's elementwise pass with one exact-or-not flag: a segment
+// where some column's dx cancels is formed in double, the others in T.
 constexpr int64_t kApplyChunk = 1024;
+
+// The AVX-512 elementwise pass (the only one with intrinsics) reads its 3-4 coefficient rows once
+// per kApplyRows rows when they take more than kCoefBytesPerRow: with 4096 columns (48-64 KiB,
+// L1's size) row by row, each row re-read them from L2 and 1-thread y ran at 26 GB/s against
+// numpy's 36 for x + 0. Blocks of 4 rows took 10-18% less time on 4096x4096 and 2048x8192 float32
+// with streaming stores (none without: the coefficient loads were not the only limit); 8 rows
+// were no better, and coefficients that fit L1 (1024 columns) lost 20% to the 4 extra streams.
+constexpr int kApplyRows = 4;
+constexpr int64_t kCoefBytesPerRow = int64_t{16} << 10;
+
+// Bytes the elementwise pass moves (inputs + output) above which its output takes streaming
+// stores: a pass that large has evicted most of its own output from the 32 MiB L3 by the time the
+// next op reads it. Timed with that read (a numpy sum of the output), float32, 2 threads:
+// passes of 4-8 MiB (forward of 512x1024, 1024x1024) took 15-29% longer with streaming, 12-16 MiB
+// gained nothing, 24 MiB and more (backward of 2048x1024, forward of 4096x1024) gained 6-10%.
+constexpr int64_t kStreamPassBytes = int64_t{16} << 20;
 
 template <class T>
 struct ForwardArgs {
@@ -43,6 +70,8 @@ struct ForwardArgs {
   double* save_mean;  // float64 for both dtypes: the statistics as accumulated
   double* save_invstd;
   T* coef;  // workspace, 3 x cols: y = (x - hi) * scale + shift
+  bool prefetch;  // the statistics pass prefetches (kPrefetchBytes)
+  bool stream;  // streaming stores for y where aligned (kStreamPassBytes)
 };
 
 template <class T>
@@ -64,6 +93,8 @@ struct BackwardArgs {
   double* coef64;
   double* exact;
   double* chunk_exact;
+  bool prefetch;  // the statistics pass prefetches (kPrefetchBytes)
+  bool stream;  // streaming stores for dx where aligned (kStreamPassBytes)
 };
 
 // Rows summed in registers before the accumulator arrays take the block: an eighth of the
@@ -73,6 +104,29 @@ struct BackwardArgs {
 // nothing a float32 gradient can show.
 constexpr int64_t kRowBlock = 8;
 
+// Prefetches one cache line from each row of the row block at p: the statistics passes read 8
+// rows at once, 16 short streams (x and dy), more than the hardware prefetchers follow well.
+template <class T>
+FASTNN_FORCE_INLINE void prefetch_block(const T* p, int64_t stride) {
+#pragma GCC unroll 8
+  for (int64_t r = 0; r < kRowBlock; ++r) __builtin_prefetch(p + r * stride, 0, 2);
+}
+
+// body(begin, end) over [0, w): a cache line of T at a time, each after prefetch(begin), when
+// `ahead`; else at once.
+template <class T, class Prefetch, class Body>
+FASTNN_FORCE_INLINE void over_lines(int64_t w, bool ahead, Prefetch prefetch, Body body) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  int64_t c = 0;
+  if (ahead) {
+    for (; c + kLine <= w; c += kLine) {
+      prefetch(c);
+      body(c, c + kLine);
+    }
+  }
+  body(c, w);
+}
+
 // Training forward statistics over columns [c0, c0 + w): sums of u = x - k and u^2, k the column's
 // first value. Shifted sums cost m2 = sum(u^2) - sum(u)^2 / N a factor (var + (mean - k)^2) / var
 // <= N + 1 of precision (k's own deviation is part of the variance), in practice ~2, and take one
@@ -81,9 +135,31 @@ constexpr int64_t kRowBlock = 8;
 template <class T>
 struct ForwardTrainStrip {
   using Args = ForwardArgs<T>;
+
+  // Columns [begin, end) of the row block at row. A function of its own for the restrict
+  // parameters: the lambdas that call it capture pointers without their restrict, and the
+  // vectorised loop would test them for overlap at every call.
+  static FASTNN_FORCE_INLINE void block(const T* row, int64_t cols, const T* __restrict k, double* __restrict sum_u,
+                                        double* __restrict sum_u2, int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double su = 0, su2 = 0;
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < kRowBlock; ++r) {
+        const double u = static_cast<double>(row[r * cols + c]) - static_cast<double>(k[c]);
+        su += u;
+        su2 += u * u;
+      }
+      sum_u[c] += su;
+      sum_u2[c] += su2;
+    }
+  }
+
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
-    T k[kStrip];
-    double sum_u[kStrip], sum_u2[kStrip];
+    // k waits in hi's row of coef until the coefficients replace it
+    T* __restrict k = a.coef + c0;
+    alignas(64) static thread_local double acc[2][kStrip];  // see kStrip
+    double* __restrict sum_u = acc[0];
+    double* __restrict sum_u2 = acc[1];
     for (int64_t c = 0; c < w; ++c) {
       k[c] = a.x[c0 + c];
       sum_u[c] = sum_u2[c] = 0.0;
@@ -91,17 +167,11 @@ struct ForwardTrainStrip {
     int64_t n = 0;
     for (; n + kRowBlock <= a.rows; n += kRowBlock) {
       const T* row = a.x + n * a.cols + c0;
-      for (int64_t c = 0; c < w; ++c) {
-        double su = 0, su2 = 0;
-#pragma GCC unroll 8
-        for (int64_t r = 0; r < kRowBlock; ++r) {
-          const double u = static_cast<double>(row[r * a.cols + c]) - static_cast<double>(k[c]);
-          su += u;
-          su2 += u * u;
-        }
-        sum_u[c] += su;
-        sum_u2[c] += su2;
-      }
+      over_lines<T>(w, a.prefetch && n + 2 * kRowBlock <= a.rows, [&](int64_t c) FASTNN_ALWAYS_INLINE {
+        prefetch_block(row + kRowBlock * a.cols + c, a.cols);
+      }, [&](int64_t begin, int64_t end) FASTNN_ALWAYS_INLINE {
+        block(row, a.cols, k, sum_u, sum_u2, begin, end);
+      });
     }
     for (; n < a.rows; ++n) {
       const T* row = a.x + n * a.cols + c0;
@@ -113,7 +183,6 @@ struct ForwardTrainStrip {
     }
     // y = ((x - hi) - lo) * scale + shift = (x - hi) * scale + (shift - lo * scale), mean = hi + lo:
     // x - hi is exact near the mean.
-    T* hi = a.coef;
     T* scale = a.coef + a.cols;
     T* shift = a.coef + 2 * a.cols;
     const double rows = static_cast<double>(a.rows);
@@ -128,13 +197,57 @@ struct ForwardTrainStrip {
       // y = ((x - hi) - lo) * scale + shift = (x - hi) * scale + (shift - lo * scale) with
       // mean = hi + lo: x - hi is exact near the mean.
       T lo;
-      split_hi_lo(mean, hi[col], lo);
+      split_hi_lo(mean, k[c], lo);  // k[c] is hi[col]
       const double gain = batchnorm_gain(a.save_invstd[col], a.weight, col);
       scale[col] = static_cast<T>(gain);
       shift[col] = static_cast<T>(static_cast<double>(batchnorm_shift(a.bias, col)) - static_cast<double>(lo) * gain);
     }
   }
 };
+
+#if defined(__x86_64__)
+// The AVX-512 row kernels are written with intrinsics for the streaming stores (_mm512_stream_*:
+// no compiler emits them from a plain loop) and the row blocks. A streaming store writes a whole
+// 64-byte line without first reading it (an ordinary store's write-allocate does) and leaves the
+// caches to the inputs. Each must be 64-byte aligned: streamed outputs have aligned rows, and the
+// rest take ordinary stores.
+template <class T>
+struct Avx512;
+template <>
+struct Avx512<float> {
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int64_t kLanes = 16;
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V load(const float* p) { return _mm512_loadu_ps(p); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V load(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(float* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void stream(float* p, V v) { _mm512_stream_ps(p, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 M mask(int64_t n) { return static_cast<M>((1u << n) - 1); }
+};
+template <>
+struct Avx512<double> {
+  using V = __m512d;
+  using M = __mmask8;
+  static constexpr int64_t kLanes = 8;
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V load(const double* p) { return _mm512_loadu_pd(p); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V load(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(double* p, M m, V v) { _mm512_mask_storeu_pd(p, m, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void stream(double* p, V v) { _mm512_stream_pd(p, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V sub(V a, V b) { return _mm512_sub_pd(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 M mask(int64_t n) { return static_cast<M>((1u << n) - 1); }
+};
+
+// Streaming stores need 64-byte aligned vectors: every row's, so rows a whole number of lines.
+template <class T>
+bool streamable(const T* out, int64_t cols, bool wanted) {
+  return wanted && reinterpret_cast<uintptr_t>(out) % 64 == 0 && cols * static_cast<int64_t>(sizeof(T)) % 64 == 0;
+}
+#endif
 
 // y over rows [r0, r0 + count) from the coefficients: training (ForwardTrainStrip's) and eval
 // (the running statistics, whose mean is a T, so x - mean is exact as it stands).
@@ -157,6 +270,43 @@ struct ForwardApplyRows {
       }
     }
   }
+#if defined(__x86_64__)
+  // Rows [r, r + R): each vector of coefficients serves R rows.
+  template <int R>
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void rows_avx512(const Args& a, int64_t r, bool stream) {
+    using A = Avx512<T>;
+    const T* hi = a.coef;
+    const T* scale = a.coef + a.cols;
+    const T* shift = a.coef + 2 * a.cols;
+    const T* x = a.x + r * a.cols;
+    T* y = a.y + r * a.cols;
+    int64_t c = 0;
+    for (; c + A::kLanes <= a.cols; c += A::kLanes) {
+      const auto h = A::load(hi + c), s = A::load(scale + c), b = A::load(shift + c);
+#pragma GCC unroll 8
+      for (int rr = 0; rr < R; ++rr) {
+        const auto v = A::fmadd(A::sub(A::load(x + rr * a.cols + c), h), s, b);
+        if (stream) A::stream(y + rr * a.cols + c, v);
+        else A::store(y + rr * a.cols + c, v);
+      }
+    }
+    if (c < a.cols) {
+      const auto m = A::mask(a.cols - c);
+      const auto h = A::load(m, hi + c), s = A::load(m, scale + c), b = A::load(m, shift + c);
+      for (int rr = 0; rr < R; ++rr)
+        A::store(y + rr * a.cols + c, m, A::fmadd(A::sub(A::load(m, x + rr * a.cols + c), h), s, b));
+    }
+  }
+
+  static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t r0, int64_t count) {
+    const bool stream = streamable(a.y, a.cols, a.stream);
+    int64_t r = r0;
+    if (3 * a.cols * static_cast<int64_t>(sizeof(T)) > kCoefBytesPerRow)
+      for (; r + kApplyRows <= r0 + count; r += kApplyRows) rows_avx512<kApplyRows>(a, r, stream);
+    for (; r < r0 + count; ++r) rows_avx512<1>(a, r, stream);
+    if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
+  }
+#endif
 };
 
 // Training backward sums over columns [c0, c0 + w): u = x - hi (hi: save_mean rounded to T, so u
@@ -169,9 +319,42 @@ struct BackwardTrainStrip {
   using Args = BackwardArgs<T>;
   static constexpr bool kFloat = sizeof(T) < sizeof(double);
 
+  // Columns [begin, end) of the row block at row (x) and g (dy); see ForwardTrainStrip::block.
+  static FASTNN_FORCE_INLINE void block(const T* row, const T* g, int64_t cols, const T* __restrict hi,
+                                        double* __restrict sum_u, double* __restrict sum_dy,
+                                        double* __restrict sum_dy_u, double* __restrict sum_u2,
+                                        double* __restrict sum_dy2, int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      T su = 0, sd = 0, sdu = 0, su2 = 0, sd2 = 0;
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < kRowBlock; ++r) {
+        const T u = row[r * cols + c] - hi[c], gc = g[r * cols + c];
+        su += u;
+        sd += gc;
+        sdu += gc * u;
+        if constexpr (kFloat) {
+          su2 += u * u;
+          sd2 += gc * gc;
+        }
+      }
+      sum_u[c] += su;
+      sum_dy[c] += sd;
+      sum_dy_u[c] += sdu;
+      if constexpr (kFloat) {
+        sum_u2[c] += su2;
+        sum_dy2[c] += sd2;
+      }
+    }
+  }
+
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
-    T hi[kStrip];
-    double sum_u[kStrip], sum_dy[kStrip], sum_dy_u[kStrip], sum_u2[kStrip], sum_dy2[kStrip];
+    T* __restrict hi = a.coef + c0;  // until the coefficients replace it
+    alignas(64) static thread_local double acc[5][kStrip];  // see kStrip
+    double* __restrict sum_u = acc[0];
+    double* __restrict sum_dy = acc[1];
+    double* __restrict sum_dy_u = acc[2];
+    double* __restrict sum_u2 = acc[3];
+    double* __restrict sum_dy2 = acc[4];
     for (int64_t c = 0; c < w; ++c) {
       hi[c] = static_cast<T>(a.save_mean[c0 + c]);
       sum_u[c] = sum_dy[c] = sum_dy_u[c] = sum_u2[c] = sum_dy2[c] = 0.0;
@@ -180,27 +363,12 @@ struct BackwardTrainStrip {
     for (; n + kRowBlock <= a.rows; n += kRowBlock) {
       const T* row = a.x + n * a.cols + c0;
       const T* g = a.dy + n * a.cols + c0;
-      for (int64_t c = 0; c < w; ++c) {
-        T su = 0, sd = 0, sdu = 0, su2 = 0, sd2 = 0;
-#pragma GCC unroll 8
-        for (int64_t r = 0; r < kRowBlock; ++r) {
-          const T u = row[r * a.cols + c] - hi[c], gc = g[r * a.cols + c];
-          su += u;
-          sd += gc;
-          sdu += gc * u;
-          if constexpr (kFloat) {
-            su2 += u * u;
-            sd2 += gc * gc;
-          }
-        }
-        sum_u[c] += su;
-        sum_dy[c] += sd;
-        sum_dy_u[c] += sdu;
-        if constexpr (kFloat) {
-          sum_u2[c] += su2;
-          sum_dy2[c] += sd2;
-        }
-      }
+      over_lines<T>(w, a.prefetch && n + 2 * kRowBlock <= a.rows, [&](int64_t c) FASTNN_ALWAYS_INLINE {
+        prefetch_block(row + kRowBlock * a.cols + c, a.cols);
+        prefetch_block(g + kRowBlock * a.cols + c, a.cols);
+      }, [&](int64_t begin, int64_t end) FASTNN_ALWAYS_INLINE {
+        block(row, g, a.cols, hi, sum_u, sum_dy, sum_dy_u, sum_u2, sum_dy2, begin, end);
+      });
     }
     for (; n < a.rows; ++n) {
       const T* row = a.x + n * a.cols + c0;
@@ -216,10 +384,10 @@ struct BackwardTrainStrip {
         }
       }
     }
-    T* f_hi = a.coef;
-    T* f_dy = a.coef + a.cols;
-    T* f_x = a.coef + 2 * a.cols;
-    T* f_0 = a.coef + 3 * a.cols;
+    // coef64: mean, k_dy, k_x, k_0, exact; coef: hi, f_dy, f_x, f_0
+    T* f_dy = a.coef + a.cols + c0;
+    T* f_x = a.coef + 2 * a.cols + c0;
+    T* f_0 = a.coef + 3 * a.cols + c0;
     for (int64_t c = 0; c < w; ++c) {
       const int64_t col = c0 + c;
       const double invstd = a.save_invstd[col];
@@ -235,10 +403,10 @@ struct BackwardTrainStrip {
       a.exact[col] = k.exact ? 1.0 : 0.0;
       // k_x * ((x - hi) - lo) + k_0 = k_x * (x - hi) + (k_0 - k_x * lo), mean = hi + lo
       T lo;
-      split_hi_lo(k.mean, f_hi[col], lo);
-      f_dy[col] = static_cast<T>(k.k_dy);
-      f_x[col] = static_cast<T>(k.k_x);
-      f_0[col] = static_cast<T>(k.k_0 - k.k_x * static_cast<double>(lo));
+      split_hi_lo(k.mean, hi[c], lo);
+      f_dy[c] = static_cast<T>(k.k_dy);
+      f_x[c] = static_cast<T>(k.k_x);
+      f_0[c] = static_cast<T>(k.k_0 - k.k_x * static_cast<double>(lo));
     }
   }
 };
@@ -248,23 +416,31 @@ struct BackwardTrainStrip {
 template <class T>
 struct BackwardApplyRows {
   using Args = BackwardArgs<T>;
+  // Row r's columns [c0, c0 + w) in double.
+  static FASTNN_FORCE_INLINE void exact_segment(const Args& a, int64_t r, int64_t c0, int64_t w) {
+    const T* x = a.x + r * a.cols + c0;
+    const T* g = a.dy + r * a.cols + c0;
+    T* out = a.dx + r * a.cols + c0;
+    const double* mean = a.coef64 + c0;
+    const double* k_dy = a.coef64 + a.cols + c0;
+    const double* k_x = a.coef64 + 2 * a.cols + c0;
+    const double* k_0 = a.coef64 + 3 * a.cols + c0;
+    for (int64_t c = 0; c < w; ++c) {
+      const double u = static_cast<double>(x[c]) - mean[c];
+      out[c] = static_cast<T>(k_dy[c] * static_cast<double>(g[c]) + k_x[c] * u + k_0[c]);
+    }
+  }
+
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) {
     for (int64_t r = r0; r < r0 + count; ++r) {
       for (int64_t c0 = 0, chunk = 0; c0 < a.cols; c0 += kApplyChunk, ++chunk) {
         const int64_t w = std::min(kApplyChunk, a.cols - c0);
-        const T* x = a.x + r * a.cols + c0;
-        const T* g = a.dy + r * a.cols + c0;
-        T* out = a.dx + r * a.cols + c0;
         if (a.chunk_exact[chunk] != 0.0) {
-          const double* mean = a.coef64 + c0;
-          const double* k_dy = a.coef64 + a.cols + c0;
-          const double* k_x = a.coef64 + 2 * a.cols + c0;
-          const double* k_0 = a.coef64 + 3 * a.cols + c0;
-          for (int64_t c = 0; c < w; ++c) {
-            const double u = static_cast<double>(x[c]) - mean[c];
-            out[c] = static_cast<T>(k_dy[c] * static_cast<double>(g[c]) + k_x[c] * u + k_0[c]);
-          }
+          exact_segment(a, r, c0, w);
         } else {
+          const T* x = a.x + r * a.cols + c0;
+          const T* g = a.dy + r * a.cols + c0;
+          T* out = a.dx + r * a.cols + c0;
           const T* hi = a.coef + c0;
           const T* f_dy = a.coef + a.cols + c0;
           const T* f_x = a.coef + 2 * a.cols + c0;
@@ -274,6 +450,56 @@ struct BackwardApplyRows {
       }
     }
   }
+#if defined(__x86_64__)
+  // Rows [r, r + R): each vector of coefficients serves R rows. For double the exact coefficients
+  // are the T ones (lo = 0), so every segment takes the vector body; float segments where dx
+  // cancels keep the double loop.
+  template <int R>
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void rows_avx512(const Args& a, int64_t r, bool stream) {
+    using A = Avx512<T>;
+    constexpr bool kFloat = sizeof(T) < sizeof(double);
+    const T *hi = a.coef, *f_dy = a.coef + a.cols, *f_x = a.coef + 2 * a.cols, *f_0 = a.coef + 3 * a.cols;
+    const T* x = a.x + r * a.cols;
+    const T* g = a.dy + r * a.cols;
+    T* dx = a.dx + r * a.cols;
+    for (int64_t c0 = 0, chunk = 0; c0 < a.cols; c0 += kApplyChunk, ++chunk) {
+      const int64_t end = std::min(a.cols, c0 + kApplyChunk);
+      if (kFloat && a.chunk_exact[chunk] != 0.0) {
+        for (int rr = 0; rr < R; ++rr) exact_segment(a, r + rr, c0, end - c0);
+        continue;
+      }
+      int64_t c = c0;
+      for (; c + A::kLanes <= end; c += A::kLanes) {
+        const auto h = A::load(hi + c), k_dy = A::load(f_dy + c), k_x = A::load(f_x + c), k_0 = A::load(f_0 + c);
+#pragma GCC unroll 8
+        for (int rr = 0; rr < R; ++rr) {
+          const int64_t i = rr * a.cols + c;
+          const auto v = A::fmadd(k_dy, A::load(g + i), A::fmadd(k_x, A::sub(A::load(x + i), h), k_0));
+          if (stream) A::stream(dx + i, v);
+          else A::store(dx + i, v);
+        }
+      }
+      if (c < end) {
+        const auto m = A::mask(end - c);
+        const auto h = A::load(m, hi + c), k_dy = A::load(m, f_dy + c), k_x = A::load(m, f_x + c),
+                   k_0 = A::load(m, f_0 + c);
+        for (int rr = 0; rr < R; ++rr) {
+          const int64_t i = rr * a.cols + c;
+          A::store(dx + i, m, A::fmadd(k_dy, A::load(m, g + i), A::fmadd(k_x, A::sub(A::load(m, x + i), h), k_0)));
+        }
+      }
+    }
+  }
+
+  static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t r0, int64_t count) {
+    const bool stream = streamable(a.dx, a.cols, a.stream);
+    int64_t r = r0;
+    if (4 * a.cols * static_cast<int64_t>(sizeof(T)) > kCoefBytesPerRow)
+      for (; r + kApplyRows <= r0 + count; r += kApplyRows) rows_avx512<kApplyRows>(a, r, stream);
+    for (; r < r0 + count; ++r) rows_avx512<1>(a, r, stream);
+    if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
+  }
+#endif
 };
 
 // Eval backward over columns [c0, c0 + w): dx = dy * weight * invstd in the same pass that sums
@@ -352,6 +578,9 @@ void over_column_strips(const typename Kernel::Args& a, int64_t rows, int64_t co
 template <class Kernel>
 void over_rows(const typename Kernel::Args& a, int64_t rows, int64_t cols) {
   auto* kernel = isa_variant<Kernel>();
+#if defined(__x86_64__)
+  if (cpu_isa() == CpuIsa::avx512) kernel = &Kernel::run_avx512;
+#endif
   parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)), [&](int64_t begin, int64_t end) {
     kernel(a, begin, end - begin);
   }, 1);
@@ -359,6 +588,7 @@ void over_rows(const typename Kernel::Args& a, int64_t rows, int64_t cols) {
 
 template <class T>
 const T* data_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+
 
 }  // namespace
 
@@ -373,7 +603,9 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
     ForwardArgs<T> a{x.data<T>(), y.data<T>(), rows, cols, data_or_null<T>(weight), data_or_null<T>(bias),
                      running_mean.defined() ? running_mean.data<T>() : nullptr,
                      running_var.defined() ? running_var.data<T>() : nullptr,
-                     momentum, eps, save_mean.data<double>(), save_invstd.data<double>(), coef.data<T>()};
+                     momentum, eps, save_mean.data<double>(), save_invstd.data<double>(), coef.data<T>(),
+                     x.numel() * static_cast<int64_t>(sizeof(T)) > kPrefetchBytes,
+                     2 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes};
     if (training) {
       over_column_strips<ForwardTrainStrip<T>>(a, rows, cols);
     } else {
@@ -400,7 +632,9 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                       save_mean.data<double>(), save_invstd.data<double>(),
                       dweight.defined() ? dweight.data<T>() : nullptr,
                       dbias.defined() ? dbias.data<T>() : nullptr, accumulate,
-                      nullptr, nullptr, nullptr, nullptr};
+                      nullptr, nullptr, nullptr, nullptr,
+                      2 * x.numel() * static_cast<int64_t>(sizeof(T)) > kPrefetchBytes,
+                      3 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes};
     if (!training) {
       over_column_strips<BackwardEvalStrip<T>>(a, rows, cols);
       return;
