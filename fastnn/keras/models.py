@@ -235,11 +235,12 @@ class Sequential:
 
     def _loss_and_grad(self, out, y, need_grad=True):
         """(mean loss as float, d loss / d out) for a batch of network outputs."""
+        device_loss = self._device_loss(y.dtype, need_grad)
+        if device_loss is not None:
+            value, grad = device_loss(out, y)
+            return value.item(), grad
         loss = self.loss
         if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy") and self._head == "softmax":
-            if y.dtype == np.int64:
-                value, grad = _C.cross_entropy(out, y)
-                return value.item(), grad
             # soft targets: -sum(y * log_softmax(z)) / N, gradient (softmax(z) - y) / N for rows summing to 1
             y = self._host(y)
             logp = self._host(F.log_softmax(out))
@@ -247,12 +248,6 @@ class Sequential:
             value = float(-(y * logp).sum() / n)
             grad = (np.exp(logp) * y.sum(axis=1, keepdims=True) - y) / n
             return value, self._dev(grad.astype(out.dtype))
-        if loss == "binary_crossentropy" and self._head == "sigmoid":
-            value = _C.bce_with_logits_forward(out, y)
-            return value.item(), (_C.bce_with_logits_backward(out, y, 1.0) if need_grad else None)
-        if loss == "mse":
-            value = _C.mse_forward(out, y)
-            return value.item(), (_C.mse_backward(out, y, 1.0) if need_grad else None)
         # probabilities out of a layer the loss cannot fuse with: Keras's clipped formulas
         p = np.clip(self._host(out).astype(np.float64), _EPS, 1 - _EPS)
         y = self._host(y)
@@ -267,18 +262,21 @@ class Sequential:
             grad = -(y / p) / n
         return value, self._dev(np.ascontiguousarray(grad, dtype=self.dtype))
 
-    def _device_loss(self, y_dtype):
-        """``fn(out, y) -> (loss tensor, d loss / d out)`` computed on the device alone, or None when
-        this loss needs the host (soft targets, probabilities out of an unfused head): such steps
-        cannot be captured in a CUDA graph."""
+    def _device_loss(self, y_dtype, need_grad=True):
+        """``fn(out, y) -> (loss tensor, d loss / d out or None)`` computed on the device alone, or
+        None when this loss needs the host (soft targets, probabilities out of an unfused head):
+        such steps cannot be captured in a CUDA graph. The fused cross-entropy always gives the
+        gradient; the others only with ``need_grad``."""
         loss = self.loss
         if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy") and self._head == "softmax":
             return _C.cross_entropy if np.dtype(y_dtype) == np.int64 else None
         if loss == "binary_crossentropy" and self._head == "sigmoid":
-            return lambda out, y: (_C.bce_with_logits_forward(out, y), _C.bce_with_logits_backward(out, y, 1.0))
-        if loss == "mse":
-            return lambda out, y: (_C.mse_forward(out, y), _C.mse_backward(out, y, 1.0))
-        return None
+            forward, backward = _C.bce_with_logits_forward, _C.bce_with_logits_backward
+        elif loss == "mse":
+            forward, backward = _C.mse_forward, _C.mse_backward
+        else:
+            return None
+        return lambda out, y: (forward(out, y), backward(out, y, 1.0) if need_grad else None)
 
     def _train_batch(self, xb, yb):
         """One training step on a batch; returns (network output, mean loss as a float).
