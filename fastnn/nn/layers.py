@@ -171,6 +171,7 @@ class Dropout(Module):
             self._key = None
             self._y = _C.activation_forward(x, activation) if activation else x
             return self._y
+        act = activation or "none"
         self._key = self._next_key()
         self._slot = None
         g = _cuda._capturing()
@@ -178,9 +179,8 @@ class Dropout(Module):
             # Captured: the kernels read the key from a graph slot that gets a fresh key (the one an
             # eager call would draw) before every replay, so masks differ step to step as they should.
             slot = self._slot = g._new_slot(self)
-            act = activation or "none"
             g._on_replay(lambda: _C.dropout_forward(x, self.p, *self._next_key(), act, slot=slot))
-        self._y = _C.dropout_forward(x, self.p, *self._key, activation or "none", slot=self._slot)
+        self._y = _C.dropout_forward(x, self.p, *self._key, act, slot=self._slot)
         return self._y
 
     def _next_key(self):
