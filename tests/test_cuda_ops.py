@@ -402,8 +402,9 @@ def test_batchnorm_is_deterministic(rng):
 
 # ---- losses --------------------------------------------------------------------------------------
 
-# (N, C): C = 1; C > 32 (lanes loop over a row); N > 8 (several warps, blocks); N = 1100 (137 blocks)
-CE_SHAPES = [(1, 1), (7, 3), (33, 70), (1100, 10)]
+# (N, C): C = 1; N > 8 (several warps, blocks); N = 1100 (137 blocks). A row is held in 1, 8 or 32
+# registers per lane up to 32, 256 and 1024 classes (70, 1000: partly filled), streamed above (1025).
+CE_SHAPES = [(1, 1), (7, 3), (33, 70), (1100, 10), (5, 1000), (3, 1025)]
 
 
 def torch_cross_entropy(x, y, w, reduction, ignore_index, dloss):
@@ -450,8 +451,9 @@ def test_cross_entropy_matches_torch_and_cpu(n, classes, reduction, dtype, rng):
             assert_close(host(dx_num), 2.5 * rdx1, dtype, what="dlogits (dloss=2.5) " + what)
 
 
-def test_cross_entropy_in_place_and_ignored(dtype, rng):
-    x, y, w = ce_inputs(rng, 33, 70, dtype, ignore_index=5)
+@pytest.mark.parametrize("classes", [70, 1025])  # a row held in registers; a row streamed
+def test_cross_entropy_in_place_and_ignored(classes, dtype, rng):
+    x, y, w = ce_inputs(rng, 33, classes, dtype, ignore_index=5)
     y[[0, 7, 8]] = 5
     _, rdx = torch_cross_entropy(x, y, w, "mean", 5, np.ones((), dtype))
     rloss = torch_cross_entropy(x, y, w, "mean", 5, np.ones((), dtype))[0]

@@ -4,13 +4,15 @@
 #   fastnn bench --device cuda -> a summary printed last.
 # Every phase runs under its own wall-clock cap inside a total budget (FASTNN_VISIT_TOTAL seconds,
 # default 540: the run tool's per-call limit is 600), and the visit goes on to the next phase when
-# one fails or times out, so a call always returns what it got. Files written under $OUT (7; the
+# one fails or times out, so a call always returns what it got. Files written under $OUT (8; the
 # run tool returns at most 8):
 #   info.txt                 machine, versions, commit, then the phase table (the summary)
 #   build.log                pip install -v output
 #   tests.log                the CUDA tests (-k cuda), then the rest of the suite (-k 'not cuda')
 #   bench.log                fastnn bench's progress lines
 #   bench/results.md, bench/results.json, bench/ratios.png
+#   gemm_tiles.md            the GEMM tile-shape sweep (benchmarks/gpu/gemm_tiles.cu), compiled
+#                            beside the build and run last
 #
 # Environment:
 #   COMMIT=<sha>             the commit being measured (the tree arrives without .git); else the
@@ -109,6 +111,12 @@ else
   arch=$(timeout 30 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')
   arch_flag=()
   [[ "$arch" =~ ^[0-9]+$ ]] && arch_flag=("--config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=$arch")
+  # The GEMM tile sweep (benchmarks/gpu/gemm_tiles.cu, one nvcc process) compiles beside the build
+  if [[ "$arch" =~ ^[0-9]+$ ]]; then
+    (timeout 280 nvcc -std=c++17 -O3 -arch=sm_$arch -Icsrc benchmarks/gpu/gemm_tiles.cu -o "$ROOT/build-gemm-tiles" \
+      >"$OUT/gemm_tiles.md" 2>&1 || echo "gemm_tiles: nvcc failed or timed out" >>"$OUT/gemm_tiles.md") &
+    tiles_pid=$!
+  fi
   # FASTNN_CUDA=ON: a build that silently left CUDA out would fail here, not in the tests
   phase build "$(cap 300 200)" "$OUT/build.log" "$ROOT" \
     env FASTNN_CUDA="${FASTNN_VISIT_CUDA:-ON}" "$PY" -m pip install --no-build-isolation --no-deps -v "${arch_flag[@]}" . && built=1
@@ -116,6 +124,10 @@ fi
 if [ $built = 1 ]; then
   (cd tests && timeout 60 "$PY" -c 'import fastnn, sys; i = fastnn.build_info(); print("fastnn build_info:", i);
 sys.exit(0 if i["cuda_available"] else 1)') >>"$INFO" 2>&1 || { echo "fastnn has no usable CUDA device" | tee -a "$INFO"; }
+  # which C++ runtime the test processes load (the first visit's tests crashed in libstdc++ code)
+  (cd tests && timeout 60 "$PY" -c 'import torch, sklearn, numpy, fastnn
+libs = sorted({l.split()[-1] for l in open("/proc/self/maps") if "libstdc++" in l or "libgcc_s" in l})
+print("C++ runtime loaded next to torch:", ", ".join(libs) or "none")') >>"$INFO" 2>&1
 fi
 tail -n 1 "$INFO"
 
@@ -124,10 +136,14 @@ tail -n 1 "$INFO"
 if [ $built = 1 ]; then
   # The whole suite in two runs: the CUDA tests first, then the rest (-k 'not cuda'), so that the
   # tests a GPU adds are never cut short by the CPU ones, and none runs twice.
+  # With pytest-xdist (the GPU image has it), 4 worker processes: faster, and a test that crashes
+  # its process fails alone (the worker is replaced) instead of ending the phase.
+  xdist=()
+  "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 4)
   for t in "tests-cuda 150 200 cuda" "tests-rest 180 200 not cuda"; do
     read -r name want reserve kexpr <<<"$t"
     phase "$name" "$(cap "$want" "$reserve")" "$OUT/tests.log" "$ROOT/tests" \
-      "$PY" -m pytest -q --maxfail=25 -p no:cacheprovider -k "$kexpr" .
+      "$PY" -m pytest -q --maxfail=25 -p no:cacheprovider "${xdist[@]}" -k "$kexpr" .
     [ $? -ne 99 ] && PHASES+=("             pytest: $(grep -E 'passed|failed|error|%\]' "$OUT/tests.log" | tail -n 1 | cut -c1-100)")
   done
 else
@@ -144,6 +160,16 @@ if [ $built = 1 ]; then
     --time-limit $((bcap > 120 ? bcap - 60 : bcap / 2)) ${FASTNN_VISIT_BENCH_ARGS:-}
 else
   PHASES+=("bench        skipped: no build")
+fi
+
+# -- GEMM tile sweep ---------------------------------------------------------------------------------
+if [ -n "${tiles_pid:-}" ]; then
+  wait "$tiles_pid"
+  if [ -x "$ROOT/build-gemm-tiles" ]; then
+    phase gemm-tiles "$(cap 90 5)" "$OUT/gemm_tiles.md" "$ROOT" "$ROOT/build-gemm-tiles"
+  else
+    PHASES+=("gemm-tiles   not built (see gemm_tiles.md)")
+  fi
 fi
 
 # -- summary ---------------------------------------------------------------------------------------
@@ -168,6 +194,10 @@ fi
 if [ -f "$OUT/bench/results.md" ]; then
   echo "======== bench/results.md"
   cat "$OUT/bench/results.md"
+fi
+if [ -f "$OUT/gemm_tiles.md" ]; then
+  echo "======== gemm_tiles.md"
+  grep -E '^\||gemm_tiles' "$OUT/gemm_tiles.md"
 fi
 sed -n '/^======== summary/,$p' "$INFO"
 echo "files in $OUT:"

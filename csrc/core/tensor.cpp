@@ -2,7 +2,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <sstream>
 
 #include "core/dispatch.h"
 
@@ -14,12 +13,10 @@ DebugStats& debug_stats() {
 }
 
 std::string shape_str(const Shape& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
-  if (shape.size() == 1) os << ",";
-  os << ")";
-  return os.str();
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += detail::concat(i ? ", " : "", shape[i]);
+  if (shape.size() == 1) s += ",";
+  return s + ")";
 }
 
 int64_t shape_numel(const Shape& shape) {

@@ -58,8 +58,16 @@ Tensor total_weight(const CrossEntropyParams<T, I>& p, Device device) {
 
 template <class T, class I>
 void launch_rows(const CrossEntropyParams<T, I>& p) {
-  cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I>,
-                  dim3(static_cast<unsigned>(ceil_div(p.rows, kRowsPerBlock))), kThreads, 0, p);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.rows, kRowsPerBlock)));
+  // registers per lane for the row: 1 (MNIST's 10 classes), 8 or 32; wider rows stream
+  if (p.classes <= 32)
+    cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, 1>, grid, kThreads, 0, p);
+  else if (p.classes <= 32 * 8)
+    cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, 8>, grid, kThreads, 0, p);
+  else if (p.classes <= 32 * 32)
+    cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, 32>, grid, kThreads, 0, p);
+  else
+    cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, 0>, grid, kThreads, 0, p);
 }
 
 template <class T>

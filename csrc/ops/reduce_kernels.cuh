@@ -122,9 +122,11 @@ struct ColumnGrid {
 };
 
 // Below kMinChunkRows rows a column block reduces all rows itself (and the op can finish in the
-// same launch); above, rows are split into chunks until there are about kTargetBlocks blocks.
+// same launch); above, rows are split into chunks until there are about kTargetBlocks blocks:
+// enough to keep eight 256-thread blocks on each of an H100/H200's 132 SMs (256 left the
+// BatchNorm of an 8192 x 4096 batch at two blocks per SM, latency-bound).
 constexpr int64_t kMinChunkRows = 512;
-constexpr int64_t kTargetBlocks = 256;
+constexpr int64_t kTargetBlocks = 1024;
 constexpr int64_t kMaxGridY = 65535;
 
 inline ColumnGrid column_grid(int64_t rows, int64_t cols) {
