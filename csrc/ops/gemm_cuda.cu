@@ -87,7 +87,13 @@ constexpr int64_t kTilesPerWave = 128;
 constexpr int64_t kSplitTargetBlocks = 256;
 constexpr int64_t kMinSplitChunk = 64;
 
-int64_t tiles(int64_t m, int64_t n, int64_t tile) { return ((m + tile - 1) / tile) * ((n + tile - 1) / tile); }
+// 128 x 64 tiles from this many on (the MLP's 1024 x 784 layers make 104 of them).
+constexpr int64_t kWideTiles = 96;
+
+int64_t tiles(int64_t m, int64_t n, int64_t tile_m, int64_t tile_n) {
+  return ((m + tile_m - 1) / tile_m) * ((n + tile_n - 1) / tile_n);
+}
+int64_t tiles(int64_t m, int64_t n, int64_t tile) { return tiles(m, n, tile, tile); }
 
 int64_t split_k_for(int64_t m, int64_t n, int64_t k) {
   const int64_t medium_tiles = tiles(m, n, 64);
@@ -103,6 +109,7 @@ void launch_gemm(const GemmProblem<T>& p) {
   if (p.m <= 0 || p.n <= 0) return;
   if constexpr (sizeof(T) == sizeof(float)) {
     if (tiles(p.m, p.n, 128) >= kTilesPerWave) launch_config<ConfigF32Large>(p, "gemm_f32_128x128");
+    else if (tiles(p.m, p.n, 128, 64) >= kWideTiles) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
     else if (tiles(p.m, p.n, 64) >= kTilesPerWave) launch_config<ConfigF32Medium>(p, "gemm_f32_64x64");
     else if (const int64_t splits = split_k_for(p.m, p.n, p.k); splits >= 2)
       launch_config<ConfigF32Medium>(p, "gemm_f32_64x64_split_k", splits);

@@ -59,6 +59,10 @@ struct TileConfig {
 // float32, large problems: 128 x 128 tiles, 8 x 8 per thread (64 FMAs per 16 shared loads); at most
 // 128 registers, so two blocks (16 warps) share an SM.
 using ConfigF32Large = TileConfig<float, 128, 128, 8, 8, 8, 2>;
+// float32, about one wave of 128 x 64 tiles (an MLP layer at batch 1024: 104-128 of them): 8 x 4 per
+// thread, 16-deep slabs. On an H200 it ran 1.01-1.07x the 64 x 64 tile at those shapes, where
+// 128 x 128 tiles (56-64 of them) ran 0.58-0.66x (benchmarks/results/2026-11-26-h200-7de1a8a).
+using ConfigF32Wide = TileConfig<float, 128, 64, 16, 8, 4, 2>;
 // float32, problems of fewer than ~one wave of large tiles: 64 x 64, 4 x 4 per thread.
 using ConfigF32Medium = TileConfig<float, 64, 64, 16, 4, 4, 1>;
 // float32, MLP layers at small batch (128 x 512 x 512 is 16 tiles of 64 x 64, a tenth of an H100):
