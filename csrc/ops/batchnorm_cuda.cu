@@ -1,6 +1,7 @@
 // Host side of the CUDA BatchNorm1d: picks one launch (few rows) or stats + finish + apply launches
 // (rows split into chunks), as described in batchnorm_kernels.cuh.
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/cuda_launch.h"
 #include "ops/batchnorm.h"
@@ -17,6 +18,26 @@ T* mutable_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr
 
 dim3 column_threads(int64_t cols) {
   return dim3(static_cast<unsigned>((cols + reduce::kReduceThreads - 1) / reduce::kReduceThreads));
+}
+
+// The apply passes may use 16-byte vectors: whole vectors per row, every base aligned.
+template <class T>
+bool vectorisable(int64_t cols, std::initializer_list<const void*> bases) {
+  if (cols % batchnorm_detail::kVecWidth<T> != 0) return false;
+  for (const void* b : bases)
+    if (!cuda_rt::aligned16(b)) return false;
+  return true;
+}
+
+template <class T>
+void launch_normalise(const batchnorm_detail::ForwardParams<T>& p, const reduce::ColumnGrid& g) {
+  using namespace batchnorm_detail;
+  if (vectorisable<T>(p.cols, {p.x, p.y})) {
+    const VecGrid v = vec_grid(p.rows, p.cols / kVecWidth<T>);
+    cuda_rt::launch("batchnorm_normalise_vec", normalise_vec_kernel<T>, v.grid(), v.block(), 0, p, v.rows_per_chunk);
+  } else {
+    cuda_rt::launch("batchnorm_normalise", normalise_kernel<T>, g.grid(), g.block(), 0, p);
+  }
 }
 
 }  // namespace
@@ -37,7 +58,7 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
     const dim3 threads(reduce::kReduceThreads);
     if (!training) {
       cuda_rt::launch("batchnorm_eval_stats", forward_eval_stats_kernel<T>, column_threads(cols), threads, 0, p);
-      if (rows > 0) cuda_rt::launch("batchnorm_normalise", normalise_kernel<T>, g.grid(), g.block(), 0, p);
+      if (rows > 0) launch_normalise(p, g);
       return;
     }
     Tensor partials;
@@ -49,7 +70,7 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
     if (g.chunks > 1) {
       cuda_rt::launch("batchnorm_forward_finish", forward_finish_kernel<T>, column_threads(cols), threads, 0,
                       p, g.chunks);
-      cuda_rt::launch("batchnorm_normalise", normalise_kernel<T>, g.grid(), g.block(), 0, p);
+      launch_normalise(p, g);
     }
   });
 }
@@ -90,7 +111,13 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
     if (g.chunks > 1) {
       cuda_rt::launch("batchnorm_backward_finish", backward_finish_kernel<T>, column_threads(cols), threads, 0,
                       p, g.chunks);
-      cuda_rt::launch("batchnorm_backward_dx", backward_dx_kernel<T>, g.grid(), g.block(), 0, p);
+      if (vectorisable<T>(cols, {p.x, p.dy, p.dx})) {
+        const VecGrid v = vec_grid(rows, cols / kVecWidth<T>);
+        cuda_rt::launch("batchnorm_backward_dx_vec", backward_dx_vec_kernel<T>, v.grid(), v.block(), 0, p,
+                        v.rows_per_chunk);
+      } else {
+        cuda_rt::launch("batchnorm_backward_dx", backward_dx_kernel<T>, g.grid(), g.block(), 0, p);
+      }
     }
   });
 }
