@@ -12,6 +12,9 @@ twice), so float32 sums differ from the CPU's, and from torch's, by a few float3
 running sum: 1e-5 relative to max|result|, growing like sqrt(k) for sums of k terms.
 """
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -771,3 +774,14 @@ def test_mlp_training_run_matches_torch_and_cpu(rng):
             assert_close(p, r, "float64", 1e-10, what=f"{device} param {i} vs torch")
     for i, (a, b) in enumerate(zip(results["cuda"][1], results["cpu"][1])):
         assert_close(a, b, "float64", 1e-11, what=f"param {i} cuda vs cpu")
+
+
+def test_gpu_visit_sanitizer_workload():
+    """benchmarks/gpu/sanitize_kernels.py, which a GPU visit runs under compute-sanitizer, passes
+    its own checks here, so the visit never finds it broken."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "sanitize_kernels.py"
+    if not script.exists():
+        pytest.skip("benchmarks/ is not beside tests/")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "checks passed" in done.stdout

@@ -12,7 +12,9 @@
 #   bench.log                fastnn bench's progress lines
 #   bench/results.md, bench/results.json, bench/ratios.png
 #   gemm_tiles.md            the GEMM tile-shape sweep (benchmarks/gpu/gemm_tiles.cu), compiled
-#                            beside the build and run last
+#                            beside the build and run after the bench
+#   (tests.log also takes compute-sanitizer's memcheck and racecheck runs of
+#    benchmarks/gpu/sanitize_kernels.py, last)
 #
 # Environment:
 #   COMMIT=<sha>             the commit being measured (the tree arrives without .git); else the
@@ -155,7 +157,7 @@ fi
 
 # -- benchmarks ------------------------------------------------------------------------------------
 if [ $built = 1 ]; then
-  bcap=$(cap 100000 15)
+  bcap=$(cap 100000 120)  # 120 s stay for the tile sweep and compute-sanitizer
   # --time-limit (counted from after torch's import and CUDA start-up, ~15 s) stops the suite
   # starting rows in time to write its chart before the cap
   # shellcheck disable=SC2086
@@ -175,6 +177,23 @@ if [ -n "${tiles_pid:-}" ]; then
   fi
 fi
 
+# -- compute-sanitizer ---------------------------------------------------------------------------------
+# benchmarks/gpu/sanitize_kernels.py runs every kernel family once (no torch) under memcheck
+# (out-of-bounds, misaligned) and racecheck (shared-memory races); its log goes to tests.log (the
+# run tool returns 8 files). A DRY rehearsal runs the script alone.
+if [ $built = 1 ]; then
+  SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+  if [ "$DRY" = 1 ] || [ -z "$SANITIZER" ]; then
+    phase sanitize "$(cap 60 5)" "$OUT/tests.log" "$ROOT/tests" "$PY" "$ROOT/benchmarks/gpu/sanitize_kernels.py"
+    [ "$DRY" = 1 ] || PHASES+=("             (compute-sanitizer not found: the script ran alone)")
+  else
+    for tool in memcheck racecheck; do
+      phase "$tool" "$(cap 90 5)" "$OUT/tests.log" "$ROOT/tests" \
+        "$SANITIZER" --tool "$tool" --error-exitcode 1 "$PY" "$ROOT/benchmarks/gpu/sanitize_kernels.py"
+    done
+  fi
+fi
+
 # -- summary ---------------------------------------------------------------------------------------
 {
   echo
@@ -185,7 +204,8 @@ fi
   fi
   if [ -f "$OUT/tests.log" ]; then
     echo "-- tests.log: failures, errors and closing lines"
-    grep -E '^(FAILED|ERROR)|^E  | (FAILED|ERROR) |[0-9]+ (passed|failed)|^== tests' "$OUT/tests.log" | tail -n 14 | cut -c1-220
+    grep -E '^(FAILED|ERROR)|^E  | (FAILED|ERROR) |[0-9]+ (passed|failed)|^== (tests|sanitize|memcheck|racecheck)|sanitize_kernels|ERROR SUMMARY' \
+      "$OUT/tests.log" | tail -n 18 | cut -c1-220
   fi
   if [ -f "$OUT/bench.log" ]; then
     echo "-- bench.log: start, errors, skipped rows, end (the table is in bench/results.md)"
