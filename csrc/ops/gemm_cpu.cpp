@@ -261,9 +261,13 @@ void gemm(const GemmProblem<T>& p) {
   // micro-panels use the rest of those lines if kc of them still fit in L1 beside the B stream
   // (kc = 256 floats: +2-7% on dW at batch 1024).
   if (p.trans_a) plan.kc = 1024 / sizeof(T);
-  // Columns per B block: a packed kc x nc block (1 MB) is streamed from L2 once per micro-panel
-  // of A. Block sizes between 256 and 1024 columns measured within noise.
-  plan.nc = 2048 / sizeof(T);
+  // Columns per B block: a packed kc x nc block is streamed from L2 once per micro-panel of A, so
+  // it must stay in L2 (1 MB per core on Zen 4 and 5) beside A's panels. 256 floats (512 KB at
+  // kc = 512) against 512 (1 MB) on Zen 5, where the FMAs are twice as wide as on the Zen 4 that
+  // measured no difference: +3-8% at K = 1024 (128x1024->1024 forward 403-411 -> 436-444 GFLOP/s,
+  // 1024^3 +3-4%), equal at K = 784 (a 784 KB block); the lecture step 2.5% faster at batch 128
+  // and 1024 (4 alternating rounds).
+  plan.nc = 1024 / sizeof(T);
 
   // Each thread owns a slice of C; split the columns unless C is too narrow to give every thread
   // whole vectors while it has rows to spare.
