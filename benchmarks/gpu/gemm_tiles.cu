@@ -5,9 +5,15 @@
 //
 //   nvcc -std=c++17 -O3 -arch=sm_90 -Icsrc benchmarks/gpu/gemm_tiles.cu -o gemm_tiles && ./gemm_tiles
 //
-// Every configuration sums each element of C over k = 0, 1, ... in order, so all of them must give
-// the same bits as the production choice: the sweep checks that (a configuration that differs
-// is a bug, not a rounding difference) and that no element of C was left unwritten.
+// Every unsplit configuration sums each element of C over k = 0, 1, ... in order, so all of them
+// must give the same bits as the production choice: the sweep checks that (a configuration that
+// differs is a bug, not a rounding difference) and that no element of C was left unwritten.
+// Split-K candidates (K in 2 or 4 chunks, then gemm_split_k_reduce) add the chunks' sums, so
+// their rounding differs: they are checked by their largest error relative to max |C|.
+//
+// First run (H200, 2026-11-26, benchmarks/results/2026-11-26-h200-7de1a8a/gemm_tiles.md): at the
+// batch-1024 shapes 128x64x16 beat 64x64x16 by 1-7% and became production; 128x128x16 and
+// 64x64 with 8x8 per thread lost everywhere and were dropped from the sweep.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -32,13 +38,12 @@ namespace {
     }                                                                                \
   } while (0)
 
-// The candidates. Production (gemm_cuda.cu): Large for >= 128 tiles of 128 x 128, else Medium.
+// The candidates. Production (gemm_cuda.cu): Large for >= 128 tiles of 128 x 128, else Wide for
+// >= 96 tiles of 128 x 64, else Medium (or Medium with split K for few tiles and a long K).
 using L8 = ConfigF32Large;                              // 128 x 128 x 8, 8 x 8, 2 blocks/SM
-using L16 = TileConfig<float, 128, 128, 16, 8, 8, 1>;   // a deeper slab: half the barriers (2 blocks/SM spill)
-using W16 = TileConfig<float, 128, 64, 16, 8, 4, 2>;    // 128 x 64: twice the tiles of Large
+using W16 = ConfigF32Wide;                              // 128 x 64 x 16, 8 x 4
 using T16 = TileConfig<float, 64, 128, 16, 4, 8, 2>;    // 64 x 128
 using M16 = ConfigF32Medium;                            // 64 x 64 x 16, 4 x 4
-using M8x8 = TileConfig<float, 64, 64, 16, 8, 8, 4>;    // 64 x 64 with 8 x 8 per thread: 64 threads
 
 struct GemmShape {
   const char* name;
@@ -46,31 +51,44 @@ struct GemmShape {
   bool ta, tb;
 };
 
-template <class Cfg>
-void launch(const GemmProblem<float>& p, cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>((p.m + Cfg::BM - 1) / Cfg::BM), static_cast<unsigned>((p.n + Cfg::BN - 1) / Cfg::BN));
+// SPLITS > 1: K in SPLITS chunks into `workspace` (SPLITS x m x n), then the ordered reduction.
+template <class Cfg, int SPLITS>
+void launch(const GemmProblem<float>& p, float* workspace) {
+  int64_t k_chunk = 0, splits = 1;
+  if constexpr (SPLITS > 1) {
+    k_chunk = ((p.k + SPLITS - 1) / SPLITS + Cfg::BK - 1) / Cfg::BK * Cfg::BK;
+    splits = (p.k + k_chunk - 1) / k_chunk;
+  }
+  const dim3 grid(static_cast<unsigned>((p.m + Cfg::BM - 1) / Cfg::BM), static_cast<unsigned>((p.n + Cfg::BN - 1) / Cfg::BN),
+                  static_cast<unsigned>(splits));
+  constexpr bool kSplit = SPLITS > 1;
+  float* part = kSplit ? workspace : nullptr;
   const int variant = (p.trans_a ? 2 : 0) + (p.trans_b ? 1 : 0);
   const bool vec = true, c_vec = true;
   switch (variant) {
-    case 0: gemm_kernel<Cfg, false, false, false><<<grid, Cfg::kThreads, 0, s>>>(p, vec, c_vec, 0, nullptr); break;
-    case 1: gemm_kernel<Cfg, false, true, false><<<grid, Cfg::kThreads, 0, s>>>(p, vec, c_vec, 0, nullptr); break;
-    case 2: gemm_kernel<Cfg, true, false, false><<<grid, Cfg::kThreads, 0, s>>>(p, vec, c_vec, 0, nullptr); break;
-    default: gemm_kernel<Cfg, true, true, false><<<grid, Cfg::kThreads, 0, s>>>(p, vec, c_vec, 0, nullptr); break;
+    case 0: gemm_kernel<Cfg, false, false, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
+    case 1: gemm_kernel<Cfg, false, true, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
+    case 2: gemm_kernel<Cfg, true, false, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
+    default: gemm_kernel<Cfg, true, true, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
   }
   CHECK(cudaGetLastError());
+  if constexpr (kSplit) {
+    gemm_split_k_reduce<float><<<cuda_rt::grid_for(p.m * p.n, 256), 256>>>(p, workspace, splits);
+    CHECK(cudaGetLastError());
+  }
 }
 
 // Median microseconds per launch over `reps` timed groups of `inner` back-to-back launches.
-template <class Cfg>
-double time_us(const GemmProblem<float>& p, int reps, int inner) {
+template <class Cfg, int SPLITS>
+double time_us(const GemmProblem<float>& p, float* workspace, int reps, int inner) {
   cudaEvent_t start, stop;
   CHECK(cudaEventCreate(&start));
   CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < 3; ++i) launch<Cfg>(p, nullptr);
+  for (int i = 0; i < 3; ++i) launch<Cfg, SPLITS>(p, workspace);
   std::vector<double> t;
   for (int r = 0; r < reps; ++r) {
     CHECK(cudaEventRecord(start));
-    for (int i = 0; i < inner; ++i) launch<Cfg>(p, nullptr);
+    for (int i = 0; i < inner; ++i) launch<Cfg, SPLITS>(p, workspace);
     CHECK(cudaEventRecord(stop));
     CHECK(cudaEventSynchronize(stop));
     float ms = 0;
@@ -84,26 +102,40 @@ double time_us(const GemmProblem<float>& p, int reps, int inner) {
 }
 
 struct Buffers {
-  float *a, *b, *c;
+  float *a, *b, *c, *workspace;  // workspace: 4 x m x n, for split K
   int64_t c_elems;
 };
 
-// Runs Cfg once on C poisoned with NaN and compares with `ref` bit for bit; then times it.
-template <class Cfg>
+// Runs the candidate once on C poisoned with NaN and checks it against `ref` (bit for bit unless K
+// is split); then times it.
+template <class Cfg, int SPLITS = 1>
 void candidate(const char* name, const GemmShape& s, const GemmProblem<float>& p, const Buffers& buf,
                const std::vector<float>& ref, double reference_us) {
   CHECK(cudaMemset(buf.c, 0xff, buf.c_elems * sizeof(float)));  // NaN everywhere
-  launch<Cfg>(p, nullptr);
+  launch<Cfg, SPLITS>(p, buf.workspace);
   CHECK(cudaDeviceSynchronize());
   std::vector<float> out(buf.c_elems);
   CHECK(cudaMemcpy(out.data(), buf.c, out.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  const bool same = std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) == 0;
+  char verdict[64];
+  if (SPLITS == 1) {
+    const bool same = std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) == 0;
+    std::snprintf(verdict, sizeof(verdict), "%s", same ? "same bits" : "DIFFERENT BITS");
+  } else {
+    double err = 0, scale = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      const double d = std::fabs(static_cast<double>(out[i]) - ref[i]);
+      err = std::isnan(d) || d > err ? (std::isnan(d) ? INFINITY : d) : err;
+      scale = std::max(scale, std::fabs(static_cast<double>(ref[i])));
+    }
+    std::snprintf(verdict, sizeof(verdict), "split K: max err %.1e of max |C|%s", err / scale,
+                  err / scale < 1e-5 ? "" : " TOO LARGE");
+  }
   const int inner = s.m * s.n * s.k > (int64_t{1} << 32) ? 5 : 50;
-  const double us = time_us<Cfg>(p, 15, inner);
+  const double us = time_us<Cfg, SPLITS>(p, buf.workspace, 15, inner);
   const double tflops = 2.0 * s.m * s.n * s.k / us * 1e-6;
-  std::printf("| %-26s | %-22s | %5lld | %9.1f | %7.1f | %6.2fx | %s |\n", s.name, name,
-              static_cast<long long>(((s.m + Cfg::BM - 1) / Cfg::BM) * ((s.n + Cfg::BN - 1) / Cfg::BN)), us,
-              tflops, reference_us / us, same ? "same bits" : "DIFFERENT BITS");
+  std::printf("| %-26s | %-24s | %5lld | %9.1f | %7.1f | %6.2fx | %s |\n", s.name, name,
+              static_cast<long long>(((s.m + Cfg::BM - 1) / Cfg::BM) * ((s.n + Cfg::BN - 1) / Cfg::BN) * SPLITS),
+              us, tflops, reference_us / us, verdict);
 }
 
 }  // namespace
@@ -123,7 +155,7 @@ int main() {
   CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("gemm_tiles on %s (%d SMs); float32, FP32 FMAs (no tensor cores); median of 15 event-timed groups\n\n",
               prop.name, prop.multiProcessorCount);
-  std::printf("| shape | config | tiles | us | TFLOP/s | vs production | bits |\n|---|---|---|---|---|---|---|\n");
+  std::printf("| shape | config | blocks | us | TFLOP/s | vs production | check |\n|---|---|---|---|---|---|---|\n");
   std::mt19937 gen(1234);
   std::normal_distribution<float> normal;
   for (const GemmShape& s : shapes) {
@@ -136,6 +168,7 @@ int main() {
     CHECK(cudaMalloc(&buf.a, a_elems * sizeof(float)));
     CHECK(cudaMalloc(&buf.b, b_elems * sizeof(float)));
     CHECK(cudaMalloc(&buf.c, buf.c_elems * sizeof(float)));
+    CHECK(cudaMalloc(&buf.workspace, 4 * buf.c_elems * sizeof(float)));
     CHECK(cudaMemcpy(buf.a, ha.data(), a_elems * sizeof(float), cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(buf.b, hb.data(), b_elems * sizeof(float), cudaMemcpyHostToDevice));
     GemmProblem<float> p;
@@ -143,27 +176,40 @@ int main() {
     p.a = buf.a, p.lda = s.ta ? s.m : s.k;
     p.b = buf.b, p.ldb = s.tb ? s.k : s.n;
     p.c = buf.c, p.ldc = s.n;
-    // the production choice is the reference for bits and time
+    // the production choice (gemm_cuda.cu's launch_gemm, above split K) is the reference
     const bool large = ((s.m + 127) / 128) * ((s.n + 127) / 128) >= 128;
+    const bool wide = !large && ((s.m + 127) / 128) * ((s.n + 63) / 64) >= 96;
+    auto run_production = [&] {
+      if (large) launch<L8, 1>(p, buf.workspace);
+      else if (wide) launch<W16, 1>(p, buf.workspace);
+      else launch<M16, 1>(p, buf.workspace);
+    };
     std::vector<float> ref(buf.c_elems);
     CHECK(cudaMemset(buf.c, 0xff, buf.c_elems * sizeof(float)));
-    if (large) launch<L8>(p, nullptr); else launch<M16>(p, nullptr);
+    run_production();
     CHECK(cudaDeviceSynchronize());
     CHECK(cudaMemcpy(ref.data(), buf.c, ref.size() * sizeof(float), cudaMemcpyDeviceToHost));
     int64_t unwritten = 0;
     for (float v : ref) unwritten += std::isnan(v);
     if (unwritten) std::printf("| %s | production | | | | | %lld elements unwritten |\n", s.name, static_cast<long long>(unwritten));
     const int inner = s.m * s.n * s.k > (int64_t{1} << 32) ? 5 : 50;
-    const double ref_us = large ? time_us<L8>(p, 15, inner) : time_us<M16>(p, 15, inner);
+    const double ref_us = large ? time_us<L8, 1>(p, buf.workspace, 15, inner)
+                          : wide ? time_us<W16, 1>(p, buf.workspace, 15, inner)
+                                 : time_us<M16, 1>(p, buf.workspace, 15, inner);
     candidate<L8>("128x128x8 8x8 (Large)", s, p, buf, ref, ref_us);
-    candidate<L16>("128x128x16 8x8", s, p, buf, ref, ref_us);
-    candidate<W16>("128x64x16 8x4", s, p, buf, ref, ref_us);
+    candidate<W16>("128x64x16 8x4 (Wide)", s, p, buf, ref, ref_us);
     candidate<T16>("64x128x16 4x8", s, p, buf, ref, ref_us);
     candidate<M16>("64x64x16 4x4 (Medium)", s, p, buf, ref, ref_us);
-    candidate<M8x8>("64x64x16 8x8, 64 thr", s, p, buf, ref, ref_us);
+    if (!large) {  // one wave of tiles or less: split K fills the SMs twice or four times over
+      candidate<L8, 2>("128x128x8, K in 2", s, p, buf, ref, ref_us);
+      candidate<L8, 4>("128x128x8, K in 4", s, p, buf, ref, ref_us);
+      candidate<W16, 2>("128x64x16, K in 2", s, p, buf, ref, ref_us);
+      candidate<M16, 2>("64x64x16, K in 2", s, p, buf, ref, ref_us);
+    }
     CHECK(cudaFree(buf.a));
     CHECK(cudaFree(buf.b));
     CHECK(cudaFree(buf.c));
+    CHECK(cudaFree(buf.workspace));
   }
   return 0;
 }
