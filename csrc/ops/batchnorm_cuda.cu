@@ -33,7 +33,7 @@ template <class T>
 void launch_normalise(const batchnorm_detail::ForwardParams<T>& p, const reduce::ColumnGrid& g) {
   using namespace batchnorm_detail;
   if (vectorisable<T>(p.cols, {p.x, p.y})) {
-    const VecGrid v = vec_grid(p.rows, p.cols / kVecWidth<T>);
+    const reduce::ColumnGrid v = vec_grid(p.rows, p.cols / kVecWidth<T>);
     cuda_rt::launch("batchnorm_normalise_vec", normalise_vec_kernel<T>, v.grid(), v.block(), 0, p, v.rows_per_chunk);
   } else {
     cuda_rt::launch("batchnorm_normalise", normalise_kernel<T>, g.grid(), g.block(), 0, p);
@@ -112,7 +112,7 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
       cuda_rt::launch("batchnorm_backward_finish", backward_finish_kernel<T>, column_threads(cols), threads, 0,
                       p, g.chunks);
       if (vectorisable<T>(cols, {p.x, p.dy, p.dx})) {
-        const VecGrid v = vec_grid(rows, cols / kVecWidth<T>);
+        const reduce::ColumnGrid v = vec_grid(rows, cols / kVecWidth<T>);
         cuda_rt::launch("batchnorm_backward_dx_vec", backward_dx_vec_kernel<T>, v.grid(), v.block(), 0, p,
                         v.rows_per_chunk);
       } else {

@@ -394,130 +394,98 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_eval_finish_k
 // elementwise with per-column constants. When the columns come in whole 16-byte vectors (C a
 // multiple of 4 floats / 2 doubles, aligned bases) a thread owns one vector of columns and walks
 // rows with float4 / double2 loads and stores: a quarter of the memory instructions of the scalar
-// loops, whole 16-byte runs per lane. Their own geometry (VecGrid) only needs enough blocks;
+// loops, whole 16-byte runs per lane. Their own geometry (vec_grid) only needs enough blocks;
 // nothing is reduced, so results are bitwise those of the scalar loops.
 
 template <class T>
 constexpr int kVecWidth = cuda_rt::Vec16<T>::width;
 constexpr int kVecUnroll = 4;  // vectors in flight per thread
 
-struct VecGrid {
-  int cx = 32;                 // column vectors per block row
-  int64_t col_blocks = 0, chunks = 1, rows_per_chunk = 0;
-  dim3 block() const { return dim3(static_cast<unsigned>(cx), static_cast<unsigned>(reduce::kReduceThreads / cx)); }
-  dim3 grid() const { return dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(chunks)); }
-};
-
-// About kVecTargetBlocks blocks, each thread at least kVecUnroll rows.
+// Row chunks of at least kVecChunkRows rows, about kVecTargetBlocks blocks: nothing is reduced,
+// so the chunks only need to fill the GPU.
+constexpr int64_t kVecChunkRows = 128;
 constexpr int64_t kVecTargetBlocks = 2048;
 
-inline VecGrid vec_grid(int64_t rows, int64_t vec_cols) {
-  VecGrid g;
-  g.cx = 1;
-  while (g.cx < 32 && g.cx < vec_cols) g.cx *= 2;
-  g.col_blocks = (vec_cols + g.cx - 1) / g.cx;
-  const int64_t block_rows = reduce::kReduceThreads / g.cx;
-  const int64_t by_rows = (rows + block_rows * kVecUnroll - 1) / (block_rows * kVecUnroll);
-  const int64_t by_blocks = (kVecTargetBlocks + g.col_blocks - 1) / g.col_blocks;
-  g.chunks = by_rows < by_blocks ? by_rows : by_blocks;
-  if (g.chunks > reduce::kMaxGridY) g.chunks = reduce::kMaxGridY;
-  if (g.chunks < 1) g.chunks = 1;
-  g.rows_per_chunk = (rows + g.chunks - 1) / g.chunks;
-  return g;
+inline reduce::ColumnGrid vec_grid(int64_t rows, int64_t vec_cols) {
+  return reduce::column_grid(rows, vec_cols, kVecChunkRows, kVecTargetBlocks);
 }
 
-// The vector of columns and the rows of this thread in a VecGrid launch.
-struct VecSlice {
-  int64_t col, r_begin, r_end;
-  int step;
-};
-
-template <class T>
-__device__ __forceinline__ VecSlice vec_slice(int64_t rows, int64_t rows_per_chunk) {
-  VecSlice s;
-  s.col = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kVecWidth<T>;
+// The thread's vector of columns (the first column of it; none past `cols`) and its rows, in a
+// vec_grid launch: out[r][col..] = f(u, &in_x[r][col..], &in_g[r][col..]) element u by element,
+// kVecUnroll rows' vectors loaded before any is stored (out may alias an input). in_g: null for
+// one input.
+template <class T, class F>
+__device__ __forceinline__ void vec_rows(int64_t rows, int64_t cols, int64_t rows_per_chunk, int64_t col,
+                                         const T* in_x, const T* in_g, T* out, F f) {
+  using V = typename cuda_rt::Vec16<T>::type;
+  constexpr int VW = kVecWidth<T>;
   const int64_t chunk_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
-  s.r_begin = chunk_begin + threadIdx.y;
-  s.r_end = chunk_begin + rows_per_chunk < rows ? chunk_begin + rows_per_chunk : rows;
-  s.step = static_cast<int>(blockDim.y);
-  return s;
+  const int64_t r_end = chunk_begin + rows_per_chunk < rows ? chunk_begin + rows_per_chunk : rows;
+  const int step = static_cast<int>(blockDim.y);
+  const int64_t stride = step * cols;
+  for (int64_t r0 = chunk_begin + threadIdx.y; r0 < r_end; r0 += kVecUnroll * step) {
+    const int64_t at = r0 * cols + col;
+    V xs[kVecUnroll], gs[kVecUnroll];
+#pragma unroll
+    for (int u = 0; u < kVecUnroll; ++u)
+      if (r0 + static_cast<int64_t>(u) * step < r_end) {
+        xs[u] = *reinterpret_cast<const V*>(in_x + at + u * stride);
+        if (in_g) gs[u] = *reinterpret_cast<const V*>(in_g + at + u * stride);
+      }
+#pragma unroll
+    for (int u = 0; u < kVecUnroll; ++u) {
+      if (r0 + static_cast<int64_t>(u) * step >= r_end) continue;
+      T* xe = reinterpret_cast<T*>(&xs[u]);
+      const T* ge = reinterpret_cast<const T*>(&gs[u]);
+#pragma unroll
+      for (int v = 0; v < VW; ++v) xe[v] = f(v, xe[v], in_g ? ge[v] : T(0));
+      *reinterpret_cast<V*>(out + at + u * stride) = xs[u];
+    }
+  }
+}
+
+__device__ __forceinline__ int64_t vec_column(int width) {
+  return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * width;
 }
 
 // y = ((x - hi) - lo) * scale + shift, as normalise(), a vector of columns per thread.
 template <class T>
 __global__ void __launch_bounds__(reduce::kReduceThreads) normalise_vec_kernel(ForwardParams<T> p, int64_t rows_per_chunk) {
-  using V = typename cuda_rt::Vec16<T>::type;
   constexpr int VW = kVecWidth<T>;
-  const VecSlice s = vec_slice<T>(p.rows, rows_per_chunk);
-  if (s.col >= p.cols) return;  // no barrier in this kernel
+  const int64_t col = vec_column(VW);
+  if (col >= p.cols) return;  // no barrier in this kernel
   T hi[VW], lo[VW], scale[VW], shift[VW];
 #pragma unroll
   for (int v = 0; v < VW; ++v) {
-    const int64_t col = s.col + v;
-    split_hi_lo(p.save_mean[col], hi[v], lo[v]);
-    scale[v] = static_cast<T>(batchnorm_gain(p.save_invstd[col], p.weight, col));
-    shift[v] = batchnorm_shift(p.bias, col);
+    split_hi_lo(p.save_mean[col + v], hi[v], lo[v]);
+    scale[v] = static_cast<T>(batchnorm_gain(p.save_invstd[col + v], p.weight, col + v));
+    shift[v] = batchnorm_shift(p.bias, col + v);
   }
-  const int64_t stride = s.step * p.cols;
-  for (int64_t r0 = s.r_begin; r0 < s.r_end; r0 += kVecUnroll * s.step) {
-    const T* in = p.x + r0 * p.cols + s.col;
-    T* out = p.y + r0 * p.cols + s.col;
-    V xs[kVecUnroll];
-#pragma unroll
-    for (int u = 0; u < kVecUnroll; ++u)
-      if (r0 + static_cast<int64_t>(u) * s.step < s.r_end) xs[u] = *reinterpret_cast<const V*>(in + u * stride);
-#pragma unroll
-    for (int u = 0; u < kVecUnroll; ++u) {
-      if (r0 + static_cast<int64_t>(u) * s.step >= s.r_end) continue;
-      T* e = reinterpret_cast<T*>(&xs[u]);
-#pragma unroll
-      for (int v = 0; v < VW; ++v) e[v] = ((e[v] - hi[v]) - lo[v]) * scale[v] + shift[v];
-      *reinterpret_cast<V*>(out + u * stride) = xs[u];
-    }
-  }
+  vec_rows(p.rows, p.cols, rows_per_chunk, col, p.x, static_cast<const T*>(nullptr), p.y,
+           [&](int v, T x, T) { return ((x - hi[v]) - lo[v]) * scale[v] + shift[v]; });
 }
 
 // dx from the per-column coefficients (p.coefs), as write_dx(), a vector of columns per thread.
 template <class T>
 __global__ void __launch_bounds__(reduce::kReduceThreads) backward_dx_vec_kernel(BackwardParams<T> p, int64_t rows_per_chunk) {
-  using V = typename cuda_rt::Vec16<T>::type;
   constexpr int VW = kVecWidth<T>;
-  const VecSlice s = vec_slice<T>(p.rows, rows_per_chunk);
-  if (s.col >= p.cols) return;  // no barrier in this kernel
+  const int64_t col = vec_column(VW);
+  if (col >= p.cols) return;  // no barrier in this kernel
   double mean[VW], k_dy[VW], k_x[VW], k_0[VW];
   T hi[VW], lo[VW], f_dy[VW], f_x[VW], f_0[VW];
   bool exact[VW];  // the column's dx formed in double (write_dx)
 #pragma unroll
   for (int v = 0; v < VW; ++v) {
-    const double* c = p.coefs + (s.col + v) * kCoefs;
+    const double* c = p.coefs + (col + v) * kCoefs;
     mean[v] = c[0], k_dy[v] = c[1], k_x[v] = c[2], k_0[v] = c[3];
     exact[v] = c[4] != 0.0;
     split_hi_lo(mean[v], hi[v], lo[v]);
     f_dy[v] = static_cast<T>(k_dy[v]), f_x[v] = static_cast<T>(k_x[v]), f_0[v] = static_cast<T>(k_0[v]);
   }
-  const int64_t stride = s.step * p.cols;
-  for (int64_t r0 = s.r_begin; r0 < s.r_end; r0 += kVecUnroll * s.step) {
-    const int64_t at = r0 * p.cols + s.col;
-    V xs[kVecUnroll], gs[kVecUnroll];
-#pragma unroll
-    for (int u = 0; u < kVecUnroll; ++u)
-      if (r0 + static_cast<int64_t>(u) * s.step < s.r_end) {
-        xs[u] = *reinterpret_cast<const V*>(p.x + at + u * stride);
-        gs[u] = *reinterpret_cast<const V*>(p.dy + at + u * stride);
-      }
-#pragma unroll
-    for (int u = 0; u < kVecUnroll; ++u) {
-      if (r0 + static_cast<int64_t>(u) * s.step >= s.r_end) continue;
-      T* xe = reinterpret_cast<T*>(&xs[u]);
-      const T* ge = reinterpret_cast<const T*>(&gs[u]);
-#pragma unroll
-      for (int v = 0; v < VW; ++v)
-        xe[v] = exact[v]
-                    ? static_cast<T>(k_dy[v] * static_cast<double>(ge[v]) + k_x[v] * (static_cast<double>(xe[v]) - mean[v]) + k_0[v])
-                    : f_dy[v] * ge[v] + f_x[v] * ((xe[v] - hi[v]) - lo[v]) + f_0[v];
-      *reinterpret_cast<V*>(p.dx + at + u * stride) = xs[u];
-    }
-  }
+  vec_rows(p.rows, p.cols, rows_per_chunk, col, p.x, p.dy, p.dx, [&](int v, T x, T g) {
+    return exact[v] ? static_cast<T>(k_dy[v] * static_cast<double>(g) + k_x[v] * (static_cast<double>(x) - mean[v]) + k_0[v])
+                    : f_dy[v] * g + f_x[v] * ((x - hi[v]) - lo[v]) + f_0[v];
+  });
 }
 
 }  // namespace fastnn::cuda::batchnorm_detail

@@ -129,13 +129,16 @@ constexpr int64_t kMinChunkRows = 512;
 constexpr int64_t kTargetBlocks = 1024;
 constexpr int64_t kMaxGridY = 65535;
 
-inline ColumnGrid column_grid(int64_t rows, int64_t cols) {
+// cols: the columns a block row covers, one per thread (BatchNorm's vector passes give it the
+// count of 16-byte column vectors and their own row and block targets).
+inline ColumnGrid column_grid(int64_t rows, int64_t cols, int64_t min_chunk_rows = kMinChunkRows,
+                              int64_t target_blocks = kTargetBlocks) {
   ColumnGrid g;
   g.cx = 1;
   while (g.cx < 32 && g.cx < cols) g.cx *= 2;
   g.col_blocks = (cols + g.cx - 1) / g.cx;
-  const int64_t by_rows = (rows + kMinChunkRows - 1) / kMinChunkRows;
-  const int64_t by_blocks = (kTargetBlocks + g.col_blocks - 1) / g.col_blocks;
+  const int64_t by_rows = (rows + min_chunk_rows - 1) / min_chunk_rows;
+  const int64_t by_blocks = (target_blocks + g.col_blocks - 1) / g.col_blocks;
   g.chunks = by_rows < by_blocks ? by_rows : by_blocks;
   if (g.chunks > kMaxGridY) g.chunks = kMaxGridY;
   if (g.chunks < 1) g.chunks = 1;
