@@ -13,11 +13,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include "core/cpu_features.h"
+#include "core/simd_avx512.h"
 #include "core/parallel.h"
 #include "ops/batchnorm.h"
 
@@ -206,41 +204,11 @@ struct ForwardTrainStrip {
 };
 
 #if defined(__x86_64__)
-// The AVX-512 row kernels are written with intrinsics for the streaming stores (_mm512_stream_*:
-// no compiler emits them from a plain loop) and the row blocks. A streaming store writes a whole
+// The AVX-512 row kernels are written with intrinsics (core/simd_avx512.h) for the streaming stores
+// (no compiler emits them from a plain loop) and the row blocks. A streaming store writes a whole
 // 64-byte line without first reading it (an ordinary store's write-allocate does) and leaves the
 // caches to the inputs. Each must be 64-byte aligned: streamed outputs have aligned rows, and the
 // rest take ordinary stores.
-template <class T>
-struct Avx512;
-template <>
-struct Avx512<float> {
-  using V = __m512;
-  using M = __mmask16;
-  static constexpr int64_t kLanes = 16;
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V load(const float* p) { return _mm512_loadu_ps(p); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V load(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(float* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void stream(float* p, V v) { _mm512_stream_ps(p, v); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V sub(V a, V b) { return _mm512_sub_ps(a, b); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 M mask(int64_t n) { return static_cast<M>((1u << n) - 1); }
-};
-template <>
-struct Avx512<double> {
-  using V = __m512d;
-  using M = __mmask8;
-  static constexpr int64_t kLanes = 8;
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V load(const double* p) { return _mm512_loadu_pd(p); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V load(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(double* p, M m, V v) { _mm512_mask_storeu_pd(p, m, v); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void stream(double* p, V v) { _mm512_stream_pd(p, v); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V sub(V a, V b) { return _mm512_sub_pd(a, b); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 M mask(int64_t n) { return static_cast<M>((1u << n) - 1); }
-};
 
 // Streaming stores need 64-byte aligned vectors: every row's, so rows a whole number of lines.
 template <class T>
@@ -274,14 +242,14 @@ struct ForwardApplyRows {
   // Rows [r, r + R): each vector of coefficients serves R rows.
   template <int R>
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void rows_avx512(const Args& a, int64_t r, bool stream) {
-    using A = Avx512<T>;
+    using A = simd::Zmm<T>;
     const T* hi = a.coef;
     const T* scale = a.coef + a.cols;
     const T* shift = a.coef + 2 * a.cols;
     const T* x = a.x + r * a.cols;
     T* y = a.y + r * a.cols;
     int64_t c = 0;
-    for (; c + A::kLanes <= a.cols; c += A::kLanes) {
+    for (; c + A::W <= a.cols; c += A::W) {
       const auto h = A::load(hi + c), s = A::load(scale + c), b = A::load(shift + c);
 #pragma GCC unroll 8
       for (int rr = 0; rr < R; ++rr) {
@@ -291,7 +259,7 @@ struct ForwardApplyRows {
       }
     }
     if (c < a.cols) {
-      const auto m = A::mask(a.cols - c);
+      const auto m = A::first(static_cast<int>(a.cols - c));
       const auto h = A::load(m, hi + c), s = A::load(m, scale + c), b = A::load(m, shift + c);
       for (int rr = 0; rr < R; ++rr)
         A::store(y + rr * a.cols + c, m, A::fmadd(A::sub(A::load(m, x + rr * a.cols + c), h), s, b));
@@ -456,7 +424,7 @@ struct BackwardApplyRows {
   // cancels keep the double loop.
   template <int R>
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void rows_avx512(const Args& a, int64_t r, bool stream) {
-    using A = Avx512<T>;
+    using A = simd::Zmm<T>;
     constexpr bool kFloat = sizeof(T) < sizeof(double);
     const T *hi = a.coef, *f_dy = a.coef + a.cols, *f_x = a.coef + 2 * a.cols, *f_0 = a.coef + 3 * a.cols;
     const T* x = a.x + r * a.cols;
@@ -469,7 +437,7 @@ struct BackwardApplyRows {
         continue;
       }
       int64_t c = c0;
-      for (; c + A::kLanes <= end; c += A::kLanes) {
+      for (; c + A::W <= end; c += A::W) {
         const auto h = A::load(hi + c), k_dy = A::load(f_dy + c), k_x = A::load(f_x + c), k_0 = A::load(f_0 + c);
 #pragma GCC unroll 8
         for (int rr = 0; rr < R; ++rr) {
@@ -480,7 +448,7 @@ struct BackwardApplyRows {
         }
       }
       if (c < end) {
-        const auto m = A::mask(end - c);
+        const auto m = A::first(static_cast<int>(end - c));
         const auto h = A::load(m, hi + c), k_dy = A::load(m, f_dy + c), k_x = A::load(m, f_x + c),
                    k_0 = A::load(m, f_0 + c);
         for (int rr = 0; rr < R; ++rr) {

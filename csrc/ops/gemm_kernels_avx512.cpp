@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include "core/cpu_features.h"
+#include "core/simd_avx512.h"
 
 #include <algorithm>
 #include <array>
@@ -17,42 +18,7 @@
 namespace fastnn::cpu::gemm_detail {
 namespace {
 
-template <class T>
-struct Zmm;
-
-template <>
-struct Zmm<float> {
-  using reg = __m512;
-  using mask = __mmask16;
-  static constexpr int W = 16;
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg zero() { return _mm512_setzero_ps(); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg set1(float x) { return _mm512_set1_ps(x); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg load(const float* p) { return _mm512_loadu_ps(p); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(float* p, mask m, reg v) { _mm512_mask_storeu_ps(p, m, v); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
-  static constexpr mask first(int n) { return static_cast<mask>((1u << n) - 1u); }  // n in 1..16
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 float reduce(reg v) { return _mm512_reduce_add_ps(v); }
-};
-
-template <>
-struct Zmm<double> {
-  using reg = __m512d;
-  using mask = __mmask8;
-  static constexpr int W = 8;
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg zero() { return _mm512_setzero_pd(); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg set1(double x) { return _mm512_set1_pd(x); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg load(const double* p) { return _mm512_loadu_pd(p); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg load(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void store(double* p, mask m, reg v) { _mm512_mask_storeu_pd(p, m, v); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
-  static constexpr mask first(int n) { return static_cast<mask>((1u << n) - 1u); }  // n in 1..8
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 double reduce(reg v) { return _mm512_reduce_add_pd(v); }
-};
+using simd::Zmm;
 
 constexpr int kMR = 6;  // rows of the register tile
 constexpr int kNV = 4;  // zmm registers per row: NR = 4 * W columns
