@@ -480,6 +480,19 @@ def test_cross_entropy_matches_torch_and_cpu(n, classes, reduction, dtype, rng):
             assert_close(host(dx_num), 2.5 * rdx1, dtype, what="dlogits (dloss=2.5) " + what)
 
 
+def test_cross_entropy_many_rows_mean(dtype, rng):
+    # 20,000 rows: the "mean" denominator sums 5 blocks of labels and a finish launch adds them; the
+    # loss adds 2,500 per-block partials, enough for the finish's batched loads.
+    x, y, w = ce_inputs(rng, 20_000, 3, dtype)
+    y[::7] = -100
+    for weight in (None, w):
+        rloss, rdx = torch_cross_entropy(x, y, weight, "mean", -100, np.ones((), dtype))
+        loss, dx = _C.cross_entropy(cu(x), cu(y), cu(weight), "mean")
+        what = f"weighted={weight is not None}"
+        assert_close(host(loss), rloss, dtype, rtol_for(dtype, 20_000), what="loss " + what)
+        assert_close(host(dx), rdx, dtype, what="dlogits " + what)
+
+
 @pytest.mark.parametrize("classes", [70, 1025])  # a row held in registers; a row streamed
 def test_cross_entropy_in_place_and_ignored(classes, dtype, rng):
     x, y, w = ce_inputs(rng, 33, classes, dtype, ignore_index=5)

@@ -1,5 +1,6 @@
 // Host side of the CUDA losses: the launches of loss_kernels.cuh and their scratch buffers (per-block
 // partial sums, the "mean" denominator), allocated through the caching allocator.
+#include <algorithm>
 #include <cstdint>
 
 #include "core/cuda_launch.h"
@@ -47,12 +48,22 @@ void finish_loss(const Tensor& partials, int64_t blocks, bool mean, Tensor& loss
                   static_cast<const double*>(partials.data<double>()), blocks, mean, loss.data<T>());
 }
 
-// The "mean" denominator on the device, for launches that need it before the rows are summed.
+// The "mean" denominator on the device, for launches that need it before the rows are summed: one
+// launch for up to kElementsPerBlock rows (a training batch), else per-block sums and a finish.
 template <class T, class I>
 Tensor total_weight(const CrossEntropyParams<T, I>& p, Device device) {
+  const int64_t blocks = std::max<int64_t>(1, ceil_div(p.rows, kElementsPerBlock));
   Tensor denominator = Tensor::empty({}, DType::float64, device);
-  cuda_rt::launch("cross_entropy_total_weight", cross_entropy_total_weight_kernel<T, I>, dim3(1), kThreads, 0, p,
-                  denominator.data<double>());
+  if (blocks == 1) {
+    cuda_rt::launch("cross_entropy_total_weight", cross_entropy_total_weight_kernel<T, I>, dim3(1), kThreads, 0, p,
+                    denominator.data<double>());
+    return denominator;
+  }
+  Tensor sums = Tensor::empty({blocks}, DType::float64, device);
+  cuda_rt::launch("cross_entropy_total_weight", cross_entropy_total_weight_kernel<T, I>,
+                  dim3(static_cast<unsigned>(blocks)), kThreads, 0, p, sums.data<double>());
+  cuda_rt::launch("cross_entropy_total_weight_finish", total_weight_finish_kernel, dim3(1), kThreads, 0,
+                  static_cast<const double*>(sums.data<double>()), blocks, denominator.data<double>());
   return denominator;
 }
 

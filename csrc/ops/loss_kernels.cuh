@@ -175,18 +175,36 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) cross_entropy_rows_ker
   }
 }
 
-// The "mean" denominator, sum of w[y] over the rows not ignored, on one block: it depends on the
-// labels only, so the gradient launch can use it.
+// The "mean" denominator, sum of w[y] over the rows not ignored: it depends on the labels only, so
+// the gradient launch can use it. Block b sums the labels [b, b + 1) * kElementsPerBlock, every
+// thread's kItemsPerThread loads issued before any is used, into sums[b]; with more than one block,
+// total_weight_finish_kernel adds the blocks' sums in order. (One block walking all the labels had
+// one load in flight per thread at a time: at 33,554 rows that serial chain, not the logits, set
+// the pace of the fused loss on an H200.)
 template <class T, class I>
 __global__ void __launch_bounds__(reduce::kReduceThreads)
-    cross_entropy_total_weight_kernel(CrossEntropyParams<T, I> p, double* __restrict__ denominator) {
+    cross_entropy_total_weight_kernel(CrossEntropyParams<T, I> p, double* __restrict__ sums) {
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kElementsPerBlock;
+  int64_t y[kItemsPerThread];
+#pragma unroll
+  for (int k = 0; k < kItemsPerThread; ++k) {
+    const int64_t r = begin + k * reduce::kReduceThreads + threadIdx.x;
+    y[k] = r < p.rows ? static_cast<int64_t>(p.labels[r]) : p.ignore_index;
+  }
   double total[1] = {0.0};
-  for (int64_t r = threadIdx.x; r < p.rows; r += reduce::kReduceThreads) {
-    const int64_t y = static_cast<int64_t>(p.labels[r]);
-    if (y != p.ignore_index)
-      total[0] += y < 0 || y >= p.classes ? NAN : p.weight ? static_cast<double>(p.weight[y]) : 1.0;
+#pragma unroll
+  for (int k = 0; k < kItemsPerThread; ++k) {
+    if (y[k] != p.ignore_index)
+      total[0] += y[k] < 0 || y[k] >= p.classes ? NAN : p.weight ? static_cast<double>(p.weight[y[k]]) : 1.0;
   }
   reduce::block_sum(total);
+  if (threadIdx.x == 0) sums[blockIdx.x] = total[0];
+}
+
+__global__ void __launch_bounds__(reduce::kReduceThreads)
+    total_weight_finish_kernel(const double* __restrict__ sums, int64_t blocks, double* __restrict__ denominator) {
+  double total[1];
+  reduce::final_reduce(sums, blocks, total, cuda_rt::SumOp{}, 0.0);
   if (threadIdx.x == 0) denominator[0] = total[0];
 }
 

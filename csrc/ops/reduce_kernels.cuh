@@ -56,12 +56,28 @@ __device__ __forceinline__ void block_sum(T (&v)[NV]) {
 
 // Op over items[i * NV + k], i < count, for each k, on one block of kReduceThreads: thread t
 // combines items t, t + kReduceThreads, ... in order, then block_reduce_n. Every thread gets the
-// results; `identity` for none.
+// results; `identity` for none. Items are loaded kFinalBatch at a time before any is combined: the
+// partials of a large launch (4,195 blocks of the fused loss at 33,554 rows) made a chain of
+// dependent loads 17 deep per thread otherwise, on a single block.
+constexpr int kFinalBatch = 8;
+
 template <int NV, class T, class Op>
 __device__ __forceinline__ void final_reduce(const T* items, int64_t count, T (&total)[NV], Op op, T identity) {
 #pragma unroll
   for (int k = 0; k < NV; ++k) total[k] = identity;
-  for (int64_t i = threadIdx.x; i < count; i += kReduceThreads) {
+  int64_t i = threadIdx.x;
+  for (; i + (kFinalBatch - 1) * kReduceThreads < count; i += kFinalBatch * kReduceThreads) {
+    T batch[kFinalBatch][NV];
+#pragma unroll
+    for (int b = 0; b < kFinalBatch; ++b)
+#pragma unroll
+      for (int k = 0; k < NV; ++k) batch[b][k] = items[(i + b * kReduceThreads) * NV + k];
+#pragma unroll
+    for (int b = 0; b < kFinalBatch; ++b)
+#pragma unroll
+      for (int k = 0; k < NV; ++k) total[k] = op(total[k], batch[b][k]);
+  }
+  for (; i < count; i += kReduceThreads) {
 #pragma unroll
     for (int k = 0; k < NV; ++k) total[k] = op(total[k], items[i * NV + k]);
   }
