@@ -120,8 +120,9 @@ def test_cuda_kernel_times_sum_the_device_activity_per_call(monkeypatch):
 
     from fastnn.bench import gpu
 
-    def event(device_type, us):
-        return types.SimpleNamespace(device_type=device_type, time_range=types.SimpleNamespace(elapsed_us=lambda: us))
+    def event(device_type, us, name="void fastnn::cuda::k<float>(fastnn::cuda::P<float>)"):
+        return types.SimpleNamespace(device_type=device_type, name=name,
+                                     time_range=types.SimpleNamespace(elapsed_us=lambda: us))
 
     class RecordedProfile:
         def __init__(self, activities):
@@ -134,22 +135,28 @@ def test_cuda_kernel_times_sum_the_device_activity_per_call(monkeypatch):
             return False
 
         def events(self):  # two kernels and a memset on the device, and CPU-side events that must not count
-            return [event(DeviceType.CUDA, 30.0), event(DeviceType.CPU, 1000.0), event(DeviceType.CUDA, 8.0),
-                    event(DeviceType.CUDA, 2.0)]
+            return [event(DeviceType.CUDA, 30.0), event(DeviceType.CPU, 1000.0),
+                    event(DeviceType.CUDA, 8.0, "void ns::finish_kernel(double const*, long)"),
+                    event(DeviceType.CUDA, 2.0, "Memset (Device)")]
 
     monkeypatch.setattr(torch.profiler, "profile", RecordedProfile)
     calls = []
     b = gpu.GpuBench(None, quick=True, log=lambda *a: None)
     b.kernel_timing = True
-    assert b.kernel_us(lambda: calls.append(1), calls=4) == pytest.approx(10.0) and len(calls) == 4
+    total, per_name = b.kernel_us(lambda: calls.append(1), calls=4)
+    assert total == pytest.approx(10.0) and len(calls) == 4
+    # per kernel name, longest first, namespaces and parameter lists dropped
+    assert list(per_name) == ["k<float>", "finish_kernel", "Memset"]
+    assert list(per_name.values()) == pytest.approx([7.5, 2.0, 0.5])
     row = b.compare("gemm", "x", lambda: None, kernel=True)
     assert row.fastnn_kernel_us == pytest.approx(4.0)  # 40 us over kernel_us's default 10 calls
+    assert row.fastnn_kernels["k<float>"] == pytest.approx(3.0)
 
     def broken(activities):
         raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED")
 
     monkeypatch.setattr(torch.profiler, "profile", broken)
-    assert b.kernel_us(lambda: None) is None and not b.kernel_timing  # not tried again
+    assert b.kernel_us(lambda: None) == (None, None) and not b.kernel_timing  # not tried again
 
 
 def test_gpu_markdown_has_the_kernel_column():

@@ -87,6 +87,13 @@ export FASTNN_COMMIT=$commit  # fastnn bench records it when there is no .git
   echo "host:    $(uname -srm); $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
   echo "python:  $PY ($("$PY" --version 2>&1))"
   echo "torch:   $(timeout 60 "$PY" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1 | tail -n 1)"
+  # the tests' other dependencies: a failure only this machine shows may come from their versions
+  echo "others:  $(timeout 60 "$PY" -c 'import importlib.metadata as m
+out = []
+for d in ("numpy", "scipy", "scikit-learn", "pytest", "pytest-xdist", "pybind11"):
+    try: out.append(f"{d} {m.version(d)}")
+    except m.PackageNotFoundError: out.append(f"{d} none")
+print(", ".join(out))' 2>&1 | tail -n 1)"
   if [ "$DRY" != 1 ]; then
     echo "-- nvidia-smi -L"
     timeout 30 nvidia-smi -L 2>&1
@@ -142,13 +149,19 @@ if [ $built = 1 ]; then
   # its process fails alone (the worker is replaced) instead of ending the phase.
   xdist=()
   "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 4)
+  # Each of the 4 workers' fastnn and torch take a quarter of the cores: 4 x 16 threads on 16
+  # cores, each pool spinning between ops, left the second visit's CPU half 102 s into a run
+  # that takes 78 s on this 2-core machine.
+  per_worker=$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))
+  threads=(env FASTNN_NUM_THREADS="$per_worker" OMP_NUM_THREADS="$per_worker")
+  [ ${#xdist[@]} -eq 0 ] && threads=()
   # -v: each result is logged as it happens, so a phase cut short by its cap still names the
   # tests that failed before (the second visit lost one failure's name that way).
   # The bench has taken 46-47 s on an H200: 120 s stay for it.
   for t in "tests-cuda 150 120 cuda" "tests-rest 180 120 not cuda"; do
     read -r name want reserve kexpr <<<"$t"
     phase "$name" "$(cap "$want" "$reserve")" "$OUT/tests.log" "$ROOT/tests" \
-      "$PY" -m pytest -v --maxfail=25 -p no:cacheprovider "${xdist[@]}" -k "$kexpr" .
+      "${threads[@]}" "$PY" -m pytest -v --maxfail=25 -p no:cacheprovider "${xdist[@]}" -k "$kexpr" .
     [ $? -ne 99 ] && PHASES+=("             pytest: $(grep -E 'passed|failed|error|%\]' "$OUT/tests.log" | tail -n 1 | cut -c1-100)")
   done
 else

@@ -97,6 +97,31 @@ def device_sync_fn(torch_cuda):
     return lambda: probe.item()
 
 
+def short_kernel_name(name: str) -> str:
+    """A profiler's kernel name without its return type, namespaces and parameter list:
+    'void fastnn::cuda::loss_detail::cross_entropy_rows_kernel<float, long, 32>(...)' ->
+    'cross_entropy_rows_kernel<float, long, 32>'."""
+    name = name.removeprefix("void ")
+    depth, cut = 0, len(name)
+    for i, ch in enumerate(name):  # the parameter list is the first '(' outside template brackets
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0:
+            cut = i
+            break
+    name, depth, start = name[:cut], 0, 0
+    for i, ch in enumerate(name):  # the last '::' outside template brackets ends the namespaces
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == ":" and depth == 0 and name[i + 1:i + 2] == ":":
+            start = i + 2
+    return name[start:][:80].strip() or name[:80].strip()
+
+
 class GpuBench:
     """Runs rows on the device and keeps the results; mirrors harness.Bench for the CPU."""
 
@@ -145,23 +170,27 @@ class GpuBench:
         try:
             row = self._compare(group, name, fast, ref, work, unit, peak, note, warmup)
             if kernel:
-                row.fastnn_kernel_us = self.kernel_us(fast)
-                row.torch_kernel_us = self.kernel_us(ref) if ref is not None else None
+                row.fastnn_kernel_us, row.fastnn_kernels = self.kernel_us(fast)
+                row.torch_kernel_us = self.kernel_us(ref)[0] if ref is not None else None
                 if row.fastnn_kernel_us:
                     self.log(f"{'':10s} {'':48s} kernels: fastnn {row.fastnn_kernel_us:.1f} us, torch "
                              f"{row.torch_kernel_us or float('nan'):.1f} us")
+                    if len(row.fastnn_kernels) > 1:
+                        parts = ", ".join(f"{name} {us:.1f}" for name, us in list(row.fastnn_kernels.items())[:8])
+                        self.log(f"{'':10s} {'':48s} fastnn's launches: {parts}")
             if self.on_row:
                 self.on_row()
             return row
         except Exception as e:  # noqa: BLE001
             return self.skip(group, name, f"error: {type(e).__name__}: {e}"[:300])
 
-    def kernel_us(self, fn, calls: int = 10) -> float | None:
-        """GPU time per call of the kernels and copies `fn` runs, in us: the device activity CUPTI
-        records (torch.profiler; it sees fastnn's launches as well as torch's). None where that is
-        unavailable; after one failure it is not tried again."""
+    def kernel_us(self, fn, calls: int = 10) -> tuple[float | None, dict[str, float] | None]:
+        """GPU time per call of the kernels and copies `fn` runs, in us, in all and per kernel name
+        (longest first): the device activity CUPTI records (torch.profiler; it sees fastnn's launches
+        as well as torch's). (None, None) where that is unavailable; after one failure it is not
+        tried again."""
         if not self.kernel_timing:
-            return None
+            return None, None
         try:
             from torch.autograd import DeviceType
             from torch.profiler import ProfilerActivity, profile
@@ -171,12 +200,19 @@ class GpuBench:
                 for _ in range(calls):
                     fn()
                 self.sync()
-            total = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
-            return total / calls if total > 0 else None
+            per_name: dict[str, float] = {}
+            for e in prof.events():
+                if e.device_type == DeviceType.CUDA:
+                    name = short_kernel_name(e.name)
+                    per_name[name] = per_name.get(name, 0.0) + e.time_range.elapsed_us() / calls
+            total = sum(per_name.values())
+            if total <= 0:
+                return None, None
+            return total, dict(sorted(per_name.items(), key=lambda kv: -kv[1]))
         except Exception as e:  # noqa: BLE001
             self.kernel_timing = False
             self.log(f"kernel timing through torch.profiler unavailable ({type(e).__name__}: {e}); rows go without it")
-            return None
+            return None, None
 
     def guarded(self, section: str, fn, *args):
         """Runs one section of rows; an exception in its setup becomes a row instead of ending the run."""
@@ -485,8 +521,9 @@ def eager_step_rows(b: GpuBench, torch, shapes: Shapes):
             continue
         tm = torch_model(torch, model, shapes.hidden)
         t_default = torch_step(torch, batch, tm, torch.optim.Adam(tm.parameters(), lr=1e-3))
+        # kernel=True: the step's GPU busy time on both sides, and which of fastnn's kernels fill it
         b.compare("step", f"{name}, vs torch eager", fast, t_default,
-                  note=model_note(model, shapes.hidden) + "; torch Adam default (foreach)")
+                  note=model_note(model, shapes.hidden) + "; torch Adam default (foreach)", kernel=True)
         t_fused = torch_step(torch, batch, tm, torch.optim.Adam(tm.parameters(), lr=1e-3, fused=True))
         b.compare("step", f"{name}, vs torch eager + fused Adam", fast, t_fused)
 
@@ -540,7 +577,7 @@ def fastnn_cuda_graph_rows(b: GpuBench, torch, shapes: Shapes, compiled: dict | 
             tm = torch_model(torch, model, shapes.hidden)
             t_default = torch_step(torch, batch, tm, torch.optim.Adam(tm.parameters(), lr=1e-3))
             b.compare("step", f"{name}, fastnn CUDA graph vs torch eager", replay, t_default,
-                      note="fastnn: one graph replay per step")
+                      note="fastnn: one graph replay per step", kernel=True)
         elif (model, batch) in compiled:
             b.compare("step", f"{name}, fastnn CUDA graph vs torch reduce-overhead", replay, compiled[(model, batch)])
 

@@ -34,6 +34,8 @@ class Row:
     # GPU rows: device time per call of the kernels alone (CUPTI), free of launch overhead
     fastnn_kernel_us: float | None = None
     torch_kernel_us: float | None = None
+    # the same per kernel name (us per call), longest first: which launch of a row costs what
+    fastnn_kernels: dict[str, float] | None = None
 
 
 @dataclass
