@@ -18,6 +18,8 @@ def tensor(data, dtype=None, device="cpu") -> _C.Tensor:
         arr = arr.astype(np.float32) if not isinstance(data, np.ndarray) else arr
     if dtype is None and arr.dtype.kind in "iu" and arr.dtype != np.uint8:
         arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"data: expected numbers or bools, got an array of dtype {arr.dtype}")
     t = _C.from_dlpack(np.ascontiguousarray(arr), copy=True)
     return t if device in (None, "cpu") else t.to(device)
 

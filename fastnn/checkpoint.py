@@ -23,6 +23,15 @@ class CheckpointError(ValueError):
     """A file that is not a readable fastnn checkpoint (truncated, foreign, or a newer format)."""
 
 
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0o022)  # the only way to read it; set back at once
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write) -> None:
     """Calls ``write(file)`` on a temporary file beside ``path``, fsyncs it, then renames it over
     ``path``: readers see the old file or the new one, never a part of either."""
@@ -30,6 +39,9 @@ def atomic_write(path: Path, write) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; the saved file gets the mode of the one it replaces, or
+        # what open() would have given it (0666 less the umask)
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

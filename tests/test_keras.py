@@ -1,5 +1,6 @@
 """The Keras-style API: the lecture's code with only its imports changed."""
 import os
+import stat
 import subprocess
 import sys
 
@@ -135,6 +136,20 @@ c.save({str(path)!r}, {{"w": np.zeros(3)}}, {{}})
     assert load_model(path).predict(x[:3]).shape == (3, 3)
 
 
+def test_saved_file_mode_follows_the_umask_or_the_file_it_replaces(tmp_path):
+    # the temporary file behind the atomic write is created 0600; the saved file must not be
+    old = os.umask(0o022)
+    try:
+        path = checkpoint.save(tmp_path / "m.npz", {"w": np.zeros(3)}, {})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        path.chmod(0o640)
+        checkpoint.save(path, {"w": np.ones(3)}, {})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        np.testing.assert_array_equal(checkpoint.load(path)[0]["w"], np.ones(3))
+    finally:
+        os.umask(old)
+
+
 def test_truncated_and_foreign_files_raise_clearly(tmp_path):
     x, y = blobs(n=50)
     model = Sequential([Dense(3, input_shape=(20,), activation="softmax")])
@@ -189,6 +204,17 @@ def test_mse_and_flatten_and_errors():
         model.predict(np.zeros((2, 5)))
     with pytest.raises(RuntimeError, match="compiled"):
         Sequential([Dense(1, input_shape=(3,))]).fit(np.zeros((4, 3)), np.zeros(4))
+    # empty batches: fit and evaluate say which array is empty; predict gives no rows
+    empty = np.zeros((0, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"^x: expected at least one sample"):
+        model.fit(empty, np.zeros((0, 1)), verbose=0)
+    with pytest.raises(ValueError, match=r"^x: expected at least one sample"):
+        model.evaluate(empty, np.zeros((0, 1)), verbose=0)
+    with pytest.raises(ValueError, match=r"^validation_data\[0\]: expected at least one sample"):
+        model.fit(x, y, validation_data=(empty, np.zeros((0, 1))), verbose=0)
+    assert model.predict(empty).shape == (0, 1)
+    with pytest.raises(ValueError, match="^y: expected an array of labels"):
+        model.fit(x, 1.0, verbose=0)
 
 
 def test_verbose_progress_bar_shows_batch_and_running_loss(capsys):

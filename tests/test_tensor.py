@@ -250,6 +250,9 @@ def test_tensor_factory_and_helpers():
         fastnn.zeros([2], "complex64")
     with pytest.raises(ValueError, match="device"):
         fastnn.zeros([2], "float32", "tpu")
+    for bad in (np.array([object()]), ["a", "b"], [1 + 2j]):
+        with pytest.raises(TypeError, match="^data: expected numbers or bools"):
+            fastnn.tensor(bad)
 
 
 def test_cuda_device_without_gpu_raises_cleanly():

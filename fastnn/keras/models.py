@@ -38,6 +38,13 @@ def _features(x, name="x") -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _nonempty(x: np.ndarray, name: str) -> np.ndarray:
+    """x, if it has a sample: fit and evaluate have nothing to learn from or score in an empty batch."""
+    if len(x) == 0:
+        raise ValueError(f"{name}: expected at least one sample, got an empty array of shape {x.shape}")
+    return x
+
+
 def _targets(y, name="y") -> np.ndarray:
     if hasattr(y, "to_numpy"):
         y = y.to_numpy()
@@ -206,11 +213,14 @@ class Sequential:
             expected = int(np.prod(self._input_shape))
             if int(np.prod(x.shape[1:])) != expected:
                 raise ValueError(f"{name}: expected samples of shape {self._input_shape}, got {x.shape[1:]}")
-        return x.reshape(len(x), -1) if x.ndim > 2 else x
+        # the width spelled out: reshape cannot infer -1 for an empty batch
+        return x.reshape(len(x), int(np.prod(x.shape[1:]))) if x.ndim > 2 else x
 
     def _prepare_y(self, y, n: int, name="y"):
         """Labels in the form the loss kernel takes: int64 class indices, or float targets."""
         y = _targets(y, name)
+        if y.ndim == 0:
+            raise ValueError(f"{name}: expected an array of labels, got a scalar")
         if len(y) != n:
             raise ValueError(f"{name}: expected {n} labels (one per sample), got {len(y)}")
         if self.loss == "sparse_categorical_crossentropy":
@@ -343,12 +353,12 @@ class Sequential:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split: expected a float in [0, 1), got {validation_split!r}")
-        x = self._prepare_x(x)
+        x = _nonempty(self._prepare_x(x), "x")
         self._ensure_ready(x)
         y = self._prepare_y(y, len(x))
         if validation_data is not None:
             vx, vy = validation_data[0], validation_data[1]
-            vx = self._prepare_x(vx, "validation_data[0]")
+            vx = _nonempty(self._prepare_x(vx, "validation_data[0]"), "validation_data[0]")
             vy = self._prepare_y(vy, len(vx), "validation_data[1]")
         elif validation_split > 0:
             split_at = int(len(x) * (1.0 - validation_split))  # Keras takes the *last* samples
@@ -426,11 +436,9 @@ class Sequential:
 
     def evaluate(self, x=None, y=None, batch_size=32, verbose=1, return_dict=False):
         """The loss (and metrics) on ``x, y`` in inference mode: ``loss`` or ``[loss, accuracy]``."""
-        x = self._prepare_x(x)
+        x = _nonempty(self._prepare_x(x), "x")
         self._ensure_ready(x)
         y = self._prepare_y(y, len(x))
-        if len(x) == 0:
-            raise ValueError("x: no samples to evaluate")
         result = self._evaluate_arrays(x, y, batch_size)
         names = ["loss"] + self.metrics
         if verbose:
