@@ -210,3 +210,16 @@ def test_to_device_keeps_one_flat_buffer_and_fails_cleanly():
         for k, v in m.state_dict().items():  # a failed move changes nothing
             np.testing.assert_array_equal(v, before[k])
         assert m(np.ones((2, 4), np.float32)).shape == (2, 2)
+
+
+def test_backward_before_forward_names_the_module():
+    # explicit backward needs what forward saved: without a forward, a RuntimeError naming the module
+    dy = np.ones((4, 3), np.float32)
+    for module in (nn.Sequential(nn.Linear(3, 3), nn.ReLU()), nn.Linear(3, 3), nn.ReLU(), nn.Tanh(),
+                   nn.Softmax(), nn.LogSoftmax(), nn.BatchNorm1d(3)):
+        with pytest.raises(RuntimeError, match=rf"^{type(module).__name__}\.backward called before forward"):
+            module.backward(dy)
+    for criterion in (nn.CrossEntropyLoss(), nn.MSELoss(), nn.BCEWithLogitsLoss()):
+        with pytest.raises(RuntimeError, match=rf"^{type(criterion).__name__}\.backward called before forward"):
+            criterion.backward()
+    assert np.asarray(nn.Dropout(0.5).backward(dy)).sum() == 12  # nothing drawn yet: identity

@@ -83,7 +83,7 @@ class _Activation(Module):
         return self._y
 
     def backward(self, dy):
-        return _C.activation_backward(self._y, dy, self.kind)
+        return _C.activation_backward(self._from_forward("_y"), dy, self.kind)
 
 
 class ReLU(_Activation):
@@ -114,7 +114,7 @@ class Softmax(_Activation):
         return self._y
 
     def backward(self, dy):
-        return F.softmax_backward(self._y, dy)
+        return F.softmax_backward(self._from_forward("_y"), dy)
 
 
 class LogSoftmax(Softmax):
@@ -126,7 +126,7 @@ class LogSoftmax(Softmax):
         return self._y
 
     def backward(self, dy):
-        return F.log_softmax_backward(self._y, dy)
+        return F.log_softmax_backward(self._from_forward("_y"), dy)
 
 
 def _check_last_dim(dim, x):
@@ -252,7 +252,7 @@ class BatchNorm1d(Module):
     def backward(self, dy):
         w, b = self.weight, self.bias
         dx, _, _ = _C.batchnorm_backward(
-            self._x, dy, w.data if w is not None else None, self._saved[0], self._saved[1],
+            self._from_forward("_x"), dy, w.data if w is not None else None, self._saved[0], self._saved[1],
             self._batch_stats, dweight=w.grad if w is not None else None,
             dbias=b.grad if b is not None else None, accumulate=True)
         return dx

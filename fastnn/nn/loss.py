@@ -40,9 +40,11 @@ class CrossEntropyLoss(_Loss):
         return loss
 
     def backward(self, dloss=1.0):
-        if self._grad is not None and (isinstance(dloss, (int, float)) and dloss == 1.0):
-            return self._grad
-        return _C.cross_entropy_backward(self._input, self._target, dloss, self.weight,
+        saved = self._from_forward("_input")
+        grad = self.__dict__.get("_grad")
+        if grad is not None and (isinstance(dloss, (int, float)) and dloss == 1.0):
+            return grad
+        return _C.cross_entropy_backward(saved, self._target, dloss, self.weight,
                                          self.reduction, self.ignore_index)
 
 
@@ -56,7 +58,7 @@ class MSELoss(_Loss):
         return _C.mse_forward(input, target, self.reduction)
 
     def backward(self, dloss=1.0):
-        return _C.mse_backward(self._input, self._target, dloss, self.reduction)
+        return _C.mse_backward(self._from_forward("_input"), self._target, dloss, self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
@@ -71,5 +73,5 @@ class BCEWithLogitsLoss(_Loss):
         return _C.bce_with_logits_forward(input, target, self.weight, self.pos_weight, self.reduction)
 
     def backward(self, dloss=1.0):
-        return _C.bce_with_logits_backward(self._input, self._target, dloss, self.weight,
+        return _C.bce_with_logits_backward(self._from_forward("_input"), self._target, dloss, self.weight,
                                            self.pos_weight, self.reduction)

@@ -188,6 +188,15 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
+    def _from_forward(self, name: str):
+        """What forward saved for backward under ``name``: a RuntimeError naming the module when
+        forward has not run yet."""
+        value = self.__dict__.get(name)
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward "
+                               "(forward keeps what backward needs)")
+        return value
+
     def extra_repr(self) -> str:
         return ""
 
@@ -262,6 +271,8 @@ class Sequential(Module):
         return x
 
     def backward(self, dy):
+        if self._plan is None:
+            raise RuntimeError("Sequential.backward called before forward (forward keeps what backward needs)")
         for kind, mods in reversed(self._plan):
             if kind == "single":
                 dy = mods[0].backward(dy)
