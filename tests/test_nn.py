@@ -223,3 +223,40 @@ def test_backward_before_forward_names_the_module():
         with pytest.raises(RuntimeError, match=rf"^{type(criterion).__name__}\.backward called before forward"):
             criterion.backward()
     assert np.asarray(nn.Dropout(0.5).backward(dy)).sum() == 12  # nothing drawn yet: identity
+
+
+def test_double_float_and_to_dtype_convert_the_whole_model(device, rng):
+    # model.double() for a float64 check of a float32 model, as with torch: parameters, gradients
+    # and running statistics convert; num_batches_tracked stays int64; the flat buffer is rebuilt
+    # (BatchNorm after the activation: a bias right before BatchNorm has a zero gradient, all rounding)
+    fm = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.BatchNorm1d(7), nn.Linear(7, 3)).to(device)
+    tm = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.BatchNorm1d(7), torch.nn.Linear(7, 3))
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in fm.state_dict().items()})
+    assert fm.double() is fm and fm.device.startswith(device)
+    tm.double()
+    assert {str(v.dtype) for k, v in fm.state_dict().items() if "num_batches" not in k} == {"float64"}
+    assert fm.state_dict()["2.num_batches_tracked"].dtype == np.int64
+    assert fm._flat.covers(fm.parameters()) and str(fm._flat.data.dtype) == "float64"
+    x, y = randn(rng, (9, 5), "float64"), rng.integers(0, 3, 9)
+    xd, yd = fastnn.tensor(x).to(device), fastnn.tensor(y).to(device)
+    crit = nn.CrossEntropyLoss()
+    loss = crit(fm(xd), yd)
+    fm.backward(crit.backward())
+    tloss = torch.nn.functional.cross_entropy(tm(torch_of(x)), torch.from_numpy(y))
+    tloss.backward()
+    assert_close(loss.to("cpu"), tloss.detach(), "float64", what="loss after double()")
+    for (name, p), tp in zip(fm.named_parameters(), tm.parameters()):
+        assert_close(p.grad.to("cpu"), tp.grad, "float64", what=f"{name}.grad after double()")
+    # back to float32 by name, numpy or torch dtype; positional device and dtype together
+    for dt in ("float32", np.float32, torch.float32):
+        fm.double()
+        fm.to(dt)
+        assert str(fm.parameters()[0].data.dtype) == "float32"
+    fm.to(device, torch.float64)
+    assert str(fm.parameters()[0].data.dtype) == "float64"
+    before = fm.state_dict()
+    for bad in ("int32", torch.int64, "tpu"):
+        with pytest.raises(TypeError, match="^dtype: expected float32 or float64"):
+            fm.to(bad)
+    for k, v in fm.state_dict().items():  # a refused conversion changes nothing
+        np.testing.assert_array_equal(v, before[k])

@@ -9,6 +9,26 @@ from fastnn import _C
 from fastnn.nn.parameter import FlatParameters, Parameter
 
 
+def _float_dtype_name(dtype) -> str:
+    """'float32' or 'float64' from a name, a numpy dtype or a torch dtype (whose str is 'torch.float64')."""
+    try:
+        name = np.dtype(str(dtype).removeprefix("torch.") if not isinstance(dtype, type) else dtype).name
+    except TypeError:
+        name = None
+    if name not in ("float32", "float64"):
+        raise TypeError(f"dtype: expected float32 or float64 (or a device 'cpu' / 'cuda:N'), got {dtype!r}")
+    return name
+
+
+def _converted(t, device, dtype):
+    """t on `device` (None: where it is) as `dtype` (None: as it is); a new tensor whenever either changes."""
+    if dtype is not None and str(t.dtype) != dtype:
+        home = t.device
+        host = np.asarray(t.to("cpu") if str(home) != "cpu" else t).astype(dtype)
+        return _C.from_dlpack(host, copy=True).to(device or home)
+    return t.to(device) if device is not None else t
+
+
 class Module:
     """Base class of fastnn layers.
 
@@ -103,18 +123,27 @@ class Module:
         self._flat = flat
         return flat
 
-    def to(self, device):
-        """Moves parameters, gradients and buffers to ``device`` ("cpu", "cuda", "cuda:1").
+    def to(self, *args, device=None, dtype=None):
+        """Moves parameters, gradients and floating buffers to ``device`` ("cpu", "cuda", "cuda:1")
+        and/or converts them to ``dtype`` (float32 or float64, by name or as a numpy or torch
+        dtype), as torch's ``module.to(device)``, ``.to(dtype)`` and ``.to(device, dtype)``.
 
-        A model whose parameters lived in one flat buffer gets one again on the new device.
-        Integer buffers (``num_batches_tracked``) are host-side bookkeeping and stay on the CPU.
+        A model whose parameters lived in one flat buffer gets one again. Integer buffers
+        (``num_batches_tracked``) are host-side bookkeeping and stay as they are. Build optimizers
+        after this call: they hold the parameters' old buffers.
         """
+        for arg in args:
+            if isinstance(arg, str) and arg.split(":")[0] in ("cpu", "cuda"):
+                device = arg
+            else:
+                dtype = arg
+        dtype = None if dtype is None else _float_dtype_name(dtype)
         params = self.parameters()
         flat = params[0].flat if params else None
         was_flat = flat is not None and flat.covers(params)
-        # copy everything first: a failure (no such device, out of memory) leaves the model as it was
-        moved = [(p, p.data.to(device), p.grad.to(device)) for p in params]
-        buffers = [(m, name, b.to(device)) for m in self.modules() for name, b in m._buffers.items()
+        # convert everything first: a failure (no such device, out of memory) leaves the model as it was
+        moved = [(p, _converted(p.data, device, dtype), _converted(p.grad, device, dtype)) for p in params]
+        buffers = [(m, name, _converted(b, device, dtype)) for m in self.modules() for name, b in m._buffers.items()
                    if b is not None and str(b.dtype) in ("float32", "float64")]
         for p, data, grad in moved:
             p.data, p.grad, p.flat, p.offset = data, grad, None, 0
@@ -123,6 +152,14 @@ class Module:
         if was_flat:
             self.flatten_parameters()
         return self
+
+    def double(self):
+        """Parameters, gradients and floating buffers as float64 (``to(dtype="float64")``)."""
+        return self.to(dtype="float64")
+
+    def float(self):
+        """Parameters, gradients and floating buffers as float32 (``to(dtype="float32")``)."""
+        return self.to(dtype="float32")
 
     @property
     def device(self) -> str:
