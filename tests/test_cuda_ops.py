@@ -260,9 +260,11 @@ def test_linear_backward_is_deterministic(rng):
 
 # ---- BatchNorm1d ---------------------------------------------------------------------------------
 
-# (1100, 5) and (600, 40) split the rows into chunks (stats, finish and apply launches); the others
-# run in one launch; C = 1, 5, 7 use column blocks narrower than a warp (shuffles across rows).
-BN_SHAPES = [(2, 2), (7, 33), (33, 7), (65, 1), (1100, 5), (600, 40)]
+# (1100, 5), (600, 40) and (1030, 132) split the rows into chunks (stats, finish and apply
+# launches); with C a multiple of the 16-byte vector (40, 132) the stats and apply passes take
+# whole vectors of columns (132: 33 float vectors, a second column block with one lane); the
+# others run in one launch; C = 1, 5, 7 use column blocks narrower than a warp.
+BN_SHAPES = [(2, 2), (7, 33), (33, 7), (65, 1), (1100, 5), (600, 40), (1030, 132)]
 
 
 def bn_reference(x, w, b, rm, rv, training, momentum, eps, dy):
@@ -380,8 +382,9 @@ def misaligned(a):
 
 @pytest.mark.parametrize("shape", [(600, 40), (1100, 8)])
 def test_batchnorm_vector_passes_match_scalar_bits(shape, dtype, rng):
-    """With whole 16-byte vectors of columns, the multi-chunk apply passes (y, dx) load and store
-    vectors; a misaligned copy of the same input takes the scalar loops. Same bits either way."""
+    """With whole 16-byte vectors of columns, the multi-chunk statistics and apply passes (y, dx)
+    load and store vectors; a misaligned copy of the same input takes the scalar loops. Same bits
+    either way: the vector statistics reduce each column over the scalar pass's rows, in its order."""
     x, w, b, _, _, dy = bn_inputs(rng, shape, dtype)
     y_vec, sm, si = _C.batchnorm_forward(cu(x), cu(w), cu(b), None, None, True)
     y_sca, sm2, si2 = _C.batchnorm_forward(misaligned(x), cu(w), cu(b), None, None, True)

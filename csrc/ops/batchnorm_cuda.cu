@@ -1,6 +1,7 @@
 // Host side of the CUDA BatchNorm1d: picks one launch (few rows) or stats + finish + apply launches
 // (rows split into chunks), as described in batchnorm_kernels.cuh.
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
 
 #include "core/cuda_launch.h"
@@ -29,6 +30,19 @@ bool vectorisable(int64_t cols, std::initializer_list<const void*> bases) {
   return true;
 }
 
+// Blocks below which the 16-byte statistics pass is not used: with a quarter of the scalar pass's
+// blocks it must still give every SM of an H100/H200 (132) two of them. Smaller problems (the
+// lecture model's 1024 x 1024 at batch 1024: 16 vector blocks) are in L2, where the scalar
+// pass's 4x more blocks spread the same loads over more SMs.
+constexpr int64_t kVecStatsMinBlocks = 256;
+
+// kVecStatsMinBlocks, or 1 where FASTNN_BN_VEC_STATS_ALWAYS is set (a test hook, read once: the
+// tests' chunked shapes are far below 256 blocks). The choice never changes a result's bits.
+inline int64_t min_vec_stats_blocks() {
+  static const int64_t blocks = std::getenv("FASTNN_BN_VEC_STATS_ALWAYS") ? 1 : kVecStatsMinBlocks;
+  return blocks;
+}
+
 template <class T>
 void launch_normalise(const batchnorm_detail::ForwardParams<T>& p, const reduce::ColumnGrid& g) {
   using namespace batchnorm_detail;
@@ -38,6 +52,20 @@ void launch_normalise(const batchnorm_detail::ForwardParams<T>& p, const reduce:
   } else {
     cuda_rt::launch("batchnorm_normalise", normalise_kernel<T>, g.grid(), g.block(), 0, p);
   }
+}
+
+// The geometry of the 16-byte statistics passes (batchnorm_kernels.cuh): the scalar launch's
+// blocks, chunks and rows per thread, each lane taking a vector of columns, so every column is
+// summed over the same rows in the same order as by the scalar pass (the same bits, whichever is
+// chosen). A grid of no chunks where they do not apply: the scalar launch takes one chunk (g), C
+// is not in whole aligned vectors (then the apply pass is scalar too), or too few blocks.
+template <class T>
+reduce::ColumnGrid stats_vec_grid(const reduce::ColumnGrid& g, int64_t cols, std::initializer_list<const void*> bases) {
+  using namespace batchnorm_detail;
+  reduce::ColumnGrid v = g;
+  v.col_blocks = (cols / kVecWidth<T> + g.cx - 1) / g.cx;
+  if (g.chunks <= 1 || !vectorisable<T>(cols, bases) || v.col_blocks * v.chunks < min_vec_stats_blocks()) v.chunks = 0;
+  return v;
 }
 
 }  // namespace
@@ -62,6 +90,16 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
       return;
     }
     Tensor partials;
+    const reduce::ColumnGrid v = stats_vec_grid<T>(g, cols, {p.x, p.y});
+    if (v.chunks > 1) {  // statistics in 16-byte vectors of columns, then the shared finish and apply
+      partials = Tensor::empty({v.chunks, cols, 3}, DType::float64, x.device());
+      p.partials = partials.data<double>();
+      cuda_rt::launch("batchnorm_forward_stats_vec", forward_stats_vec_kernel<T>, v.grid(), v.block(), 0, p);
+      cuda_rt::launch("batchnorm_forward_finish", forward_finish_kernel<T>, column_threads(cols), threads, 0,
+                      p, v.chunks);
+      launch_normalise(p, g);
+      return;
+    }
     if (g.chunks > 1) {
       partials = Tensor::empty({g.chunks, cols, 3}, DType::float64, x.device());
       p.partials = partials.data<double>();
@@ -101,16 +139,22 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         threads, 0, p, g.chunks);
       return;
     }
-    if (g.chunks > 1) {
-      partials = Tensor::empty({g.chunks, cols, kTrainSums<T>}, DType::float64, x.device());
+    const reduce::ColumnGrid v = stats_vec_grid<T>(g, cols, {p.x, p.dy, p.dx});
+    const int64_t chunks = g.chunks;
+    if (chunks > 1) {
+      partials = Tensor::empty({chunks, cols, kTrainSums<T>}, DType::float64, x.device());
       coefs = Tensor::empty({cols, kCoefs}, DType::float64, x.device());
       p.partials = partials.data<double>();
       p.coefs = coefs.data<double>();
     }
-    cuda_rt::launch("batchnorm_backward_train", backward_train_kernel<T>, g.grid(), g.block(), 0, p);
-    if (g.chunks > 1) {
+    if (v.chunks > 1) {  // sums in 16-byte vectors of columns (then the vector dx pass below)
+      cuda_rt::launch("batchnorm_backward_stats_vec", backward_stats_vec_kernel<T>, v.grid(), v.block(), 0, p);
+    } else {
+      cuda_rt::launch("batchnorm_backward_train", backward_train_kernel<T>, g.grid(), g.block(), 0, p);
+    }
+    if (chunks > 1) {
       cuda_rt::launch("batchnorm_backward_finish", backward_finish_kernel<T>, column_threads(cols), threads, 0,
-                      p, g.chunks);
+                      p, chunks);
       if (vectorisable<T>(cols, {p.x, p.dy, p.dx})) {
         const reduce::ColumnGrid v = vec_grid(rows, cols / kVecWidth<T>);
         cuda_rt::launch("batchnorm_backward_dx_vec", backward_dx_vec_kernel<T>, v.grid(), v.block(), 0, p,

@@ -488,4 +488,162 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_dx_vec_kernel
   });
 }
 
+// ---- 16-byte statistics passes ----------------------------------------------------------------
+//
+// The statistics launches of the several-chunk path under the same conditions as the vector apply
+// passes: a thread owns a vector of columns (4 floats / 2 doubles) and loads whole 16-byte runs,
+// so a warp has 512 bytes in flight per load where the scalar loops have 128. The scalar stats
+// passes (8 loads of 4 bytes per thread, at most 3 blocks per SM for registers) keep about 24 KB
+// per SM in flight: at an H200's ~1 us loaded latency that caps them near 3.2 TB/s, about what
+// the second visit measured for BatchNorm as a whole (2.9 TB/s). Their launch is the scalar pass's
+// (block shape, chunks, rows per thread, Welford groups of 8 rows) with a vector of columns per
+// lane, so each column is reduced over the same rows in the same order: the same bits. The
+// per-column partial states are laid out as the scalar pass writes them; the finish launches
+// are shared.
+
+// Welford states of VW columns, state e at [e * 3, e * 3 + 3).
+template <int VW>
+struct WelfordCombineVec {
+  __device__ __forceinline__ static void combine(double (&a)[3 * VW], const double (&b)[3 * VW]) {
+#pragma unroll
+    for (int e = 0; e < VW; ++e) {
+      double ae[3] = {a[3 * e], a[3 * e + 1], a[3 * e + 2]};
+      const double be[3] = {b[3 * e], b[3 * e + 1], b[3 * e + 2]};
+      WelfordCombine::combine(ae, be);
+      a[3 * e] = ae[0], a[3 * e + 1] = ae[1], a[3 * e + 2] = ae[2];
+    }
+  }
+};
+
+// Rows r0, r0 + step, ... (N of them, those below r_end) of the vector at column col of a, every
+// load issued before any use; missing rows read as zero. Returns how many rows there were.
+template <int N, class T>
+__device__ __forceinline__ int load_vec_rows(const T* a, int64_t r0, int64_t r_end, int step, int64_t cols,
+                                             int64_t col, T (&v)[N][kVecWidth<T>]) {
+  using V = typename cuda_rt::Vec16<T>::type;
+  constexpr int VW = kVecWidth<T>;
+  int count = 0;
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    const int64_t r = r0 + static_cast<int64_t>(u) * step;
+    V x;
+    if (r < r_end) {
+      x = *reinterpret_cast<const V*>(a + r * cols + col);
+      count = u + 1;
+    } else {
+      x = V{};
+    }
+    const T* xe = reinterpret_cast<const T*>(&x);
+#pragma unroll
+    for (int e = 0; e < VW; ++e) v[u][e] = xe[e];
+  }
+  return count;
+}
+
+// A vec_grid-style launch's chunk of rows for this block: [begin, end).
+__device__ __forceinline__ void vec_chunk(int64_t rows, int64_t rows_per_chunk, int64_t& begin, int64_t& end) {
+  begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  end = begin + rows_per_chunk < rows ? begin + rows_per_chunk : rows;
+}
+
+// Rows per thread before use in the vector statistics passes: 8 x 16 bytes (forward; 4 of x and 4
+// of dy backward), 4 KB per warp in flight. Their per-thread states (3 or 5 doubles per column,
+// four columns) need the registers of two blocks per SM, not three (under the 85-register cap they
+// spilled 116-232 bytes): 64 KB in flight per SM against the scalar passes' 24 KB.
+constexpr int kVecRowUnroll = 8;
+constexpr int kVecPairUnroll = 4;
+constexpr int kVecStatsBlocksPerSm = 2;
+static_assert(kVecRowUnroll == kRowUnroll, "the forward's Welford groups decide its bits: the scalar pass's");
+
+// Training forward statistics, several chunks: this chunk's Welford states of the thread's columns
+// into p.partials (Welford over groups of kVecRowUnroll rows, Chan's combination; per column of
+// the vector).
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) forward_stats_vec_kernel(ForwardParams<T> p) {
+  constexpr int VW = kVecWidth<T>;
+  const int64_t col = vec_column(VW);
+  const int step = static_cast<int>(blockDim.y);
+  int64_t chunk_begin, r_end;
+  vec_chunk(p.rows, p.rows_per_chunk, chunk_begin, r_end);
+  double st[3 * VW];
+#pragma unroll
+  for (int k = 0; k < 3 * VW; ++k) st[k] = 0.0;
+  if (col < p.cols) {
+    for (int64_t r0 = chunk_begin + threadIdx.y; r0 < r_end; r0 += kVecRowUnroll * step) {
+      T v[kVecRowUnroll][VW];
+      const int count = load_vec_rows(p.x, r0, r_end, step, p.cols, col, v);
+#pragma unroll
+      for (int e = 0; e < VW; ++e) {
+        double sum = 0.0;
+#pragma unroll
+        for (int u = 0; u < kVecRowUnroll; ++u) sum += static_cast<double>(v[u][e]);  // the missing rows are 0
+        const double mean = sum / count;
+        double m2 = 0.0;
+#pragma unroll
+        for (int u = 0; u < kVecRowUnroll; ++u) {
+          const double d = static_cast<double>(v[u][e]) - mean;
+          if (u < count) m2 += d * d;
+        }
+        double se[3] = {st[3 * e], st[3 * e + 1], st[3 * e + 2]};
+        const double group[3] = {static_cast<double>(count), mean, m2};
+        WelfordCombine::combine(se, group);
+        st[3 * e] = se[0], st[3 * e + 1] = se[1], st[3 * e + 2] = se[2];
+      }
+    }
+  }
+  reduce::column_reduce<3 * VW, WelfordCombineVec<VW>>(st);
+  if (threadIdx.y == 0 && col < p.cols) {
+    double* out = p.partials + (static_cast<int64_t>(blockIdx.y) * p.cols + col) * 3;
+#pragma unroll
+    for (int k = 0; k < 3 * VW; ++k) out[k] = st[k];
+  }
+}
+
+// Training backward sums, several chunks: this chunk's sums of the thread's columns into p.partials
+// (backward_train_kernel's, per column of the vector; sums of column e at [e * NS, e * NS + NS)).
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) backward_stats_vec_kernel(BackwardParams<T> p) {
+  constexpr int VW = kVecWidth<T>;
+  constexpr int NS = kTrainSums<T>;
+  const int64_t col = vec_column(VW);
+  const int step = static_cast<int>(blockDim.y);
+  int64_t chunk_begin, r_end;
+  vec_chunk(p.rows, p.rows_per_chunk, chunk_begin, r_end);
+  double sums[NS * VW];
+#pragma unroll
+  for (int k = 0; k < NS * VW; ++k) sums[k] = 0.0;
+  if (col < p.cols) {
+    double shift[VW];
+#pragma unroll
+    for (int e = 0; e < VW; ++e) shift[e] = p.save_mean[col + e];
+    for (int64_t r0 = chunk_begin + threadIdx.y; r0 < r_end; r0 += kVecPairUnroll * step) {
+      T xs[kVecPairUnroll][VW], gs[kVecPairUnroll][VW];
+      const int count = load_vec_rows(p.x, r0, r_end, step, p.cols, col, xs);
+      load_vec_rows(p.dy, r0, r_end, step, p.cols, col, gs);
+#pragma unroll
+      for (int u = 0; u < kVecPairUnroll; ++u) {
+        if (u >= count) continue;
+#pragma unroll
+        for (int e = 0; e < VW; ++e) {
+          const double d = static_cast<double>(xs[u][e]) - shift[e], g = static_cast<double>(gs[u][e]);
+          double* se = sums + NS * e;
+          se[0] += d;
+          se[1] += g;
+          se[2] += g * d;
+          if constexpr (NS == 5) {
+            se[3] += d * d;
+            se[4] += g * g;
+          }
+        }
+      }
+    }
+  }
+  reduce::column_reduce<NS * VW, reduce::Add>(sums);
+  if (threadIdx.y == 0 && col < p.cols) {
+    double* out = p.partials + (static_cast<int64_t>(blockIdx.y) * p.cols + col) * NS;
+#pragma unroll
+    for (int k = 0; k < NS * VW; ++k) out[k] = sums[k];
+  }
+}
+
 }  // namespace fastnn::cuda::batchnorm_detail
