@@ -44,6 +44,10 @@ using L8 = ConfigF32Large;                              // 128 x 128 x 8, 8 x 8,
 using W16 = ConfigF32Wide;                              // 128 x 64 x 16, 8 x 4
 using T16 = TileConfig<float, 64, 128, 16, 4, 8, 2>;    // 64 x 128
 using M16 = ConfigF32Medium;                            // 64 x 64 x 16, 4 x 4
+// 128 x 128 with 512 threads (16 warps, 8 x 4 each): one block per SM holds as many warps as two
+// of L8's, for the one-wave shapes (batch 1024: 64 tiles, 128 with K in 2), where a W16 block is
+// an SM's only 8 warps.
+using X16 = TileConfig<float, 128, 128, 16, 8, 4, 1>;
 
 struct GemmShape {
   const char* name;
@@ -200,11 +204,13 @@ int main() {
     candidate<W16>("128x64x16 8x4 (Wide)", s, p, buf, ref, ref_us);
     candidate<T16>("64x128x16 4x8", s, p, buf, ref, ref_us);
     candidate<M16>("64x64x16 4x4 (Medium)", s, p, buf, ref, ref_us);
+    candidate<X16>("128x128x16 8x4, 512 thr", s, p, buf, ref, ref_us);
     if (!large) {  // one wave of tiles or less: split K fills the SMs twice or four times over
       candidate<L8, 2>("128x128x8, K in 2", s, p, buf, ref, ref_us);
       candidate<L8, 4>("128x128x8, K in 4", s, p, buf, ref, ref_us);
       candidate<W16, 2>("128x64x16, K in 2", s, p, buf, ref, ref_us);
       candidate<M16, 2>("64x64x16, K in 2", s, p, buf, ref, ref_us);
+      candidate<X16, 2>("128x128x16 512 thr, K in 2", s, p, buf, ref, ref_us);
     }
     CHECK(cudaFree(buf.a));
     CHECK(cudaFree(buf.b));
