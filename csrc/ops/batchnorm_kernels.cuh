@@ -121,6 +121,25 @@ struct WelfordCombine {
   }
 };
 
+// Adds a group of `count` rows (value(u) for u < N; rows u >= count read as 0) to a Welford state:
+// the group's mean and m2 from registers, then Chan's combination (two divisions per group, not
+// one per row). The scalar and vector statistics passes both use it: their bits depend on it.
+template <int N, class Value>
+__device__ __forceinline__ void welford_add_group(double (&st)[3], int count, Value value) {
+  double sum = 0.0;
+#pragma unroll
+  for (int u = 0; u < N; ++u) sum += value(u);  // the missing rows are 0
+  const double mean = sum / count;
+  double m2 = 0.0;
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    const double d = value(u) - mean;
+    if (u < count) m2 += d * d;
+  }
+  const double group[3] = {static_cast<double>(count), mean, m2};
+  WelfordCombine::combine(st, group);
+}
+
 // The column's batch statistics from its full Welford state: save_mean / save_invstd, and the
 // running statistics moved towards the batch mean and unbiased variance, as torch does.
 template <class T>
@@ -157,23 +176,10 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) forwa
   const Slice s = my_slice(p.rows, p.rows_per_chunk);
   double st[3] = {0.0, 0.0, 0.0};
   if (s.has_column(p.cols)) {
-    // Welford over groups of kRowUnroll rows: each group's mean and m2 from its registers, then
-    // Chan's combination into the running state (two divisions per group, not one per row).
     for (int64_t r0 = s.r_begin; r0 < s.r_end; r0 += kRowUnroll * s.step) {
       T v[kRowUnroll];
       const int count = load_rows(p.x, s, r0, p.cols, v);
-      double sum = 0.0;
-#pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) sum += static_cast<double>(v[u]);  // the missing rows are 0
-      const double mean = sum / count;
-      double m2 = 0.0;
-#pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) {
-        const double d = static_cast<double>(v[u]) - mean;
-        if (u < count) m2 += d * d;
-      }
-      const double group[3] = {static_cast<double>(count), mean, m2};
-      WelfordCombine::combine(st, group);
+      welford_add_group<kRowUnroll>(st, count, [&](int u) { return static_cast<double>(v[u]); });
     }
   }
   reduce::column_reduce<3, WelfordCombine>(st);
@@ -222,6 +228,19 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) norma
 template <class T>
 constexpr int kTrainSums = sizeof(T) < sizeof(double) ? 5 : 3;
 constexpr int kCoefs = 5;  // mean, k_dy, k_x, k_0, exact
+
+// One row's terms added to a column's training-backward sums (u = x - save_mean, g = dy), in the
+// order the scalar and vector passes share.
+template <int NS>
+__device__ __forceinline__ void add_backward_sums(double* sums, double u, double g) {
+  sums[0] += u;
+  sums[1] += g;
+  sums[2] += g * u;
+  if constexpr (NS == 5) {
+    sums[3] += u * u;
+    sums[4] += g * g;
+  }
+}
 
 // dweight / dbias of the column, and the coefficients of dx = k_dy dy + k_x (x - mean) + k_0
 // (batchnorm_backward_coefs in ops/batchnorm.h, shared with the CPU). exact: dx is formed in double;
@@ -286,14 +305,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) backw
 #pragma unroll
       for (int k = 0; k < kPairUnroll; ++k) {
         if (k >= count) continue;
-        const double u = static_cast<double>(xs[k]) - shift, g = static_cast<double>(gs[k]);
-        sums[0] += u;
-        sums[1] += g;
-        sums[2] += g * u;
-        if constexpr (NS == 5) {
-          sums[3] += u * u;
-          sums[4] += g * g;
-        }
+        add_backward_sums<NS>(sums, static_cast<double>(xs[k]) - shift, static_cast<double>(gs[k]));
       }
     }
   }
@@ -574,19 +586,8 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) 
       const int count = load_vec_rows(p.x, r0, r_end, step, p.cols, col, v);
 #pragma unroll
       for (int e = 0; e < VW; ++e) {
-        double sum = 0.0;
-#pragma unroll
-        for (int u = 0; u < kVecRowUnroll; ++u) sum += static_cast<double>(v[u][e]);  // the missing rows are 0
-        const double mean = sum / count;
-        double m2 = 0.0;
-#pragma unroll
-        for (int u = 0; u < kVecRowUnroll; ++u) {
-          const double d = static_cast<double>(v[u][e]) - mean;
-          if (u < count) m2 += d * d;
-        }
         double se[3] = {st[3 * e], st[3 * e + 1], st[3 * e + 2]};
-        const double group[3] = {static_cast<double>(count), mean, m2};
-        WelfordCombine::combine(se, group);
+        welford_add_group<kVecRowUnroll>(se, count, [&](int u) { return static_cast<double>(v[u][e]); });
         st[3 * e] = se[0], st[3 * e + 1] = se[1], st[3 * e + 2] = se[2];
       }
     }
@@ -625,15 +626,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) 
         if (u >= count) continue;
 #pragma unroll
         for (int e = 0; e < VW; ++e) {
-          const double d = static_cast<double>(xs[u][e]) - shift[e], g = static_cast<double>(gs[u][e]);
-          double* se = sums + NS * e;
-          se[0] += d;
-          se[1] += g;
-          se[2] += g * d;
-          if constexpr (NS == 5) {
-            se[3] += d * d;
-            se[4] += g * g;
-          }
+          add_backward_sums<NS>(sums + NS * e, static_cast<double>(xs[u][e]) - shift[e], static_cast<double>(gs[u][e]));
         }
       }
     }
