@@ -23,6 +23,43 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from e
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from e
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from e
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def _load_data(name: str):
     """(x_train, y_train, x_test, y_test, description): MNIST when present, else the digits."""
     from fastnn import datasets
@@ -88,10 +125,15 @@ def cmd_train(args) -> int:
     from fastnn.keras import load_model
     from fastnn.keras.utils import to_categorical
 
-    if not 0.0 <= args.dropout < 1.0:
-        raise SystemExit(f"--dropout: expected a value in [0, 1), got {args.dropout}")
-    if args.device != "cpu" and not fastnn.build_info()["cuda_available"]:
-        raise SystemExit(f"--device {args.device}: no CUDA device is usable in this build ({fastnn.build_info()})")
+    if args.device != "cpu":
+        if not fastnn.build_info()["cuda_available"]:
+            raise SystemExit(f"--device {args.device}: no CUDA device is usable in this build ({fastnn.build_info()})")
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= fastnn.cuda.device_count():
+            raise SystemExit(f"--device {args.device}: this machine has {fastnn.cuda.device_count()} usable CUDA "
+                             "device(s), numbered from cuda:0")
+    if args.resume and args.lr is not None:
+        raise SystemExit("--lr: a resumed run keeps the learning rate saved in its checkpoint")
     fastnn.manual_seed(args.seed)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +159,13 @@ def cmd_train(args) -> int:
         print(f"Resuming from {ckpt} after epoch {done}")
     else:
         model = build_model(xtr.shape[1], args.hidden, args.dropout, args.batch_norm, device=args.device)
-        model.compile(args.optimizer, "categorical_crossentropy", metrics=["accuracy"])
+        optimizer = args.optimizer
+        if args.lr is not None:
+            from fastnn.keras import optimizers
+
+            optimizer = {"adam": optimizers.Adam, "sgd": optimizers.SGD, "rmsprop": optimizers.RMSprop,
+                         "adagrad": optimizers.Adagrad}[args.optimizer](learning_rate=args.lr)
+        model.compile(optimizer, "categorical_crossentropy", metrics=["accuracy"])
         done = 0
     print(f"fastnn {fastnn.__version__} ({fastnn.build_info()['cpu_isa']}, {fastnn.get_num_threads()} threads) "
           f"on {description}")
@@ -173,14 +221,16 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     t = sub.add_parser("train", help="train the lecture's MNIST model (the main job)")
     t.add_argument("--hidden", type=_hidden, default=[1024, 1024], help="hidden layer sizes (default 1024,1024)")
-    t.add_argument("--dropout", type=float, default=0.5)
+    t.add_argument("--dropout", type=_fraction, default=0.5, help="dropout rate after each hidden layer, in [0, 1)")
     t.add_argument("--batch-norm", dest="batch_norm", action="store_true", default=True)
     t.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
     t.add_argument("--optimizer", default="adam", choices=["adam", "sgd", "rmsprop", "adagrad"])
-    t.add_argument("--epochs", type=int, default=5)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--validation-split", type=float, default=0.1)
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default: Keras's for the optimizer: 0.001, sgd 0.01)")
+    t.add_argument("--epochs", type=_positive_int, default=5)
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--validation-split", type=_fraction, default=0.1)
+    t.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
     t.add_argument("--data", default="auto", choices=["auto", "mnist", "digits"])
     t.add_argument("--output", default="fastnn-run", help="directory for history.csv, history.png, checkpoint.npz")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")

@@ -87,6 +87,24 @@ def test_cli_train_on_digits_end_to_end_and_resume(tmp_path):
     assert rows[0].startswith("epoch,loss") and len(rows) == 3  # header + two epochs
 
 
-def test_cli_rejects_bad_flags(tmp_path):
-    out = run_cli("train", "--hidden", "a,b", cwd=tmp_path)
-    assert out.returncode != 0 and "--hidden" in out.stderr
+@pytest.mark.parametrize("flags,named", [
+    (["--hidden", "a,b"], "--hidden"), (["--hidden", "0"], "--hidden"), (["--epochs", "0"], "--epochs"),
+    (["--epochs", "-1"], "--epochs"), (["--batch-size", "0"], "--batch-size"), (["--lr", "-1"], "--lr"),
+    (["--lr", "nan"], "--lr"), (["--dropout", "1.5"], "--dropout"), (["--validation-split", "1"], "--validation-split"),
+    (["--device", "tpu"], "--device"), (["--device", "cuda:99"], "--device"), (["--resume", "--lr", "0.1"], "--lr"),
+])
+def test_cli_rejects_bad_flags(tmp_path, flags, named):
+    # a usage error naming the flag, never a traceback, and before any data is loaded or trained on
+    out = run_cli("train", "--data", "digits", *flags, cwd=tmp_path)
+    assert out.returncode != 0 and named in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "fastnn-run" / "checkpoint.npz").exists()
+
+
+def test_cli_learning_rate_reaches_the_optimizer(tmp_path):
+    from fastnn.keras import load_model
+
+    out = run_cli("train", "--data", "digits", "--epochs", "1", "--hidden", "16", "--optimizer", "sgd", "--lr", "0.05",
+                  "--verbose", "0", "--output", str(tmp_path / "run"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    model = load_model(tmp_path / "run" / "checkpoint.npz")
+    assert model.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)

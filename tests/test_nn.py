@@ -255,8 +255,10 @@ def test_double_float_and_to_dtype_convert_the_whole_model(device, rng):
     fm.to(device, torch.float64)
     assert str(fm.parameters()[0].data.dtype) == "float64"
     before = fm.state_dict()
-    for bad in ("int32", torch.int64, "tpu"):
+    for bad in ("int32", torch.int64, np.float16):
         with pytest.raises(TypeError, match="^dtype: expected float32 or float64"):
             fm.to(bad)
+    with pytest.raises(ValueError, match="device"):  # a string that is no dtype is a device
+        fm.to("tpu", "float32")
     for k, v in fm.state_dict().items():  # a refused conversion changes nothing
         np.testing.assert_array_equal(v, before[k])

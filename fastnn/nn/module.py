@@ -16,8 +16,16 @@ def _float_dtype_name(dtype) -> str:
     except TypeError:
         name = None
     if name not in ("float32", "float64"):
-        raise TypeError(f"dtype: expected float32 or float64 (or a device 'cpu' / 'cuda:N'), got {dtype!r}")
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}")
     return name
+
+
+def _names_a_dtype(text: str) -> bool:
+    try:
+        np.dtype(text.removeprefix("torch."))
+        return True
+    except TypeError:
+        return False
 
 
 def _converted(t, device, dtype):
@@ -133,8 +141,8 @@ class Module:
         after this call: they hold the parameters' old buffers.
         """
         for arg in args:
-            if isinstance(arg, str) and arg.split(":")[0] in ("cpu", "cuda"):
-                device = arg
+            if isinstance(arg, str) and not _names_a_dtype(arg):
+                device = arg  # validated by Tensor.to, which names the device spellings
             else:
                 dtype = arg
         dtype = None if dtype is None else _float_dtype_name(dtype)
