@@ -74,6 +74,16 @@ FASTNN_TARGET_AVX2 void micro_tile(const MicroTile<T>& t) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = Y::zero();
 
+  // C's lines fetched during the k loop when the epilogue will read them (beta != 0): see
+  // micro_tile in gemm_kernels_avx512.cpp. A row of the tile is 64 bytes: its first and last
+  // element cover it, aligned or not.
+  if (t.beta != T(0)) {
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(t.c + i * t.ldc), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(t.c + i * t.ldc + NV * W - 1), _MM_HINT_T0);
+    }
+  }
   const typename Y::mask tail = Y::first(t.cols - (NV - 1) * W);
   const T* b = t.b;
   const int64_t b_rs = t.b_rs, kc = t.kc;
