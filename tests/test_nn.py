@@ -262,3 +262,61 @@ def test_double_float_and_to_dtype_convert_the_whole_model(device, rng):
         fm.to("tpu", "float32")
     for k, v in fm.state_dict().items():  # a refused conversion changes nothing
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_zero_grad_is_lazy_but_always_reads_as_zero(rng):
+    # On the CPU zero_grad only marks gradients as zero; the next backward overwrites them. Every way
+    # of looking at a gradient must still see exactly what an eager memset would have left.
+    def model():
+        fastnn.manual_seed(3)
+        return nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3))
+
+    x, y = randn(rng, (8, 6), "float32"), rng.integers(0, 3, 8)
+    crit = nn.CrossEntropyLoss()
+
+    def backward(m):
+        crit(m(x), y)
+        m.backward(crit.backward())
+
+    ref = model()
+    backward(ref)
+    one = [np.array(p.grad.numpy()) for p in ref.parameters()]
+
+    m = model()
+    opt = optim.SGD(m.parameters(), lr=0.1)
+    backward(m)
+    backward(m)  # stale, nonzero gradients
+    opt.zero_grad()
+    assert all((p.grad.numpy() == 0).all() for p in m.parameters())  # read before any backward: zeros
+    opt.zero_grad()
+    backward(m)  # overwrites: the same bits as one backward from fresh zeros
+    for a, b in zip((p.grad.numpy() for p in m.parameters()), one):
+        np.testing.assert_array_equal(a, b)
+    backward(m)  # accumulates again
+    for a, b in zip((p.grad.numpy() for p in m.parameters()), one):
+        np.testing.assert_allclose(a, 2 * b, rtol=1e-6, atol=1e-7)
+    # a zero made real for one parameter of a layer (the bias read) and still pending for the other
+    m.zero_grad()
+    assert (m[0].bias.grad.numpy() == 0).all()
+    backward(m)
+    for a, b in zip((p.grad.numpy() for p in m.parameters()), one):
+        np.testing.assert_array_equal(a, b)
+    # a parameter no backward reached since zero_grad: the optimizer reads its zero, not old values
+    free = nn.Linear(6, 2)
+    free_opt = optim.SGD(list(m.parameters()) + list(free.parameters()), lr=0.1)
+    free(x)
+    free.backward(np.ones((8, 2), np.float32))
+    before = free.weight.data.numpy().copy()
+    free_opt.zero_grad()
+    backward(m)
+    free_opt.step()
+    np.testing.assert_array_equal(free.weight.data.numpy(), before)
+    # the flat buffer's optimizer path as well
+    m2 = model()
+    opt2 = optim.Adam(m2.parameters(), lr=0.1)
+    backward(m2)
+    opt2.zero_grad()
+    w0 = [p.data.numpy().copy() for p in m2.parameters()]
+    opt2.step()  # zero gradients: Adam moves nothing
+    for p, w in zip(m2.parameters(), w0):
+        np.testing.assert_array_equal(p.data.numpy(), w)

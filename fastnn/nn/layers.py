@@ -10,7 +10,7 @@ from fastnn import functional as F
 from fastnn import cuda as _cuda
 from fastnn._random import init_generator, next_dropout_key
 from fastnn.nn.module import Module
-from fastnn.nn.parameter import Parameter
+from fastnn.nn.parameter import Parameter, grads_for_backward
 
 _ACTIVATIONS = ("relu", "tanh", "sigmoid")
 
@@ -63,10 +63,10 @@ class Linear(Module):
         if self._x is None:
             raise RuntimeError("Linear.backward called before forward")
         b = self.bias
+        (dweight, dbias), accumulate = grads_for_backward(self.weight, b)
         dx, _, _ = _C.linear_backward(
-            self._x, self.weight.data, dy, self._y, self._act or "none",
-            dweight=self.weight.grad, dbias=b.grad if b is not None else None,
-            need_dx=self.needs_input_grad, need_dbias=b is not None, accumulate=True)
+            self._x, self.weight.data, dy, self._y, self._act or "none", dweight=dweight, dbias=dbias,
+            need_dx=self.needs_input_grad, need_dbias=b is not None, accumulate=accumulate)
         return dx
 
     def extra_repr(self):
@@ -251,10 +251,11 @@ class BatchNorm1d(Module):
 
     def backward(self, dy):
         w, b = self.weight, self.bias
+        x = self._from_forward("_x")
+        (dweight, dbias), accumulate = grads_for_backward(w, b)
         dx, _, _ = _C.batchnorm_backward(
-            self._from_forward("_x"), dy, w.data if w is not None else None, self._saved[0], self._saved[1],
-            self._batch_stats, dweight=w.grad if w is not None else None,
-            dbias=b.grad if b is not None else None, accumulate=True)
+            x, dy, w.data if w is not None else None, self._saved[0], self._saved[1],
+            self._batch_stats, dweight=dweight, dbias=dbias, accumulate=accumulate)
         return dx
 
     def extra_repr(self):

@@ -113,10 +113,10 @@ class Module:
         params = self.parameters()
         flat = params[0].flat if params else None
         if flat is not None and flat.covers(params):
-            flat.grad.zero_()  # one memset for the whole model
+            flat.zero_grad()  # one memset for the whole model (on the CPU: none, see Parameter)
             return
         for p in params:
-            p.grad.zero_()
+            p.zero_grad()
 
     def flatten_parameters(self) -> FlatParameters | None:
         """Move every parameter into one flat data buffer and one flat gradient buffer.

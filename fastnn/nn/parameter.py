@@ -11,9 +11,14 @@ class Parameter:
 
     Inside a model both are views into the model's :class:`FlatParameters` buffers; ``flat`` and
     ``offset`` say where. A free-standing Parameter owns its own memory (``flat`` is None).
+
+    ``zero_grad`` on the CPU zeroes lazily: it marks the gradient as zero, and the next backward
+    writes it instead of adding to it (no memset, and the weight-gradient GEMM does not read the
+    old values: 5-10% of a batch-128 training step here). Reading ``grad`` before that backward,
+    or an optimizer step, writes the zeros first, so the gradient always reads as what it is.
     """
 
-    __slots__ = ("data", "grad", "flat", "offset", "__weakref__")
+    __slots__ = ("data", "_grad", "_zero_pending", "flat", "offset", "__weakref__")
 
     def __init__(self, data, requires_grad: bool = True):
         # np.array, not np.ascontiguousarray: the latter turns 0-d arrays into 1-d
@@ -21,6 +26,26 @@ class Parameter:
         self.grad = _C.zeros(self.data.shape, self.data.dtype, self.data.device)
         self.flat = None
         self.offset = 0
+
+    @property
+    def grad(self):
+        if self._zero_pending:
+            self._zero_pending = False
+            self._grad.zero_()
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad, self._zero_pending = value, False
+
+    def zero_grad(self) -> None:
+        """Zero the gradient: lazily on the CPU (see the class), at once on a GPU, where a CUDA
+        graph being captured must record the zeroing where it happens."""
+        if self._grad.device == "cpu":
+            self._zero_pending = True
+        else:
+            self._zero_pending = False
+            self._grad.zero_()
 
     @property
     def shape(self):
@@ -75,7 +100,36 @@ class FlatParameters:
     def numel(self) -> int:
         return self.data.numel()
 
+    def zero_grad(self) -> None:
+        """Zero every parameter's gradient: one memset on a GPU, lazily on the CPU (Parameter)."""
+        if self.grad.device == "cpu":
+            for p in self.params:
+                p._zero_pending = True
+        else:
+            self.grad.zero_()
+            for p in self.params:
+                p._zero_pending = False
+
+    def settled_grad(self):
+        """``grad`` with every zero still pending written: what an optimizer step may read whole."""
+        for p in self.params:
+            if p._zero_pending:
+                p.grad  # noqa: B018 (the property writes the zeros)
+        return self.grad
+
     def covers(self, params) -> bool:
         """True when ``params`` is exactly this buffer's parameter list, in order."""
         params = list(params)
         return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
+
+
+def grads_for_backward(*params):
+    """The gradient buffers a backward kernel adds into (None for a None parameter), and whether
+    it must add (True) or may overwrite them (False: every one of them was zeroed by a zero_grad
+    that is still pending, so their old values are not needed)."""
+    present = [p for p in params if p is not None]
+    if present and all(p._zero_pending for p in present):
+        for p in present:
+            p._zero_pending = False
+        return [None if p is None else p._grad for p in params], False
+    return [None if p is None else p.grad for p in params], True

@@ -156,7 +156,7 @@ class Optimizer:
         """fn(data, grad, state, new_tensor) once for a coalesced group, else once per parameter."""
         fs = self._flat_state_for(group)
         if fs is not None:
-            fn(fs.flat.data, fs.flat.grad, fs.state, fs.new_tensor)
+            fn(fs.flat.data, fs.flat.settled_grad(), fs.state, fs.new_tensor)
             fs.publish(self.state)
             return
         for p in group["params"]:
@@ -203,16 +203,16 @@ class Optimizer:
         """Zero every gradient: one call per coalesced group, one per parameter otherwise.
 
         fastnn gradients live in preallocated buffers (views of ``FlatParameters.grad``), so they are
-        always zeroed in place; ``set_to_none`` is accepted for torch compatibility.
+        always zeroed in place, on the CPU lazily (see :class:`fastnn.nn.Parameter`: the next
+        backward overwrites instead of adding); ``set_to_none`` is accepted for torch compatibility.
         """
         for group in self.param_groups:
             flat = _covering_flat(group["params"])
             if flat is not None:
-                flat.grad.zero_()
+                flat.zero_grad()
                 continue
             for p in group["params"]:
-                if p.grad is not None:
-                    p.grad.zero_()
+                p.zero_grad()
 
     # ---- saving and loading ----------------------------------------------------------------------
 
