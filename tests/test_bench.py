@@ -7,6 +7,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 
 import fastnn
@@ -173,3 +174,19 @@ def test_gpu_markdown_has_the_kernel_column():
     header, rule = [ln for ln in md.splitlines() if ln.startswith("|")][:2]
     assert header.count("|") == rule.count("|") == md.splitlines()[-4].count("|")
     assert "nan" not in md.split("| group |")[1]  # skipped rows have empty cells
+
+
+def test_cpu_memory_rows_take_their_copy_rate_from_their_own_rounds():
+    # A memory-bound row's "% of peak" divides by the copy rate measured in the same rounds as the
+    # row (the session's probe can be an hour and a tenant away); GEMM-style rows keep the FMA peak.
+    from fastnn.bench.harness import Bench, Machine, to_markdown
+
+    b = Bench(threads=1, quick=True, log=lambda *a: None)
+    a = np.ones(1 << 20, np.float32)
+    mem = b.compare("memory", "copy 4 MB", lambda: a.copy(), lambda: a.copy(), 2 * a.nbytes, "GB/s", b.copy)
+    assert mem.copy_gbps and mem.copy_gbps > 0
+    assert mem.peak_fraction == pytest.approx(mem.rate / mem.copy_gbps)
+    flops = b.compare("gemm", "dot", lambda: a @ a, lambda: a @ a, 2.0 * a.size, "GFLOP/s", b.peak)
+    assert flops.copy_gbps is None and flops.peak_fraction == pytest.approx(flops.rate / b.peak)
+    md = to_markdown(Machine(cpu="x", threads=1, peak_gflops=b.peak, copy_gbps=b.copy), [mem, flops])
+    assert f"of {mem.copy_gbps:.0f} GB/s" in md and "measured in the same rounds" in md

@@ -36,6 +36,8 @@ class Row:
     torch_kernel_us: float | None = None
     # the same per kernel name (us per call), longest first: which launch of a row costs what
     fastnn_kernels: dict[str, float] | None = None
+    # CPU memory-bound rows: the copy rate measured in the same rounds, the row's "% of peak" base
+    copy_gbps: float | None = None
 
 
 @dataclass
@@ -124,27 +126,36 @@ class Bench:
         once = max(self._time(fast, 1), self._time(ref, 1), 1e-7)
         inner = max(1, int(self.min_measure_s / once))
         ok_before = self.probe_ok()
-        tf, tr, ratios = [], [], []
+        # Memory-bound rows measure the copy rate in the same rounds, shuffled in with both libraries:
+        # on this shared machine the session's copy probe has read 44 and 70 GB/s an hour apart,
+        # and a share of a rate measured at another moment says little.
+        copy_here = peak is not None and peak == self.copy
+        tf, tr, ratios, copies = [], [], [], []
         for _ in range(self.rounds):
-            pair = [("f", fast), ("r", ref)]
+            pair = [("f", fast), ("r", ref)] + ([("c", None)] if copy_here else [])
             random.shuffle(pair)  # a fixed order makes whatever runs second pay for the first's cache traffic
             got = {}
             for k, fn in pair:
                 self.settle()
-                got[k] = self._time(fn, inner)
+                got[k] = _C._probe_copy_gbps(64 << 20, self.threads, 1) if k == "c" else self._time(fn, inner)
             tf.append(got["f"])
             tr.append(got["r"])
             ratios.append(got["r"] / got["f"])
+            if copy_here:
+                copies.append(got["c"])
         disturbed = not (ok_before and self.probe_ok())
         med_f, med_r = statistics.median(tf), statistics.median(tr)
         rate = torch_rate = frac = None
+        if copies:
+            peak = statistics.median(copies)
         if work:
             scale = 1e-9
             rate, torch_rate = work * scale / med_f, work * scale / med_r
             if peak:
                 frac = rate / peak
         row = Row(group, name, med_f * 1e3, med_r * 1e3, min(tf) * 1e3, min(tr) * 1e3,
-                  statistics.median(ratios), rate, unit, torch_rate, frac, disturbed, note)
+                  statistics.median(ratios), rate, unit, torch_rate, frac, disturbed, note,
+                  copy_gbps=statistics.median(copies) if copies else None)
         self.rows.append(row)
         flag = "  [disturbed]" if disturbed else ""
         rate_txt = f"  {rate:7.1f} {unit}" if rate else ""
@@ -195,6 +206,8 @@ def to_markdown(machine: Machine, rows: list[Row]) -> str:
         speed = "" if r.speedup != r.speedup else f"**{r.speedup:.2f}x**"
         rate = f"{r.rate:.1f} {r.rate_unit}" if r.rate else ""
         frac = f"{100 * r.peak_fraction:.0f}%" if r.peak_fraction else ""
+        if frac and r.copy_gbps:
+            frac += f" of {r.copy_gbps:.0f} GB/s"
         note = ("disturbed by other load; " if r.disturbed else "") + r.note
         fast_txt = "" if r.fastnn_ms != r.fastnn_ms else f"{r.fastnn_ms:.3f} ({r.fastnn_min_ms:.3f})"
         kernel = ""
@@ -207,6 +220,10 @@ def to_markdown(machine: Machine, rows: list[Row]) -> str:
     out.append("")
     out.append("speedup = PyTorch time / fastnn time, the median of per-round ratios (rounds interleave the two "
                "in random order); ms are medians with minimums in brackets.")
+    if not gpu:
+        out.append("% of peak: GEMMs against the FMA-loop peak; memory-bound rows against the copy rate (a 64 MB "
+                   "memcpy, read + write bytes) measured in the same rounds, shuffled in with both libraries, "
+                   "since this machine's bandwidth moves with its other tenants.")
     if gpu:
         out.append("On the GPU every timed block starts and ends with a device synchronize, so a row's time is what "
                    "the caller waits for, launch overhead included. For GEMMs the speedup is fastnn's throughput as "
