@@ -91,11 +91,46 @@ FASTNN_TARGET_AVX2 void philox_block<CpuIsa::avx2>(const DropoutParams& p, uint6
   }
 }
 
-FASTNN_TARGET_AVX512 FASTNN_FORCE_INLINE void mulhilo_avx512(__m512i c, __m512i m, __m512i& hi, __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(c, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(c, 32), m);
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-}
+// AVX-512: each 32-bit state word of 8 quads sits in the low half of a 64-bit lane, so one vpmuludq
+// gives a lane's whole 64-bit product (hi = product >> 32; lo = its low half), where 16 quads in
+// 32-bit lanes took two multiplies, three shifts and two blends per mulhilo: 6 instructions per
+// round per 8 quads instead of 9. The high halves hold garbage that vpmuludq never reads and that
+// the xors never mix into the low halves. kPhiloxGroups groups of 8 quads run side by side, as
+// independent dependency chains. Fused relu+dropout forward, one core, per element: 0.37 ns with
+// 32-bit lanes; 64-bit lanes 0.31 (1 group), 0.29 (2), 0.24 ns (4 groups); 2 threads on 4096^2
+// 3.2-3.3 -> 2.5 ms, where the memory becomes the limit.
+constexpr int kPhiloxGroups = 4;
+
+struct PhiloxLanes64 {
+  __m512i c0, c1, c2, c3;
+
+  FASTNN_TARGET_AVX512 FASTNN_FORCE_INLINE void init(uint32_t first_quad_lo, uint32_t q_hi, uint64_t offset) {
+    // quad first + i in 64-bit lane i (low half; counters never carry into q_hi within a block)
+    c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first_quad_lo)),
+                          _mm512_setr_epi32(0, 0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0, 7, 0));
+    c1 = _mm512_set1_epi32(static_cast<int>(q_hi));
+    c2 = _mm512_set1_epi32(static_cast<int>(offset));
+    c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
+  }
+
+  FASTNN_TARGET_AVX512 FASTNN_FORCE_INLINE void round(__m512i m0, __m512i m1, __m512i k0, __m512i k1) {
+    const __m512i p0 = _mm512_mul_epu32(c0, m0), p1 = _mm512_mul_epu32(c2, m1);
+    c0 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), c1, k0, 0x96);  // hi1 ^ c1 ^ k0
+    c1 = p1;                                                                   // lo1
+    c2 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), c3, k1, 0x96);  // hi0 ^ c3 ^ k1
+    c3 = p0;                                                                   // lo0
+  }
+
+  // The 8 quads' words in order (word r of quad i at 4i + r): 32 words from `out`.
+  FASTNN_TARGET_AVX512 FASTNN_FORCE_INLINE void store(uint32_t* out) const {
+    const __m512i w01 = _mm512_mask_blend_epi32(0xAAAA, c0, _mm512_slli_epi64(c1, 32));  // lane i: w0 | w1
+    const __m512i w23 = _mm512_mask_blend_epi32(0xAAAA, c2, _mm512_slli_epi64(c3, 32));  // lane i: w2 | w3
+    const __m512i even = _mm512_unpacklo_epi64(w01, w23);  // 128-bit lanes: quads 0, 2, 4, 6
+    const __m512i odd = _mm512_unpackhi_epi64(w01, w23);   // quads 1, 3, 5, 7
+    _mm512_storeu_si512(out, _mm512_permutex2var_epi64(even, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), odd));
+    _mm512_storeu_si512(out + 16, _mm512_permutex2var_epi64(even, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), odd));
+  }
+};
 
 template <>
 FASTNN_TARGET_AVX512 void philox_block<CpuIsa::avx512>(const DropoutParams& p, uint64_t q0,
@@ -103,37 +138,21 @@ FASTNN_TARGET_AVX512 void philox_block<CpuIsa::avx512>(const DropoutParams& p, u
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
   const uint32_t k_lo = static_cast<uint32_t>(p.seed), k_hi = static_cast<uint32_t>(p.seed >> 32);
-  for (int j = 0; j < count; j += 16) {
-    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(q0) + j)),
-                                  _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    __m512i c1 = _mm512_set1_epi32(static_cast<int>(q0 >> 32));
-    __m512i c2 = _mm512_set1_epi32(static_cast<int>(p.offset));
-    __m512i c3 = _mm512_set1_epi32(static_cast<int>(p.offset >> 32));
+  const uint32_t q_lo = static_cast<uint32_t>(q0), q_hi = static_cast<uint32_t>(q0 >> 32);
+  constexpr int G = kPhiloxGroups;
+  for (int j = 0; j < count; j += 8 * G) {
+    PhiloxLanes64 g[G];
+#pragma GCC unroll 4
+    for (int i = 0; i < G; ++i) g[i].init(q_lo + static_cast<uint32_t>(j + 8 * i), q_hi, p.offset);
+#pragma GCC unroll 10
     for (int round = 0; round < 10; ++round) {
-      __m512i hi0, lo0, hi1, lo1;
-      mulhilo_avx512(c0, m0, hi0, lo0);
-      mulhilo_avx512(c2, m1, hi1, lo1);
       const __m512i k0 = _mm512_set1_epi32(static_cast<int>(k_lo + round * kPhiloxW0));
       const __m512i k1 = _mm512_set1_epi32(static_cast<int>(k_hi + round * kPhiloxW1));
-      c0 = _mm512_ternarylogic_epi32(hi1, c1, k0, 0x96);  // three-way xor
-      c1 = lo1;
-      c2 = _mm512_ternarylogic_epi32(hi0, c3, k1, 0x96);
-      c3 = lo0;
+#pragma GCC unroll 4
+      for (int i = 0; i < G; ++i) g[i].round(m0, m1, k0, k1);
     }
-    const __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpackhi_epi32(c0, c1);
-    const __m512i t2 = _mm512_unpacklo_epi32(c2, c3), t3 = _mm512_unpackhi_epi32(c2, c3);
-    // 128-bit lanes now hold whole quads: u0 = 0|4|8|12, u1 = 1|5|9|13, u2 = 2|6|10|14, u3 = 3|7|11|15
-    const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
-    const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
-    const __m512i a = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(1, 0, 1, 0));  // 0 4 1 5
-    const __m512i b = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0));  // 2 6 3 7
-    const __m512i c = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2));  // 8 12 9 13
-    const __m512i d = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));  // 10 14 11 15
-    uint32_t* out = words + 4 * j;
-    _mm512_storeu_si512(out + 0, _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
-    _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(3, 1, 3, 1)));
+#pragma GCC unroll 4
+    for (int i = 0; i < G; ++i) g[i].store(words + 4 * (j + 8 * i));
   }
 }
 #endif
