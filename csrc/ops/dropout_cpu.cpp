@@ -44,17 +44,46 @@ FASTNN_FORCE_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int c
 
 #if defined(__x86_64__)
 // Hand-vectorised Philox: compilers widen every 32x32->64 product to 64-bit lanes and gain little
-// (AVX2 no faster than scalar). Here the even and odd lanes go through vpmuludq separately and are
-// blended back, then the four word vectors are transposed so that word r of quad j lands at 4j + r.
-// Measured per mask element, one core: scalar 1.8 ns, AVX2 0.8 ns, AVX-512 0.36 ns.
+// (AVX2 no faster than scalar). Here each 32-bit state word sits in the low half of a 64-bit lane,
+// so one vpmuludq gives a product's high and low words at once, and the words are transposed on the
+// way out so that word r of quad j lands at 4j + r. Scalar: 1.8 ns per mask element on one core.
 // Not always_inline: the caller is generic until inlined into its ISA wrapper, and one call per
-// 256 elements costs nothing. These blocks compute whole vectors of quads, possibly past `count`: harmless, as words has room
-// for kQuads and blocks are aligned to kQuads, so the low counter word never wraps.
-FASTNN_TARGET_AVX2 FASTNN_FORCE_INLINE void mulhilo_avx2(__m256i c, __m256i m, __m256i& hi, __m256i& lo) {
-  const __m256i even = _mm256_mul_epu32(c, m), odd = _mm256_mul_epu32(_mm256_srli_epi64(c, 32), m);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-}
+// 256 elements costs nothing. These blocks compute whole groups of quads, possibly past `count`:
+// harmless, as words has room for kQuads (a multiple of every group) and blocks are aligned to
+// kQuads, so the low counter word never wraps.
+// Groups of quads whose Philox rounds run side by side in the SIMD versions (independent chains).
+constexpr int kPhiloxGroups = 4;
+
+// AVX2: the same scheme as the AVX-512 version below (64-bit lanes, one vpmuludq per product),
+// 4 quads per vector, kPhiloxGroups vectors in flight.
+struct PhiloxLanes64Avx2 {
+  __m256i c0, c1, c2, c3;
+
+  FASTNN_TARGET_AVX2 FASTNN_FORCE_INLINE void init(uint32_t first_quad_lo, uint32_t q_hi, uint64_t offset) {
+    c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first_quad_lo)), _mm256_setr_epi32(0, 0, 1, 0, 2, 0, 3, 0));
+    c1 = _mm256_set1_epi32(static_cast<int>(q_hi));
+    c2 = _mm256_set1_epi32(static_cast<int>(offset));
+    c3 = _mm256_set1_epi32(static_cast<int>(offset >> 32));
+  }
+
+  FASTNN_TARGET_AVX2 FASTNN_FORCE_INLINE void round(__m256i m0, __m256i m1, __m256i k0, __m256i k1) {
+    const __m256i p0 = _mm256_mul_epu32(c0, m0), p1 = _mm256_mul_epu32(c2, m1);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), c1), k0);
+    c1 = p1;
+    c2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), c3), k1);
+    c3 = p0;
+  }
+
+  // The 4 quads' words in order: 16 words from `out`.
+  FASTNN_TARGET_AVX2 FASTNN_FORCE_INLINE void store(uint32_t* out) const {
+    const __m256i w01 = _mm256_blend_epi32(c0, _mm256_slli_epi64(c1, 32), 0xAA);
+    const __m256i w23 = _mm256_blend_epi32(c2, _mm256_slli_epi64(c3, 32), 0xAA);
+    const __m256i even = _mm256_unpacklo_epi64(w01, w23);  // 128-bit lanes: quads 0, 2
+    const __m256i odd = _mm256_unpackhi_epi64(w01, w23);   // quads 1, 3
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute2x128_si256(even, odd, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_permute2x128_si256(even, odd, 0x31));
+  }
+};
 
 template <>
 FASTNN_TARGET_AVX2 void philox_block<CpuIsa::avx2>(const DropoutParams& p, uint64_t q0,
@@ -62,32 +91,21 @@ FASTNN_TARGET_AVX2 void philox_block<CpuIsa::avx2>(const DropoutParams& p, uint6
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
   const uint32_t k_lo = static_cast<uint32_t>(p.seed), k_hi = static_cast<uint32_t>(p.seed >> 32);
-  for (int j = 0; j < count; j += 8) {
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q0) + j)),
-                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256i c1 = _mm256_set1_epi32(static_cast<int>(q0 >> 32));
-    __m256i c2 = _mm256_set1_epi32(static_cast<int>(p.offset));
-    __m256i c3 = _mm256_set1_epi32(static_cast<int>(p.offset >> 32));
+  const uint32_t q_lo = static_cast<uint32_t>(q0), q_hi = static_cast<uint32_t>(q0 >> 32);
+  constexpr int G = kPhiloxGroups;
+  for (int j = 0; j < count; j += 4 * G) {
+    PhiloxLanes64Avx2 g[G];
+#pragma GCC unroll 4
+    for (int i = 0; i < G; ++i) g[i].init(q_lo + static_cast<uint32_t>(j + 4 * i), q_hi, p.offset);
+#pragma GCC unroll 10
     for (int round = 0; round < 10; ++round) {
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo_avx2(c0, m0, hi0, lo0);
-      mulhilo_avx2(c2, m1, hi1, lo1);
       const __m256i k0 = _mm256_set1_epi32(static_cast<int>(k_lo + round * kPhiloxW0));
       const __m256i k1 = _mm256_set1_epi32(static_cast<int>(k_hi + round * kPhiloxW1));
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
-      c1 = lo1;
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
-      c3 = lo0;
+#pragma GCC unroll 4
+      for (int i = 0; i < G; ++i) g[i].round(m0, m1, k0, k1);
     }
-    const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
-    const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);  // quads 0|4, 1|5
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);  // quads 2|6, 3|7
-    __m256i* out = reinterpret_cast<__m256i*>(words + 4 * j);
-    _mm256_storeu_si256(out + 0, _mm256_permute2x128_si256(u0, u1, 0x20));
-    _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(u2, u3, 0x20));
-    _mm256_storeu_si256(out + 2, _mm256_permute2x128_si256(u0, u1, 0x31));
-    _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(u2, u3, 0x31));
+#pragma GCC unroll 4
+    for (int i = 0; i < G; ++i) g[i].store(words + 4 * (j + 4 * i));
   }
 }
 
@@ -99,8 +117,6 @@ FASTNN_TARGET_AVX2 void philox_block<CpuIsa::avx2>(const DropoutParams& p, uint6
 // independent dependency chains. Fused relu+dropout forward, one core, per element: 0.37 ns with
 // 32-bit lanes; 64-bit lanes 0.31 (1 group), 0.29 (2), 0.24 ns (4 groups); 2 threads on 4096^2
 // 3.2-3.3 -> 2.5 ms, where the memory becomes the limit.
-constexpr int kPhiloxGroups = 4;
-
 struct PhiloxLanes64 {
   __m512i c0, c1, c2, c3;
 
