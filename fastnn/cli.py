@@ -23,34 +23,22 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from e
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return value
+def _checked(convert, ok, expected: str):
+    """An argparse type: convert(text), refused with "expected ..., got ..." unless ok(value)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from e
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from e
-    if not value > 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from e
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+_positive_int = _checked(int, lambda v: v > 0, "a positive int")
+_positive_float = _checked(float, lambda v: v > 0, "a positive number")  # NaN fails v > 0 too
+_fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def _device(text: str) -> str:
