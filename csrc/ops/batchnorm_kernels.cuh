@@ -148,16 +148,26 @@ __device__ __forceinline__ void finish_forward(const ForwardParams<T>& p, int64_
                      p.running_mean ? p.running_mean + col : nullptr, p.running_var ? p.running_var + col : nullptr);
 }
 
-// y = ((x - hi) - lo) * scale + shift over the thread's rows, with mean = hi + lo, from the saved
-// statistics (training: batch; eval: running ones, whose mean is a T, so lo = 0).
+// A column's y = ((x - hi) - lo) * scale + shift, with mean = hi + lo, from the saved statistics
+// (training: batch; eval: running ones, whose mean is a T, so lo = 0). The scalar pass below and
+// the 16-byte pass (normalise_vec_kernel) both use it, so they give the same bits.
+template <class T>
+struct ColumnNormaliser {
+  T hi, lo, scale, shift;
+  ColumnNormaliser() = default;
+  __device__ __forceinline__ ColumnNormaliser(const ForwardParams<T>& p, int64_t col) {
+    split_hi_lo(p.save_mean[col], hi, lo);
+    scale = static_cast<T>(batchnorm_gain(p.save_invstd[col], p.weight, col));
+    shift = batchnorm_shift(p.bias, col);
+  }
+  __device__ __forceinline__ T operator()(T x) const { return ((x - hi) - lo) * scale + shift; }
+};
+
+// y over the thread's rows.
 template <class T>
 __device__ __forceinline__ void normalise(const ForwardParams<T>& p, const Slice& s) {
   if (!s.has_column(p.cols)) return;
-  const double invstd = p.save_invstd[s.col];
-  T hi, lo;
-  split_hi_lo(p.save_mean[s.col], hi, lo);
-  const T scale = static_cast<T>(batchnorm_gain(invstd, p.weight, s.col));
-  const T shift = batchnorm_shift(p.bias, s.col);
+  const ColumnNormaliser<T> y(p, s.col);
   for (int64_t r0 = s.r_begin; r0 < s.r_end; r0 += kRowUnroll * s.step) {
     T v[kRowUnroll];
     const int count = load_rows(p.x, s, r0, p.cols, v);
@@ -165,7 +175,7 @@ __device__ __forceinline__ void normalise(const ForwardParams<T>& p, const Slice
     const int64_t stride = s.step * p.cols;
 #pragma unroll
     for (int u = 0; u < kRowUnroll; ++u)
-      if (u < count) out[u * stride] = ((v[u] - hi) - lo) * scale + shift;
+      if (u < count) out[u * stride] = y(v[u]);
   }
 }
 
@@ -262,14 +272,30 @@ __device__ __forceinline__ void finish_backward(const BackwardParams<T>& p, int6
   coef[4] = k.exact ? 1.0 : 0.0;
 }
 
+// A column's dx = k_dy dy + k_x (x - mean) + k_0 from its kCoefs coefficients (finish_backward):
+// in double where it cancels (exact), else in T with mean = hi + lo. write_dx and the 16-byte pass
+// (backward_dx_vec_kernel) both use it, so they give the same bits.
+template <class T>
+struct ColumnDx {
+  double mean, k_dy, k_x, k_0;
+  T hi, lo, f_dy, f_x, f_0;
+  bool exact;
+  ColumnDx() = default;
+  __device__ __forceinline__ explicit ColumnDx(const double* coef)
+      : mean(coef[0]), k_dy(coef[1]), k_x(coef[2]), k_0(coef[3]), exact(coef[4] != 0.0) {
+    split_hi_lo(mean, hi, lo);
+    f_dy = static_cast<T>(k_dy), f_x = static_cast<T>(k_x), f_0 = static_cast<T>(k_0);
+  }
+  __device__ __forceinline__ T operator()(T x, T g) const {
+    return exact ? static_cast<T>(k_dy * static_cast<double>(g) + k_x * (static_cast<double>(x) - mean) + k_0)
+                 : f_dy * g + f_x * ((x - hi) - lo) + f_0;
+  }
+};
+
 template <class T>
 __device__ __forceinline__ void write_dx(const BackwardParams<T>& p, const Slice& s, const double* coef) {
   if (!s.has_column(p.cols)) return;
-  const double mean = coef[0], k_dy = coef[1], k_x = coef[2], k_0 = coef[3];
-  const bool exact = coef[4] != 0.0;
-  T hi, lo;
-  split_hi_lo(mean, hi, lo);
-  const T f_dy = static_cast<T>(k_dy), f_x = static_cast<T>(k_x), f_0 = static_cast<T>(k_0);
+  const ColumnDx<T> dx(coef);
   for (int64_t r0 = s.r_begin; r0 < s.r_end; r0 += kPairUnroll * s.step) {
     T xs[kPairUnroll], gs[kPairUnroll];
     const int count = load_rows(p.x, s, r0, p.cols, xs);
@@ -279,8 +305,7 @@ __device__ __forceinline__ void write_dx(const BackwardParams<T>& p, const Slice
 #pragma unroll
     for (int u = 0; u < kPairUnroll; ++u) {
       if (u >= count) continue;
-      out[u * stride] = exact ? static_cast<T>(k_dy * static_cast<double>(gs[u]) + k_x * (static_cast<double>(xs[u]) - mean) + k_0)
-                      : f_dy * gs[u] + f_x * ((xs[u] - hi) - lo) + f_0;
+      out[u * stride] = dx(xs[u], gs[u]);
     }
   }
 }
@@ -468,15 +493,11 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) normalise_vec_kernel(F
   constexpr int VW = kVecWidth<T>;
   const int64_t col = vec_column(VW);
   if (col >= p.cols) return;  // no barrier in this kernel
-  T hi[VW], lo[VW], scale[VW], shift[VW];
+  ColumnNormaliser<T> y[VW];
 #pragma unroll
-  for (int v = 0; v < VW; ++v) {
-    split_hi_lo(p.save_mean[col + v], hi[v], lo[v]);
-    scale[v] = static_cast<T>(batchnorm_gain(p.save_invstd[col + v], p.weight, col + v));
-    shift[v] = batchnorm_shift(p.bias, col + v);
-  }
+  for (int v = 0; v < VW; ++v) y[v] = ColumnNormaliser<T>(p, col + v);
   vec_rows(p.rows, p.cols, rows_per_chunk, col, p.x, static_cast<const T*>(nullptr), p.y,
-           [&](int v, T x, T) { return ((x - hi[v]) - lo[v]) * scale[v] + shift[v]; });
+           [&](int v, T x, T) { return y[v](x); });
 }
 
 // dx from the per-column coefficients (p.coefs), as write_dx(), a vector of columns per thread.
@@ -485,21 +506,10 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_dx_vec_kernel
   constexpr int VW = kVecWidth<T>;
   const int64_t col = vec_column(VW);
   if (col >= p.cols) return;  // no barrier in this kernel
-  double mean[VW], k_dy[VW], k_x[VW], k_0[VW];
-  T hi[VW], lo[VW], f_dy[VW], f_x[VW], f_0[VW];
-  bool exact[VW];  // the column's dx formed in double (write_dx)
+  ColumnDx<T> dx[VW];
 #pragma unroll
-  for (int v = 0; v < VW; ++v) {
-    const double* c = p.coefs + (col + v) * kCoefs;
-    mean[v] = c[0], k_dy[v] = c[1], k_x[v] = c[2], k_0[v] = c[3];
-    exact[v] = c[4] != 0.0;
-    split_hi_lo(mean[v], hi[v], lo[v]);
-    f_dy[v] = static_cast<T>(k_dy[v]), f_x[v] = static_cast<T>(k_x[v]), f_0[v] = static_cast<T>(k_0[v]);
-  }
-  vec_rows(p.rows, p.cols, rows_per_chunk, col, p.x, p.dy, p.dx, [&](int v, T x, T g) {
-    return exact[v] ? static_cast<T>(k_dy[v] * static_cast<double>(g) + k_x[v] * (static_cast<double>(x) - mean[v]) + k_0[v])
-                    : f_dy[v] * g + f_x[v] * ((x - hi[v]) - lo[v]) + f_0[v];
-  });
+  for (int v = 0; v < VW; ++v) dx[v] = ColumnDx<T>(p.coefs + (col + v) * kCoefs);
+  vec_rows(p.rows, p.cols, rows_per_chunk, col, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); });
 }
 
 // ---- 16-byte statistics passes ----------------------------------------------------------------
