@@ -57,29 +57,36 @@ void micro_scalar(const MicroTile<T>& t) {
 template <class T>
 void pack_b_generic(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc,
                     int64_t nc, int nr, int vec, T* dst) {
+  if (!trans_b) {
+    // Row k of the block at once, into every panel: B is read front to back (panel by panel, each
+    // 4 KB-strided row fragment was a new stream: half of a 1024 x 1024 weight took 69 us, now 49).
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* src = b + (pc + k) * ldb + jc;
+      for (int64_t jr = 0; jr < nc; jr += nr) {
+        const int cols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
+        const int w = packed_width(cols, nr, vec);
+        T* row = dst + (jr / nr) * kc * nr + k * w;
+        std::memcpy(row, src + jr, sizeof(T) * cols);
+        for (int j = cols; j < w; ++j) row[j] = T(0);
+      }
+    }
+    return;
+  }
   for (int64_t jr = 0; jr < nc; jr += nr) {
     const int cols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
     const int w = packed_width(cols, nr, vec);
     T* panel = dst + (jr / nr) * kc * nr;
-    if (!trans_b) {
-      const T* src = b + pc * ldb + jc + jr;
-      for (int64_t k = 0; k < kc; ++k) {
-        std::memcpy(panel + k * w, src + k * ldb, sizeof(T) * cols);
+    // op(B)(k, j) = b[j * ldb + k]. Blocks of 16 k keep the 16 panel rows being written in L1
+    // while each source row is read one cache line at a time.
+    constexpr int64_t kb = 16;
+    for (int64_t k0 = 0; k0 < kc; k0 += kb) {
+      const int64_t k1 = std::min(kc, k0 + kb);
+      for (int j = 0; j < cols; ++j) {
+        const T* src = b + (jc + jr + j) * ldb + pc;
+        for (int64_t k = k0; k < k1; ++k) panel[k * w + j] = src[k];
+      }
+      for (int64_t k = k0; k < k1; ++k)
         for (int j = cols; j < w; ++j) panel[k * w + j] = T(0);
-      }
-    } else {
-      // op(B)(k, j) = b[j * ldb + k]. Blocks of 16 k keep the 16 panel rows being written in L1
-      // while each source row is read one cache line at a time.
-      constexpr int64_t kb = 16;
-      for (int64_t k0 = 0; k0 < kc; k0 += kb) {
-        const int64_t k1 = std::min(kc, k0 + kb);
-        for (int j = 0; j < cols; ++j) {
-          const T* src = b + (jc + jr + j) * ldb + pc;
-          for (int64_t k = k0; k < k1; ++k) panel[k * w + j] = src[k];
-        }
-        for (int64_t k = k0; k < k1; ++k)
-          for (int j = cols; j < w; ++j) panel[k * w + j] = T(0);
-      }
     }
   }
 }
