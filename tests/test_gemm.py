@@ -160,7 +160,8 @@ def test_gemm_bad_inputs():
 
 
 # One script, run under each FASTNN_ISA cap: the AVX-512, AVX2 and scalar micro-kernels (and
-# their packers and epilogues) must all agree with a float64 reference.
+# their packers and epilogues) must all agree with a float64 reference. M = 128 and 256 with
+# trans_a: A^T's rows 512 bytes apart, so the narrower kernels copy its micro-panels (pack_a).
 ISA_SCRIPT = textwrap.dedent("""
     import itertools, sys
     import numpy as np
@@ -170,7 +171,8 @@ ISA_SCRIPT = textwrap.dedent("""
     print(fastnn.build_info()["cpu_isa"])
     worst = 0.0
     for dt, (m, n, k), (ta, tb) in itertools.product(
-            [np.float32, np.float64], [(1, 1, 1), (7, 33, 13), (13, 517, 70), (100, 10, 1000), (300, 70, 600)],
+            [np.float32, np.float64], [(1, 1, 1), (7, 33, 13), (13, 517, 70), (100, 10, 1000), (300, 70, 600),
+             (128, 300, 70), (256, 700, 300)],
             itertools.product([False, True], repeat=2)):
         a = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)
         b = rng.standard_normal((n, k) if tb else (k, n)).astype(dt)

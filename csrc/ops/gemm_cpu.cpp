@@ -150,17 +150,18 @@ class PackBuffer {
   size_t capacity_ = 0;
 };
 
-thread_local PackBuffer tl_pack_b;
+thread_local PackBuffer tl_pack_b, tl_pack_a;
 
 // ---------------------------------------------------------------------------------------------
 // The driver.
 
-// A is never packed: the micro-kernel broadcasts its elements straight from op(A), whether rows
-// (6 row streams) or columns (A^T: 6 adjacent values per k). Packing A measured 2-15% slower at
-// batch 128 and no faster at 1024 (each packed element is used by only one micro-panel row).
+// A is read in place: the micro-kernel broadcasts its elements straight from op(A), whether rows
+// (6 row streams) or columns (A^T: 6 adjacent values per k). Packing the whole of A measured 2-15%
+// slower at batch 128 and no faster at 1024 (each packed element is used by only one micro-panel
+// row). The exception is pack_a, one A^T micro-panel copied before its row of kernel calls, below.
 struct Plan {
   int64_t kc = 0, nc = 0;
-  bool pack_b = false;
+  bool pack_b = false, pack_a = false;
 };
 
 // The source of the next B block, fetched towards L2 a few cache lines after each micro-kernel
@@ -206,6 +207,7 @@ void gemm_block(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& pla
   // whole B block from L2 (with the faster transposing pack: forward at batch 128 +5-8%).
   const int64_t row_panels = (m1 - m0 + mr - 1) / mr, panel_rows = (m1 - m0) / row_panels,
                 longer_panels = (m1 - m0) % row_panels;
+  T* apack = plan.pack_a ? tl_pack_a.get<T>(static_cast<size_t>(plan.kc) * mr) : nullptr;
   NextBlockPrefetch<T> prefetch;
   MicroTile<T> t{};
   t.alpha = p.alpha;
@@ -244,7 +246,14 @@ void gemm_block(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& pla
 
       for (int64_t panel = 0, ir = m0; panel < row_panels; ++panel, ir += t.rows) {
         t.rows = static_cast<int>(panel_rows + (panel < longer_panels));
-        if (p.trans_a) {
+        if (plan.pack_a) {
+          const T* src = p.a + pc * p.lda + ir;
+          for (int64_t k = 0; k < kc; ++k)
+            for (int i = 0; i < t.rows; ++i) apack[k * t.rows + i] = src[k * p.lda + i];
+          t.a = apack;
+          t.a_rs = 1;
+          t.a_cs = t.rows;
+        } else if (p.trans_a) {
           t.a = p.a + pc * p.lda + ir;
           t.a_rs = 1;
           t.a_cs = p.lda;
@@ -333,6 +342,17 @@ void gemm(const GemmProblem<T>& p) {
   // features: +9% at batch 128; packing a panel used by only ~10 rows cost 30%).
   const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0;
   plan.pack_b = p.trans_b || rows_per_thread >= 256 || (b_rows_alias && rows_per_thread >= 32);
+  // A^T read in place (dY^T X) takes kc lines lda apart per micro-panel. When lda is a multiple of
+  // 512 bytes those lines share at most 8 of L1's 64 sets, so they cannot stay in L1 between the
+  // kernel calls across the B block, and each call fetches them again from L2. With AVX2's 16-wide
+  // tiles that is 16 calls per panel: copying the panel first made the weight gradient 1.2-1.25x
+  // faster (dY with 1024 features; 128 and 1024 rows). AVX-512's 64-wide tiles make 4 calls, where
+  // the copy's own misses, not overlapped with FMAs as inside the kernel, cost 12-14%.
+  if (p.trans_a) {
+    const int64_t cols_per_thread = split_n ? (p.n + threads - 1) / threads : p.n;
+    const int64_t calls_per_panel = (std::min(plan.nc, cols_per_thread) + ks.nr - 1) / ks.nr;
+    plan.pack_a = calls_per_panel >= 8 && (p.lda * int64_t(sizeof(T))) % 512 == 0;
+  }
   // Equal K blocks (784 = 2 x 392, not 512 + 272): the short block would pay the same C-tile
   // load and store for fewer flops.
   const int64_t k_blocks = (p.k + plan.kc - 1) / plan.kc;
