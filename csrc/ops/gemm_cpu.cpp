@@ -334,14 +334,7 @@ void gemm(const GemmProblem<T>& p) {
 
   // Each thread owns a slice of C; split the columns unless C is too narrow to give every thread
   // whole vectors while it has rows to spare.
-  const bool split_n = threads > 1 && (p.n >= int64_t(threads) * ks.nr || p.m < int64_t(threads) * ks.mr * 2);
-  const int64_t rows_per_thread = split_n ? p.m : (p.m + threads - 1) / threads;
-  // Packing B pays when B is transposed (the micro-kernel needs its columns contiguous), when
-  // each packed panel is reused by many rows, or when B's rows lie a multiple of 4 KB apart: read
-  // in place, a kc x nr panel then maps to a few cache sets and misses L2 (dY W with 1024
-  // features: +9% at batch 128; packing a panel used by only ~10 rows cost 30%).
-  const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0;
-  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (b_rows_alias && rows_per_thread >= 32);
+  bool split_n = threads > 1 && (p.n >= int64_t(threads) * ks.nr || p.m < int64_t(threads) * ks.mr * 2);
   // A^T read in place (dY^T X) takes kc lines lda apart per micro-panel. When lda is a multiple of
   // 512 bytes those lines share at most 8 of L1's 64 sets, so they cannot stay in L1 between the
   // kernel calls across the B block, and each call fetches them again from L2. With AVX2's 16-wide
@@ -352,7 +345,19 @@ void gemm(const GemmProblem<T>& p) {
     const int64_t cols_per_thread = split_n ? (p.n + threads - 1) / threads : p.n;
     const int64_t calls_per_panel = (std::min(plan.nc, cols_per_thread) + ks.nr - 1) / ks.nr;
     plan.pack_a = calls_per_panel >= 8 && (p.lda * int64_t(sizeof(T))) % 512 == 0;
+    // Where A^T stays in place, a weight gradient with many output features splits its rows
+    // instead: each thread then reads half of dY^T's strided columns rather than all of them, and
+    // packs all of X, read front to back. AVX-512: +6-7% with 784 input features, +1-2% with
+    // 1024 (batch 128 and 1024, 6 alternating processes); with AVX2's panel copies it cost 1-5%.
+    if (split_n && !plan.pack_a && p.m >= 256) split_n = false;
   }
+  const int64_t rows_per_thread = split_n ? p.m : (p.m + threads - 1) / threads;
+  // Packing B pays when B is transposed (the micro-kernel needs its columns contiguous), when
+  // each packed panel is reused by many rows, or when B's rows lie a multiple of 4 KB apart: read
+  // in place, a kc x nr panel then maps to a few cache sets and misses L2 (dY W with 1024
+  // features: +9% at batch 128; packing a panel used by only ~10 rows cost 30%).
+  const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0;
+  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (b_rows_alias && rows_per_thread >= 32);
   // Equal K blocks (784 = 2 x 392, not 512 + 272): the short block would pay the same C-tile
   // load and store for fewer flops.
   const int64_t k_blocks = (p.k + plan.kc - 1) / plan.kc;
