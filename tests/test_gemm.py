@@ -95,21 +95,27 @@ def test_gemm_empty_m_or_n(dtype, rng):
         assert tuple(_C.gemm(a, b).shape) == (m, n)
 
 
-def test_gemm_single_thread_and_multi_block(dtype, rng):
-    """One thread walks every column block (NC) and K block itself. Each element is summed in the
-    same order however the threads split C, so the results are bitwise equal."""
-    m, n, k = 40, 1300, 1100
-    a, b = operands(rng, m, n, k, False, True, dtype)
-    expected = reference(a, b, False, True)
+@pytest.mark.parametrize("m,n,k,ta,tb", [
+    (40, 1300, 1100, False, True),   # column blocks (NC) and K blocks on one thread
+    (300, 700, 300, True, False),    # a weight gradient's shape: threads split the rows
+    (256, 300, 600, True, False),    # A^T rows 1 KB apart: copied panels where tiles are narrow
+    (130, 1030, 520, False, False),  # B as stored, packed
+])
+def test_gemm_same_bits_on_any_thread_count(m, n, k, ta, tb, dtype, rng):
+    """One thread walks every block itself; two split C by rows or columns. Each element is summed
+    in the same order however the threads split C, so the results are bitwise equal."""
+    a, b = operands(rng, m, n, k, ta, tb, dtype)
+    expected = reference(a, b, ta, tb)
     before = fastnn.get_num_threads()
     try:
         fastnn.set_num_threads(1)
-        one = np.asarray(_C.gemm(a, b, trans_b=True)).copy()
+        one = np.asarray(_C.gemm(a, b, trans_a=ta, trans_b=tb)).copy()
+        fastnn.set_num_threads(2)
+        two = np.asarray(_C.gemm(a, b, trans_a=ta, trans_b=tb))
     finally:
         fastnn.set_num_threads(before)
-    many = np.asarray(_C.gemm(a, b, trans_b=True))
     assert_close(one, expected, dtype, rtol_for(dtype, k))
-    assert np.array_equal(one, many)
+    assert np.array_equal(one, two)
 
 
 def test_gemm_torch_and_noncontiguous_inputs(dtype, rng):
