@@ -10,7 +10,10 @@ from utils import assert_close, randn, torch_of
 
 ACTIVATIONS = ["none", "relu", "tanh", "sigmoid"]
 # (N, in, out): 1, 7, 33, 1000 and sizes that are no multiple of a 6 x 64 / 6 x 32 tile or vector
-SHAPES = [(1, 1, 1), (7, 33, 13), (33, 7, 1000), (100, 1000, 10), (50, 100, 7), (1000, 70, 33), (128, 784, 100)]
+# (batch, in, out). Batches of up to 32 with 64+ inputs take the dot-product forward (W read in
+# place); 33 and more the packed GEMM.
+SHAPES = [(1, 1, 1), (7, 33, 13), (33, 7, 1000), (100, 1000, 10), (50, 100, 7), (1000, 70, 33), (128, 784, 100),
+          (5, 100, 70), (32, 200, 1000)]
 TORCH_ACT = {"none": lambda z: z, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 

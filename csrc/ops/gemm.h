@@ -155,11 +155,12 @@ struct KernelSet {
   // packed_width(its columns) with the padding zeroed; panel p starts at dst + p * kc * nr.
   void (*pack_b)(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc,
                  int64_t nc, int nr, int vec, T* dst) = nullptr;
-  // Optional: rows [m0, m1) of C for op(A) = A, op(B) = B^T with few columns (the 10-wide output
-  // layer's X W^T): dot products along K with both operands read in place. A tile of a few
-  // columns would fill a fraction of each vector, and packing B^T would cost as much as the
-  // product; here every lane works and nothing is packed.
-  void (*narrow_nt)(const GemmProblem<T>& p, int64_t m0, int64_t m1) = nullptr;
+  // Optional: C[m0:m1, n0:n1] for op(A) = A, op(B) = B^T with few columns (the 10-wide output
+  // layer's X W^T) or few rows (X W^T at a batch of a few samples): dot products along K with
+  // both operands read in place. A tile of a few columns would fill a fraction of each vector, and
+  // packing B^T would cost as much as the product (for few rows: reading W three times instead
+  // of once); here every lane works and nothing is packed.
+  void (*dot_nt)(const GemmProblem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) = nullptr;
 };
 
 // Each returns the scalar set when its ISA was not compiled in (non-x86 builds).

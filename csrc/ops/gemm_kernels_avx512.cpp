@@ -266,15 +266,23 @@ constexpr std::array<void (*)(const GemmProblem<T>&, int64_t, int64_t), sizeof..
 template <class T>
 const auto kDotBlocks = make_dot_table<T>(std::make_integer_sequence<int, kDotRA * kDotRB>{});
 
+// B^T's rows a chunk of about this many bytes at a time, so that every row group of A reads the
+// chunk from L2 rather than all of B from further out.
+constexpr int64_t kDotChunkBytes = 256 << 10;
+
 template <class T>
-void narrow_nt(const GemmProblem<T>& p, int64_t m0, int64_t m1) {
+void dot_nt(const GemmProblem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   // Columns in equal groups of at most kDotRB (10 = 5 + 5, not 5 + 5 + 0 or 6 + 4).
-  const int64_t groups = (p.n + kDotRB - 1) / kDotRB, rb = (p.n + groups - 1) / groups;
-  for (int64_t i0 = m0; i0 < m1; i0 += kDotRA) {
-    const int ra = static_cast<int>(std::min<int64_t>(kDotRA, m1 - i0));
-    for (int64_t j0 = 0; j0 < p.n; j0 += rb) {
-      const int cols = static_cast<int>(std::min<int64_t>(rb, p.n - j0));
-      kDotBlocks<T>[(ra - 1) * kDotRB + cols - 1](p, i0, j0);
+  const int64_t width = n1 - n0, groups = (width + kDotRB - 1) / kDotRB, rb = (width + groups - 1) / groups;
+  const int64_t chunk = std::max<int64_t>(1, kDotChunkBytes / (p.k * static_cast<int64_t>(sizeof(T))) / rb) * rb;
+  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+    const int64_t c1 = std::min(n1, c0 + chunk);
+    for (int64_t i0 = m0; i0 < m1; i0 += kDotRA) {
+      const int ra = static_cast<int>(std::min<int64_t>(kDotRA, m1 - i0));
+      for (int64_t j0 = c0; j0 < c1; j0 += rb) {
+        const int cols = static_cast<int>(std::min<int64_t>(rb, c1 - j0));
+        kDotBlocks<T>[(ra - 1) * kDotRB + cols - 1](p, i0, j0);
+      }
     }
   }
 }
@@ -311,7 +319,7 @@ KernelSet<T> kernels_avx512() {
   ks.vec = Zmm<T>::W;
   ks.micro = micro_entry<T>;
   ks.pack_b = pack_b<T>;
-  ks.narrow_nt = narrow_nt<T>;
+  ks.dot_nt = dot_nt<T>;
   return ks;
 }
 
