@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 
@@ -35,6 +36,11 @@ struct Ymm<float> {
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg load(mask m, const float* p) { return _mm256_maskload_ps(p, m); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 void store(float* p, mask m, reg v) { _mm256_maskstore_ps(p, m, v); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 float reduce(reg v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+  }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
@@ -54,6 +60,10 @@ struct Ymm<double> {
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg load(mask m, const double* p) { return _mm256_maskload_pd(p, m); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 void store(double* p, mask m, reg v) { _mm256_maskstore_pd(p, m, v); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 void store(double* p, reg v) { _mm256_storeu_pd(p, v); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 double reduce(reg v) {
+    const __m128d x = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(x, _mm_unpackhi_pd(x, x)));
+  }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg mul(reg a, reg b) { return _mm256_mul_pd(a, b); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
@@ -243,6 +253,78 @@ FASTNN_TARGET_AVX2 void pack_b(bool trans_b, const T* b, int64_t ldb, int64_t pc
   }
 }
 
+// X W^T as dot products: gemm_kernels_avx512.cpp's dot_block and dot_nt for 16 registers (an RA x
+// RB block takes RA * RB accumulators, RB loaded vectors of B and one of A). Repeated, not shared,
+// for the instruction set each copy is compiled for.
+constexpr int kDotRA = 4, kDotRB = 3;
+constexpr int64_t kDotChunkBytes = 256 << 10;
+
+template <class T, int RA, int RB>
+FASTNN_TARGET_AVX2 void dot_block(const GemmProblem<T>& p, int64_t i0, int64_t j0) {
+  using Y = Ymm<T>;
+  using reg = typename Y::reg;
+  constexpr int W = Y::W;
+  reg acc[RA][RB];
+#pragma GCC unroll 4
+  for (int r = 0; r < RA; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < RB; ++j) acc[r][j] = Y::zero();
+  const T* a = p.a + i0 * p.lda;
+  const T* b = p.b + j0 * p.ldb;
+  const int64_t lda = p.lda, ldb = p.ldb;
+  auto step = [&](int64_t k, auto full, typename Y::mask m) __attribute__((always_inline, target("avx2,fma"))) {
+    reg bv[RB];
+#pragma GCC unroll 4
+    for (int j = 0; j < RB; ++j) bv[j] = full ? Y::load(b + j * ldb + k) : Y::load(m, b + j * ldb + k);
+#pragma GCC unroll 4
+    for (int r = 0; r < RA; ++r) {
+      const reg av = full ? Y::load(a + r * lda + k) : Y::load(m, a + r * lda + k);
+#pragma GCC unroll 4
+      for (int j = 0; j < RB; ++j) acc[r][j] = Y::fmadd(av, bv[j], acc[r][j]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + W <= p.k; k += W) step(k, std::true_type{}, typename Y::mask{});
+  if (k < p.k) step(k, std::false_type{}, Y::first(static_cast<int>(p.k - k)));
+
+  T* c = p.c + i0 * p.ldc + j0;
+#pragma GCC unroll 4
+  for (int r = 0; r < RA; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < RB; ++j) {
+      T v = p.alpha * Y::reduce(acc[r][j]);
+      if (p.beta != T(0)) v += p.beta * c[r * p.ldc + j];
+      if (p.bias) v += p.bias[j0 + j];
+      c[r * p.ldc + j] = v;
+    }
+  if (p.act != Activation::none) activate_tile(p.act, c, p.ldc, RA, RB);
+}
+
+template <class T, int... I>
+constexpr std::array<void (*)(const GemmProblem<T>&, int64_t, int64_t), sizeof...(I)> make_dot_table(
+    std::integer_sequence<int, I...>) {
+  return {&dot_block<T, I / kDotRB + 1, I % kDotRB + 1>...};
+}
+
+template <class T>
+const auto kDotBlocks = make_dot_table<T>(std::make_integer_sequence<int, kDotRA * kDotRB>{});
+
+template <class T>
+void dot_nt(const GemmProblem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int64_t width = n1 - n0, groups = (width + kDotRB - 1) / kDotRB, rb = (width + groups - 1) / groups;
+  const int64_t chunk = std::max<int64_t>(1, kDotChunkBytes / (p.k * static_cast<int64_t>(sizeof(T))) / rb) * rb;
+  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+    const int64_t c1 = std::min(n1, c0 + chunk);
+    for (int64_t i0 = m0; i0 < m1; i0 += kDotRA) {
+      const int ra = static_cast<int>(std::min<int64_t>(kDotRA, m1 - i0));
+      for (int64_t j0 = c0; j0 < c1; j0 += rb) {
+        const int cols = static_cast<int>(std::min<int64_t>(rb, c1 - j0));
+        kDotBlocks<T>[(ra - 1) * kDotRB + cols - 1](p, i0, j0);
+      }
+    }
+  }
+}
+
 template <class T>
 void micro_entry(const MicroTile<T>& t) {
   const int nv = (t.cols + Ymm<T>::W - 1) / Ymm<T>::W;
@@ -264,6 +346,7 @@ KernelSet<T> kernels_avx2() {
   ks.vec = Ymm<T>::W;
   ks.micro = micro_entry<T>;
   ks.pack_b = pack_b<T>;
+  ks.dot_nt = dot_nt<T>;
   return ks;
 }
 
