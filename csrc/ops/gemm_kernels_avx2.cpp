@@ -211,9 +211,8 @@ FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 void transpose(__m256d (&r)[4]) {
   r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
 }
 
-// The transposing B packer of gemm_kernels_avx512.cpp with 8 x 8 (4 x 4) blocks; its shape is
-// repeated rather than shared because each copy must be compiled for its own instruction set.
-// The scalar packer it replaces took a sixth of a batch-128 forward GEMM's time.
+// The transposing B packer of gemm_kernels_avx512.cpp with 8 x 8 (4 x 4) blocks, in the same loops
+// (pack_bt_blocks). The scalar packer it replaces took a sixth of a batch-128 forward GEMM's time.
 template <class T, bool FULL>
 FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 void pack_block(const T* src, int64_t ldb, T* dst, int64_t dst_rs,
                                                        int rows, int kk) {
@@ -231,33 +230,25 @@ FASTNN_FORCE_INLINE FASTNN_TARGET_AVX2 void pack_block(const T* src, int64_t ldb
 }
 
 template <class T>
-FASTNN_TARGET_AVX2 void pack_b(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc,
-                               int64_t kc, int64_t nc, int nr, int vec, T* dst) {
-  if (!trans_b) return pack_b_generic(trans_b, b, ldb, pc, jc, kc, nc, nr, vec, dst);
-  constexpr int W = Ymm<T>::W;
-  for (int64_t jr = 0; jr < nc; jr += nr) {
-    const int cols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
-    const int w = packed_width(cols, nr, W);
-    T* panel = dst + (jr / nr) * kc * nr;
-    const T* src = b + (jc + jr) * ldb + pc;
-    for (int j0 = 0; j0 < w; j0 += W) {
-      const int rows = std::min(W, cols - j0);
-      const T* s = src + j0 * ldb;
-      int64_t k0 = 0;
-      if (rows == W)
-        for (; k0 + W <= kc; k0 += W) pack_block<T, true>(s + k0, ldb, panel + k0 * w + j0, w, W, W);
-      for (; k0 < kc; k0 += W)
-        pack_block<T, false>(s + k0, ldb, panel + k0 * w + j0, w, rows,
-                             static_cast<int>(std::min<int64_t>(W, kc - k0)));
-    }
-  }
+FASTNN_TARGET_AVX2 void pack_block_full(const T* src, int64_t ldb, T* dst, int64_t dst_rs) {
+  pack_block<T, true>(src, ldb, dst, dst_rs, Ymm<T>::W, Ymm<T>::W);
 }
 
-// X W^T as dot products: gemm_kernels_avx512.cpp's dot_block and dot_nt for 16 registers (an RA x
-// RB block takes RA * RB accumulators, RB loaded vectors of B and one of A). Repeated, not shared,
-// for the instruction set each copy is compiled for.
+template <class T>
+FASTNN_TARGET_AVX2 void pack_block_edge(const T* src, int64_t ldb, T* dst, int64_t dst_rs, int rows, int kk) {
+  pack_block<T, false>(src, ldb, dst, dst_rs, rows, kk);
+}
+
+template <class T>
+void pack_b(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc, int64_t nc, int nr,
+            int vec, T* dst) {
+  if (!trans_b) return pack_b_generic(trans_b, b, ldb, pc, jc, kc, nc, nr, vec, dst);
+  pack_bt_blocks<Ymm<T>::W>(b, ldb, pc, jc, kc, nc, nr, dst, pack_block_full<T>, pack_block_edge<T>);
+}
+
+// X W^T as dot products: gemm_kernels_avx512.cpp's dot_block for 16 registers (an RA x RB block
+// takes RA * RB accumulators, RB loaded vectors of B and one of A), in the same loops (dot_nt_blocks).
 constexpr int kDotRA = 4, kDotRB = 3;
-constexpr int64_t kDotChunkBytes = 256 << 10;
 
 template <class T, int RA, int RB>
 FASTNN_TARGET_AVX2 void dot_block(const GemmProblem<T>& p, int64_t i0, int64_t j0) {
@@ -311,18 +302,7 @@ const auto kDotBlocks = make_dot_table<T>(std::make_integer_sequence<int, kDotRA
 
 template <class T>
 void dot_nt(const GemmProblem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const int64_t width = n1 - n0, groups = (width + kDotRB - 1) / kDotRB, rb = (width + groups - 1) / groups;
-  const int64_t chunk = std::max<int64_t>(1, kDotChunkBytes / (p.k * static_cast<int64_t>(sizeof(T))) / rb) * rb;
-  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
-    const int64_t c1 = std::min(n1, c0 + chunk);
-    for (int64_t i0 = m0; i0 < m1; i0 += kDotRA) {
-      const int ra = static_cast<int>(std::min<int64_t>(kDotRA, m1 - i0));
-      for (int64_t j0 = c0; j0 < c1; j0 += rb) {
-        const int cols = static_cast<int>(std::min<int64_t>(rb, c1 - j0));
-        kDotBlocks<T>[(ra - 1) * kDotRB + cols - 1](p, i0, j0);
-      }
-    }
-  }
+  dot_nt_blocks<kDotRA, kDotRB>(p, m0, m1, n0, n1, kDotBlocks<T>);
 }
 
 template <class T>

@@ -184,31 +184,24 @@ FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void pack_block(const T* src, int64_t l
 }
 
 // B packer. A transposed B (the weight in X W^T) is packed W x W blocks at a time through an
-// in-register transpose; the scalar packer's one element per cycle made packing a 1024 x 784
-// weight take a third as long as the GEMM itself. Each group of W rows of B^T is walked along K
-// before the next: W streams that the prefetchers follow (all nr rows at each k: a 512 x 1024
-// half-weight took 90 us, now 67), and full blocks take a straight-line path (63 us).
+// in-register transpose (the loops: pack_bt_blocks in gemm.h); the scalar packer's one element per
+// cycle made packing a 1024 x 784 weight take a third as long as the GEMM itself. Whole blocks
+// take a straight-line path (the general one's per-row conditions cost ~6%).
 template <class T>
-FASTNN_TARGET_AVX512 void pack_b(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc,
-                                 int64_t kc, int64_t nc, int nr, int vec, T* dst) {
+FASTNN_TARGET_AVX512 void pack_block_full(const T* src, int64_t ldb, T* dst, int64_t dst_rs) {
+  pack_block<T, true>(src, ldb, dst, dst_rs, Zmm<T>::W, Zmm<T>::W);
+}
+
+template <class T>
+FASTNN_TARGET_AVX512 void pack_block_edge(const T* src, int64_t ldb, T* dst, int64_t dst_rs, int rows, int kk) {
+  pack_block<T, false>(src, ldb, dst, dst_rs, rows, kk);
+}
+
+template <class T>
+void pack_b(bool trans_b, const T* b, int64_t ldb, int64_t pc, int64_t jc, int64_t kc, int64_t nc, int nr,
+            int vec, T* dst) {
   if (!trans_b) return pack_b_generic(trans_b, b, ldb, pc, jc, kc, nc, nr, vec, dst);
-  constexpr int W = Zmm<T>::W;
-  for (int64_t jr = 0; jr < nc; jr += nr) {
-    const int cols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
-    const int w = packed_width(cols, nr, W);
-    T* panel = dst + (jr / nr) * kc * nr;
-    const T* src = b + (jc + jr) * ldb + pc;
-    for (int j0 = 0; j0 < w; j0 += W) {
-      const int rows = std::min(W, cols - j0);
-      const T* s = src + j0 * ldb;
-      int64_t k0 = 0;
-      if (rows == W)
-        for (; k0 + W <= kc; k0 += W) pack_block<T, true>(s + k0, ldb, panel + k0 * w + j0, w, W, W);
-      for (; k0 < kc; k0 += W)
-        pack_block<T, false>(s + k0, ldb, panel + k0 * w + j0, w, rows,
-                             static_cast<int>(std::min<int64_t>(W, kc - k0)));
-    }
-  }
+  pack_bt_blocks<Zmm<T>::W>(b, ldb, pc, jc, kc, nc, nr, dst, pack_block_full<T>, pack_block_edge<T>);
 }
 
 // Narrow X W^T: an RA x RB block of C as RA * RB dot products of length K, each accumulated in
@@ -266,25 +259,9 @@ constexpr std::array<void (*)(const GemmProblem<T>&, int64_t, int64_t), sizeof..
 template <class T>
 const auto kDotBlocks = make_dot_table<T>(std::make_integer_sequence<int, kDotRA * kDotRB>{});
 
-// B^T's rows a chunk of about this many bytes at a time, so that every row group of A reads the
-// chunk from L2 rather than all of B from further out.
-constexpr int64_t kDotChunkBytes = 256 << 10;
-
 template <class T>
 void dot_nt(const GemmProblem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  // Columns in equal groups of at most kDotRB (10 = 5 + 5, not 5 + 5 + 0 or 6 + 4).
-  const int64_t width = n1 - n0, groups = (width + kDotRB - 1) / kDotRB, rb = (width + groups - 1) / groups;
-  const int64_t chunk = std::max<int64_t>(1, kDotChunkBytes / (p.k * static_cast<int64_t>(sizeof(T))) / rb) * rb;
-  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
-    const int64_t c1 = std::min(n1, c0 + chunk);
-    for (int64_t i0 = m0; i0 < m1; i0 += kDotRA) {
-      const int ra = static_cast<int>(std::min<int64_t>(kDotRA, m1 - i0));
-      for (int64_t j0 = c0; j0 < c1; j0 += rb) {
-        const int cols = static_cast<int>(std::min<int64_t>(rb, c1 - j0));
-        kDotBlocks<T>[(ra - 1) * kDotRB + cols - 1](p, i0, j0);
-      }
-    }
-  }
+  dot_nt_blocks<kDotRA, kDotRB>(p, m0, m1, n0, n1, kDotBlocks<T>);
 }
 
 template <class T, bool A_ROWS, int... I>
