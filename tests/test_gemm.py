@@ -100,6 +100,7 @@ def test_gemm_empty_m_or_n(dtype, rng):
     (300, 700, 300, True, False),    # a weight gradient's shape: threads split the rows
     (256, 300, 600, True, False),    # A^T rows 1 KB apart: copied panels where tiles are narrow
     (130, 1030, 520, False, False),  # B as stored, packed
+    (100, 1000, 300, False, True),   # a few dozen rows: C^T = W X^T, then transposed into C
 ])
 def test_gemm_same_bits_on_any_thread_count(m, n, k, ta, tb, dtype, rng):
     """One thread walks every block itself; two split C by rows or columns. Each element is summed

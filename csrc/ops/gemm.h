@@ -162,6 +162,8 @@ struct KernelSet {
   // packing B^T would cost as much as the product (for few rows: reading W three times instead
   // of once); here every lane works and nothing is packed.
   void (*dot_nt)(const GemmProblem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) = nullptr;
+  // Optional: a vec x vec block transposed, dst[j * ldd + i] = src[i * lds + j].
+  void (*transpose_block)(const T* src, int64_t lds, T* dst, int64_t ldd) = nullptr;
 };
 
 // Each returns the scalar set when its ISA was not compiled in (non-x86 builds).

@@ -327,6 +327,7 @@ KernelSet<T> kernels_avx2() {
   ks.micro = micro_entry<T>;
   ks.pack_b = pack_b<T>;
   ks.dot_nt = dot_nt<T>;
+  ks.transpose_block = pack_block_full<T>;
   return ks;
 }
 
