@@ -34,6 +34,9 @@ def gemm_rows(b: Bench, torch, batches, widths):
             w = g.standard_normal((k_out, k_in), dtype=np.float32)
             dy = g.standard_normal((n, k_out), dtype=np.float32)
             xt, wt, dyt = (torch.from_numpy(a) for a in (x, w, dy))
+            # fastnn's operands in its own 64-byte-aligned storage, as a model's are (numpy's large
+            # arrays start 16 bytes into a page: an AVX-512 load of them spans two cache lines)
+            x, w, dy = (fastnn.tensor(a) for a in (x, w, dy))
             flops = 2.0 * n * k_in * k_out
             shape = f"{n}x{k_in}->{k_out}"
             y, yt = _C.zeros([n, k_out], "float32"), torch.empty(n, k_out)
@@ -55,6 +58,7 @@ def memory_rows(b: Bench, torch, n_rows, n_cols):
     x = g.standard_normal((n_rows, n_cols), dtype=np.float32)
     xt = torch.from_numpy(x)
     nbytes = x.nbytes
+    x = fastnn.tensor(x)  # fastnn's own aligned storage, as activations are (see gemm_rows)
     y = _C.zeros([n_rows, n_cols], "float32")
     b.compare("memory", f"relu+dropout fwd ({n_rows}x{n_cols})",
               lambda: _C.dropout_forward(x, 0.5, 1, 2, "relu", y),
@@ -62,6 +66,7 @@ def memory_rows(b: Bench, torch, n_rows, n_cols):
               note="fused, one pass; torch: relu then dropout")
     dy = g.standard_normal((n_rows, n_cols), dtype=np.float32)
     dyt = torch.from_numpy(dy)
+    dy = fastnn.tensor(dy)
     yr = _C.dropout_forward(x, 0.5, 1, 2, "relu")
     dx = _C.zeros([n_rows, n_cols], "float32")
     mask = torch.rand(n_rows, n_cols) > 0.5
@@ -100,6 +105,7 @@ def memory_rows(b: Bench, torch, n_rows, n_cols):
     logits = g.standard_normal((rows, classes), dtype=np.float32)
     labels = g.integers(0, classes, rows)
     lt, yt_ = torch.from_numpy(logits), torch.from_numpy(labels)
+    logits_bytes, logits = logits.nbytes, fastnn.tensor(logits)
     dlog = _C.zeros([rows, classes], "float32")
 
     def torch_ce():
@@ -107,7 +113,7 @@ def memory_rows(b: Bench, torch, n_rows, n_cols):
         F.cross_entropy(lg, yt_).backward()
 
     b.compare("memory", f"softmax cross-entropy fwd+bwd ({rows}x{classes})",
-              lambda: _C.cross_entropy(logits, labels, dlogits=dlog), torch_ce, 2 * logits.nbytes, "GB/s", b.copy,
+              lambda: _C.cross_entropy(logits, labels, dlogits=dlog), torch_ce, 2 * logits_bytes, "GB/s", b.copy,
               note="fused: one pass gives loss and dlogits")
 
 
