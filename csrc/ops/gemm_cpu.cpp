@@ -303,10 +303,78 @@ constexpr int64_t kDotMaxCols = 16;
 // 1.2-1.5x, 32 rows 1.07-1.13x; at 48 rows packing was 0-10% faster.
 constexpr int64_t kDotMaxRows = 32;
 
+// The blocked GEMM of gemm_block on `threads` threads, each owning a slice of C. split_rows: split
+// C's rows even where its columns would do.
+template <class T>
+void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, bool split_rows) {
+  Plan plan;
+  // 2 KB of K per micro-panel row (KC = 512 floats): long enough to amortise the C tile's load
+  // and store, short enough that an A micro-panel stays in L1 beside the B stream.
+  plan.kc = 2048 / sizeof(T);
+  // A^T read in place (dY^T X) takes one cache line per k for 6 of its 16 values; the next two
+  // micro-panels use the rest of those lines if kc of them still fit in L1 beside the B stream
+  // (kc = 256 floats: +2-7% on dW at batch 1024).
+  if (p.trans_a) plan.kc = 1024 / sizeof(T);
+  // Columns per B block: a packed kc x nc block is streamed from L2 once per micro-panel of A, so
+  // it must stay in L2 (1 MB per core on Zen 4 and 5) beside A's panels. 256 floats (512 KB at
+  // kc = 512) against 512 (1 MB) on Zen 5, where the FMAs are twice as wide as on the Zen 4 that
+  // measured no difference: +3-8% at K = 1024 (128x1024->1024 forward 403-411 -> 436-444 GFLOP/s,
+  // 1024^3 +3-4%), equal at K = 784 (a 784 KB block); the lecture step 2.5% faster at batch 128
+  // and 1024 (4 alternating rounds).
+  plan.nc = 1024 / sizeof(T);
+
+  // Each thread owns a slice of C; split the columns unless C is too narrow to give every thread
+  // whole vectors while it has rows to spare.
+  bool split_n = !split_rows && threads > 1 && (p.n >= int64_t(threads) * ks.nr || p.m < int64_t(threads) * ks.mr * 2);
+  // A^T read in place (dY^T X) takes kc lines lda apart per micro-panel. When lda is a multiple of
+  // 512 bytes those lines share at most 8 of L1's 64 sets, so they cannot stay in L1 between the
+  // kernel calls across the B block, and each call fetches them again from L2. With AVX2's 16-wide
+  // tiles that is 16 calls per panel: copying the panel first made the weight gradient 1.2-1.25x
+  // faster (dY with 1024 features; 128 and 1024 rows). AVX-512's 64-wide tiles make 4 calls, where
+  // the copy's own misses, not overlapped with FMAs as inside the kernel, cost 12-14%.
+  if (p.trans_a) {
+    const int64_t cols_per_thread = split_n ? (p.n + threads - 1) / threads : p.n;
+    const int64_t calls_per_panel = (std::min(plan.nc, cols_per_thread) + ks.nr - 1) / ks.nr;
+    plan.pack_a = calls_per_panel >= 8 && (p.lda * int64_t(sizeof(T))) % 512 == 0;
+    // Where A^T stays in place, a weight gradient with many output features splits its rows
+    // instead: each thread then reads half of dY^T's strided columns rather than all of them, and
+    // packs all of X, read front to back. AVX-512: +6-7% with 784 input features, +1-2% with
+    // 1024 (batch 128 and 1024, 6 alternating processes); with AVX2's panel copies it cost 1-5%.
+    if (split_n && !plan.pack_a && p.m >= 256) split_n = false;
+  }
+  const int64_t rows_per_thread = split_n ? p.m : (p.m + threads - 1) / threads;
+  // Packing B pays when B is transposed (the micro-kernel needs its columns contiguous) or when
+  // each packed panel is reused by many rows. B read as stored with rows a multiple of 4 KB apart
+  // (dY W with 1024 features) maps a kc x nr panel to a few cache sets: a 16-wide (AVX2) tile
+  // reads one line per row of it, and packing pays from 32 rows (+25-35% at 48-128 rows). A
+  // 64-wide (AVX-512) tile reads four adjacent lines per row, which the prefetchers stream: in
+  // place is faster below 256 rows (dX at 32 x 1024 -> 1024 +8%, at 128 +6%; the lecture step at
+  // batch 32 +5%, at 128 equal).
+  const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0 && ks.nr * int64_t(sizeof(T)) < 256;
+  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (b_rows_alias && rows_per_thread >= 32);
+  // Equal K blocks (784 = 2 x 392, not 512 + 272): the short block would pay the same C-tile
+  // load and store for fewer flops.
+  const int64_t k_blocks = (p.k + plan.kc - 1) / plan.kc;
+  plan.kc = (p.k + k_blocks - 1) / k_blocks;
+
+  if (threads <= 1) {
+    gemm_block(p, ks, plan, 0, p.m, 0, p.n);
+  } else if (split_n) {
+    parallel_for(p.n, std::max<int64_t>(1, p.n / threads),
+                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); }, ks.vec);
+  } else {
+    parallel_for(p.m, std::max<int64_t>(1, p.m / threads),
+                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n); }, ks.mr);
+  }
+}
+
 // X W^T with more rows than kDotMaxRows and at most this many, and many more columns, runs as
 // C^T = W X^T into a scratch buffer, then transposed into C: the packed operand is then X (a few
-// hundred KB) instead of W (MBs), and W's rows are read in place. 784/1024 -> 1024, 2 threads,
-// transpose included: 48 rows +12-19%, 64 rows +8-14%, 128 rows +3-7%; 160 rows lost 4-10%.
+// hundred KB) instead of W (MBs), and W's rows are read in place, split between the threads so
+// that each reads half of W (a column split read all of it twice: 5-11% slower with W cold).
+// 784/1024 -> 1024, 2 threads, transpose included: 48 rows +12-19%, 64 rows +8-14%, 128 rows
+// +3-7% with W in cache; with the caches flushed before each call 64 rows +12-16%, 128 rows
+// +3-5%. 160 rows lost 4-10%.
 constexpr int64_t kTransposedMaxRows = 128;
 
 thread_local PackBuffer tl_scratch;
@@ -365,7 +433,7 @@ void gemm(const GemmProblem<T>& p) {
     q.b = p.a, q.ldb = p.lda;
     T* s = tl_scratch.get<T>(static_cast<size_t>(p.n * p.m));
     q.c = s, q.ldc = p.m;
-    gemm(q);
+    gemm_blocked(q, ks, threads, /*split_rows=*/true);
     transposed_epilogue(p, ks, s, threads);
     return;
   }
@@ -382,65 +450,7 @@ void gemm(const GemmProblem<T>& p) {
     }
   }
 
-  Plan plan;
-  // 2 KB of K per micro-panel row (KC = 512 floats): long enough to amortise the C tile's load
-  // and store, short enough that an A micro-panel stays in L1 beside the B stream.
-  plan.kc = 2048 / sizeof(T);
-  // A^T read in place (dY^T X) takes one cache line per k for 6 of its 16 values; the next two
-  // micro-panels use the rest of those lines if kc of them still fit in L1 beside the B stream
-  // (kc = 256 floats: +2-7% on dW at batch 1024).
-  if (p.trans_a) plan.kc = 1024 / sizeof(T);
-  // Columns per B block: a packed kc x nc block is streamed from L2 once per micro-panel of A, so
-  // it must stay in L2 (1 MB per core on Zen 4 and 5) beside A's panels. 256 floats (512 KB at
-  // kc = 512) against 512 (1 MB) on Zen 5, where the FMAs are twice as wide as on the Zen 4 that
-  // measured no difference: +3-8% at K = 1024 (128x1024->1024 forward 403-411 -> 436-444 GFLOP/s,
-  // 1024^3 +3-4%), equal at K = 784 (a 784 KB block); the lecture step 2.5% faster at batch 128
-  // and 1024 (4 alternating rounds).
-  plan.nc = 1024 / sizeof(T);
-
-  // Each thread owns a slice of C; split the columns unless C is too narrow to give every thread
-  // whole vectors while it has rows to spare.
-  bool split_n = threads > 1 && (p.n >= int64_t(threads) * ks.nr || p.m < int64_t(threads) * ks.mr * 2);
-  // A^T read in place (dY^T X) takes kc lines lda apart per micro-panel. When lda is a multiple of
-  // 512 bytes those lines share at most 8 of L1's 64 sets, so they cannot stay in L1 between the
-  // kernel calls across the B block, and each call fetches them again from L2. With AVX2's 16-wide
-  // tiles that is 16 calls per panel: copying the panel first made the weight gradient 1.2-1.25x
-  // faster (dY with 1024 features; 128 and 1024 rows). AVX-512's 64-wide tiles make 4 calls, where
-  // the copy's own misses, not overlapped with FMAs as inside the kernel, cost 12-14%.
-  if (p.trans_a) {
-    const int64_t cols_per_thread = split_n ? (p.n + threads - 1) / threads : p.n;
-    const int64_t calls_per_panel = (std::min(plan.nc, cols_per_thread) + ks.nr - 1) / ks.nr;
-    plan.pack_a = calls_per_panel >= 8 && (p.lda * int64_t(sizeof(T))) % 512 == 0;
-    // Where A^T stays in place, a weight gradient with many output features splits its rows
-    // instead: each thread then reads half of dY^T's strided columns rather than all of them, and
-    // packs all of X, read front to back. AVX-512: +6-7% with 784 input features, +1-2% with
-    // 1024 (batch 128 and 1024, 6 alternating processes); with AVX2's panel copies it cost 1-5%.
-    if (split_n && !plan.pack_a && p.m >= 256) split_n = false;
-  }
-  const int64_t rows_per_thread = split_n ? p.m : (p.m + threads - 1) / threads;
-  // Packing B pays when B is transposed (the micro-kernel needs its columns contiguous) or when
-  // each packed panel is reused by many rows. B read as stored with rows a multiple of 4 KB apart
-  // (dY W with 1024 features) maps a kc x nr panel to a few cache sets: a 16-wide (AVX2) tile
-  // reads one line per row of it, and packing pays from 32 rows (+25-35% at 48-128 rows). A
-  // 64-wide (AVX-512) tile reads four adjacent lines per row, which the prefetchers stream: in
-  // place is faster below 256 rows (dX at 32 x 1024 -> 1024 +8%, at 128 +6%; the lecture step at
-  // batch 32 +5%, at 128 equal).
-  const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0 && ks.nr * int64_t(sizeof(T)) < 256;
-  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (b_rows_alias && rows_per_thread >= 32);
-  // Equal K blocks (784 = 2 x 392, not 512 + 272): the short block would pay the same C-tile
-  // load and store for fewer flops.
-  const int64_t k_blocks = (p.k + plan.kc - 1) / plan.kc;
-  plan.kc = (p.k + k_blocks - 1) / k_blocks;
-
-  if (threads <= 1) {
-    gemm_block(p, ks, plan, 0, p.m, 0, p.n);
-  } else if (split_n) {
-    parallel_for(p.n, std::max<int64_t>(1, p.n / threads),
-                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); }, ks.vec);
-  } else {
-    parallel_for(p.m, std::max<int64_t>(1, p.m / threads),
-                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n); }, ks.mr);
-  }
+  gemm_blocked(p, ks, threads, /*split_rows=*/false);
 }
 
 template void gemm<float>(const GemmProblem<float>&);
