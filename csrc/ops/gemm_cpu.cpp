@@ -377,6 +377,9 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
 // +3-5%. 160 rows lost 4-10%.
 constexpr int64_t kTransposedMaxRows = 128;
 
+// The scratch buffer for S stays allocated with its thread, so it is bounded (the MLP's 128 x 1024
+// takes 512 KB); a wider layer takes the packed-W^T path.
+constexpr int64_t kTransposedMaxScratch = int64_t{4} << 20;
 thread_local PackBuffer tl_scratch;
 
 // C = act(S^T + bias) for S, p.n x p.m (row-major), the product W X^T: whole vec x vec blocks through
@@ -424,7 +427,8 @@ void gemm(const GemmProblem<T>& p) {
   const int threads = flops < kMinFlopsForThreads ? 1 : max_threads;
 
   if (ks.transpose_block && !p.trans_a && p.trans_b && p.beta == T(0) && p.m > kDotMaxRows &&
-      p.m <= kTransposedMaxRows && p.n > kTransposedMaxRows && p.n >= 4 * p.m) {
+      p.m <= kTransposedMaxRows && p.n > kTransposedMaxRows && p.n >= 4 * p.m &&
+      p.m * p.n * static_cast<int64_t>(sizeof(T)) <= kTransposedMaxScratch) {
     GemmProblem<T> q;  // S = W X^T, p.n x p.m
     q.trans_b = true;
     q.m = p.n, q.n = p.m, q.k = p.k;
