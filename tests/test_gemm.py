@@ -119,6 +119,36 @@ def test_gemm_same_bits_on_any_thread_count(m, n, k, ta, tb, dtype, rng):
     assert np.array_equal(one, two)
 
 
+def at_offset(a, elements):
+    """A copy of `a` starting `elements` elements past a 64-byte boundary (contiguous, misaligned)."""
+    buf = np.empty(a.size + elements + 64, a.dtype)
+    start = (-buf.ctypes.data % 64) // a.itemsize + elements
+    out = buf[start:start + a.size].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("m,n,k,ta,tb", [
+    (5, 300, 200, False, True),     # dot products (a few rows)
+    (70, 600, 130, False, True),    # C^T = W X^T, transposed into C
+    (300, 10, 100, False, True),    # dot products (a few columns)
+    (200, 300, 130, False, True),   # packed W^T
+    (130, 300, 200, False, False),  # B read in place
+    (300, 260, 70, True, False),    # A^T read in place, rows split
+])
+def test_gemm_misaligned_operands(m, n, k, ta, tb, dtype, rng):
+    """Operands and C one element past a 64-byte boundary: every path loads and stores unaligned."""
+    a, b = operands(rng, m, n, k, ta, tb, dtype)
+    bias = randn(rng, (n,), dtype)
+    expected = reference(a, b, ta, tb).numpy() + bias
+    c = at_offset(np.zeros((m, n), dtype), 1)
+    _C.gemm(at_offset(a, 1), at_offset(b, 3), c, trans_a=ta, trans_b=tb)
+    assert_close(c, reference(a, b, ta, tb), dtype, rtol_for(dtype, k))
+    if not ta and tb:  # the Linear forward, with its bias and activation epilogue
+        y = np.asarray(_C.linear_forward(at_offset(a, 1), at_offset(b, 1), at_offset(bias, 1), "relu"))
+        assert_close(y, np.maximum(expected, 0), dtype, rtol_for(dtype, k))
+
+
 def test_gemm_torch_and_noncontiguous_inputs(dtype, rng):
     a, b = randn(rng, (100, 33), dtype), randn(rng, (70, 100), dtype)
     # a non-contiguous view arrives as a contiguous copy; torch tensors and outputs are zero-copy
