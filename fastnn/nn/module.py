@@ -6,7 +6,7 @@ from collections import OrderedDict
 import numpy as np
 
 from fastnn import _C
-from fastnn.nn.parameter import FlatParameters, Parameter
+from fastnn.nn.parameter import FlatParameters, Parameter, covering_flat, zero_grads
 
 
 def _float_dtype_name(dtype) -> str:
@@ -110,13 +110,7 @@ class Module:
         return self.train(False)
 
     def zero_grad(self) -> None:
-        params = self.parameters()
-        flat = params[0].flat if params else None
-        if flat is not None and flat.covers(params):
-            flat.zero_grad()  # one memset for the whole model (on the CPU: none, see Parameter)
-            return
-        for p in params:
-            p.zero_grad()
+        zero_grads(self.parameters())
 
     def flatten_parameters(self) -> FlatParameters | None:
         """Move every parameter into one flat data buffer and one flat gradient buffer.
@@ -147,8 +141,7 @@ class Module:
                 dtype = arg
         dtype = None if dtype is None else _float_dtype_name(dtype)
         params = self.parameters()
-        flat = params[0].flat if params else None
-        was_flat = flat is not None and flat.covers(params)
+        was_flat = covering_flat(params) is not None
         # convert everything first: a failure (no such device, out of memory) leaves the model as it was
         moved = [(p, _converted(p.data, device, dtype), _converted(p.grad, device, dtype)) for p in params]
         buffers = [(m, name, _converted(b, device, dtype)) for m in self.modules() for name, b in m._buffers.items()

@@ -123,6 +123,25 @@ class FlatParameters:
         return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
 
 
+def covering_flat(params):
+    """The FlatParameters whose parameter list is exactly ``params``, or None."""
+    if not params:
+        return None
+    flat = params[0].flat
+    return flat if flat is not None and flat.covers(params) else None
+
+
+def zero_grads(params) -> None:
+    """Zero the gradients of ``params``: one call for a whole flat buffer (no memset on the CPU,
+    see Parameter), else one per parameter."""
+    flat = covering_flat(params)
+    if flat is not None:
+        flat.zero_grad()
+        return
+    for p in params:
+        p.zero_grad()
+
+
 def grads_for_backward(*params):
     """The gradient buffers a backward kernel adds into (None for a None parameter), and whether
     it must add (True) or may overwrite them (False: every one of them was zeroed by a zero_grad

@@ -20,7 +20,7 @@ import numpy as np
 
 from fastnn import _C
 from fastnn import cuda as _cuda
-from fastnn.nn.parameter import FlatParameters, Parameter
+from fastnn.nn.parameter import FlatParameters, Parameter, covering_flat, zero_grads
 
 
 def _zeros_like(data, fill: float = 0.0):
@@ -39,14 +39,6 @@ def _refuse_new_state(fill: float = 0.0):
     raise ValueError("optimizer state is created on a parameter's first step, which a CUDA graph capture "
                      "cannot record (every replay would re-create it): run at least one step eagerly "
                      "before capturing")
-
-
-def _covering_flat(params):
-    """The FlatParameters whose parameter list is exactly ``params``, or None."""
-    if not params:
-        return None
-    flat = params[0].flat
-    return flat if flat is not None and flat.covers(params) else None
 
 
 class _FlatState:
@@ -141,7 +133,7 @@ class Optimizer:
 
     def _flat_state_for(self, group):
         """The coalesced state of ``group``, or None when it is updated parameter by parameter."""
-        flat = _covering_flat(group["params"])
+        flat = covering_flat(group["params"])
         if flat is None:
             return None
         fs = self._flat_states.get(flat)
@@ -207,12 +199,7 @@ class Optimizer:
         backward overwrites instead of adding); ``set_to_none`` is accepted for torch compatibility.
         """
         for group in self.param_groups:
-            flat = _covering_flat(group["params"])
-            if flat is not None:
-                flat.zero_grad()
-                continue
-            for p in group["params"]:
-                p.zero_grad()
+            zero_grads(group["params"])
 
     # ---- saving and loading ----------------------------------------------------------------------
 
@@ -280,7 +267,7 @@ class Optimizer:
         self._flat_states = {}
         for group in self.param_groups:
             params = group["params"]
-            flat = _covering_flat(params)
+            flat = covering_flat(params)
             states = [loaded.get(p, {}) for p in params]
             if flat is not None and not any(states):
                 continue  # created on the first step, coalesced
