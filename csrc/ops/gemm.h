@@ -252,6 +252,23 @@ inline void activate_tile(Activation act, T* c, int64_t ldc, int rows, int cols)
   }
 }
 
+// The epilogue of a dot-product block (see dot_nt_blocks), from its reduced sums: C[i0 + r][j0 + j]
+// = act(alpha * sums[r][j] + beta * C + bias[j0 + j]), in the micro-kernels' order.
+template <class T, int RA, int RB>
+inline void store_dot_block(const GemmProblem<T>& p, int64_t i0, int64_t j0, const T (&sums)[RA][RB]) {
+  T* c = p.c + i0 * p.ldc + j0;
+#pragma GCC unroll 4
+  for (int r = 0; r < RA; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < RB; ++j) {
+      T v = p.alpha * sums[r][j];
+      if (p.beta != T(0)) v += p.beta * c[r * p.ldc + j];
+      if (p.bias) v += p.bias[j0 + j];
+      c[r * p.ldc + j] = v;
+    }
+  if (p.act != Activation::none) activate_tile(p.act, c, p.ldc, RA, RB);
+}
+
 }  // namespace gemm_detail
 }  // namespace cpu
 

@@ -278,17 +278,12 @@ FASTNN_TARGET_AVX2 void dot_block(const GemmProblem<T>& p, int64_t i0, int64_t j
   for (; k + W <= p.k; k += W) step(k, std::true_type{}, typename Y::mask{});
   if (k < p.k) step(k, std::false_type{}, Y::first(static_cast<int>(p.k - k)));
 
-  T* c = p.c + i0 * p.ldc + j0;
+  T sums[RA][RB];
 #pragma GCC unroll 4
   for (int r = 0; r < RA; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < RB; ++j) {
-      T v = p.alpha * Y::reduce(acc[r][j]);
-      if (p.beta != T(0)) v += p.beta * c[r * p.ldc + j];
-      if (p.bias) v += p.bias[j0 + j];
-      c[r * p.ldc + j] = v;
-    }
-  if (p.act != Activation::none) activate_tile(p.act, c, p.ldc, RA, RB);
+    for (int j = 0; j < RB; ++j) sums[r][j] = Y::reduce(acc[r][j]);
+  store_dot_block(p, i0, j0, sums);
 }
 
 template <class T, int... I>
