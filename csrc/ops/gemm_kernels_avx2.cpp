@@ -2,6 +2,7 @@
 // which with two B vectors and one broadcast fills the 16 ymm registers. Same structure as the
 // AVX-512 kernel (gemm_kernels_avx512.cpp); edges use vmaskmov loads and stores.
 #include "ops/gemm.h"
+#include "ops/gemm_cpu_blocks.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

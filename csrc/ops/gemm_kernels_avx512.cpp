@@ -3,6 +3,7 @@
 // 8-accumulator AVX2 kernel at equal FMA throughput). Compiled with target attributes so the
 // rest of the build stays portable; chosen at run time by active_kernels().
 #include "ops/gemm.h"
+#include "ops/gemm_cpu_blocks.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
