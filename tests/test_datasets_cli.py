@@ -13,7 +13,10 @@ from fastnn import datasets
 def write_idx(path, array, compress=False):
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
     data = header + array.astype(np.uint8).tobytes()
-    (gzip.open if compress else open)(path, "wb").write(data)
+    # closed explicitly: Python 3.12's GzipFile buffers writes and an unclosed one left its stream
+    # without the end-of-stream marker (EOFError on the H200 visit's Python 3.12.3)
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(data)
 
 
 def test_load_mnist_from_idx_directory(tmp_path):
