@@ -410,6 +410,22 @@ def test_batchnorm_large_mean_float32(rng):
         assert_close(host(dx), rdx, "float32", what=f"dx {shape}")
 
 
+@pytest.mark.parametrize("shape", [(33, 7), (1100, 5), (2000, 132)])
+def test_batchnorm_first_row_outlier(shape, dtype, rng):
+    """The statistics sum x - k with k the column's first value: a first row 100 standard deviations
+    out costs m2 a factor ~1e4 / N of its precision (shifted_moments), still far inside float64's
+    tolerance; the multi-chunk and 16-byte paths (1100 and 2000 rows) use the same shift."""
+    x, w, b, rm, rv, dy = bn_inputs(rng, shape, dtype)
+    x[0] = 0.5 + 200.0
+    x64 = x.astype(np.float64)
+    for device, to, back in [("cuda", cu, host), ("cpu", lambda a: a, np.asarray)]:
+        y, sm, si = _C.batchnorm_forward(to(x), to(w), to(b), None, None, True)
+        assert_close(back(sm), x64.mean(0), "float64", what=f"save_mean {device}")
+        assert_close(back(si), 1 / np.sqrt(x64.var(0) + 1e-5), "float64", what=f"save_invstd {device}")
+        ry = bn_reference(x, w, b, None, None, True, 0.1, 1e-5, dy)[0]
+        assert_close(back(y), ry, dtype, what=f"y {device}")
+
+
 def test_batchnorm_nan_stays_in_its_column(dtype, rng):
     x, w, b, _, _, dy = bn_inputs(rng, (33, 7), dtype)
     x[4, 2] = np.nan

@@ -3,8 +3,8 @@
 //             invstd = 1 / sqrt(var + eps); running_mean/var (when given) move towards the batch
 //             mean and the *unbiased* variance by `momentum`, as in torch.
 //   eval:     the same with running_mean / running_var in place of the batch statistics.
-// Statistics accumulate in double for both dtypes, by Welford's update, so a float32 column of
-// values near 1e6 with unit spread keeps full precision. The mean a float32 kernel subtracts is
+// Statistics accumulate in double for both dtypes, as sums shifted by the column's first value
+// (shifted_moments), so a float32 column of values near 1e6 with unit spread keeps full precision. The mean a float32 kernel subtracts is
 // split into hi + lo floats: x - hi is exact near the mean, so y keeps it too.
 //
 // save_mean and save_invstd are float64 for both dtypes (C numbers: free to keep exact). Rounded
@@ -21,12 +21,6 @@
 
 namespace fastnn {
 
-// One row of Welford's running mean / sum of squared deviations, r = 1 / (rows seen + 1).
-FASTNN_HD void welford_update(double& mean, double& m2, double v, double r) {
-  const double d = v - mean;
-  mean += d * r;
-  m2 += d * (v - mean);
-}
 
 FASTNN_HD double batchnorm_invstd(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
 
@@ -41,6 +35,18 @@ template <class T>
 FASTNN_HD void split_hi_lo(double v, T& hi, T& lo) {
   hi = static_cast<T>(v);
   lo = static_cast<T>(v - static_cast<double>(hi));
+}
+
+// The mean and m2 (the sum of squared deviations) of n values from the sums of u = x - k and u^2,
+// k one of the values (the column's first): m2 = sum(u^2) - sum(u)^2 / n loses a factor
+// (var + (mean - k)^2) / var <= n + 1 of precision (k's own deviation is part of the variance),
+// in practice ~2, and costs one add and one multiply-add per value where Welford's update takes a
+// dependent pair and a division. Rounding can leave m2 a hair below zero: clamped (NaN stays NaN).
+FASTNN_HD void shifted_moments(double n, double k, double sum_u, double sum_u2, double& mean, double& m2) {
+  const double u_mean = sum_u / n;
+  mean = k + u_mean;
+  const double d = sum_u2 - u_mean * sum_u;
+  m2 = d < 0.0 ? 0.0 : d;
 }
 
 // The column's saved statistics from the batch mean and m2, the sum of squared deviations over n

@@ -126,10 +126,7 @@ FASTNN_FORCE_INLINE void over_lines(int64_t w, bool ahead, Prefetch prefetch, Bo
 }
 
 // Training forward statistics over columns [c0, c0 + w): sums of u = x - k and u^2, k the column's
-// first value. Shifted sums cost m2 = sum(u^2) - sum(u)^2 / N a factor (var + (mean - k)^2) / var
-// <= N + 1 of precision (k's own deviation is part of the variance), in practice ~2, and take one
-// add and one multiply-add per value where Welford's update takes a dependent multiply-add pair
-// and its accumulators' loads and stores.
+// first value (shifted_moments in ops/batchnorm.h says what that costs in precision and saves).
 template <class T>
 struct ForwardTrainStrip {
   using Args = ForwardArgs<T>;
@@ -186,9 +183,8 @@ struct ForwardTrainStrip {
     const double rows = static_cast<double>(a.rows);
     for (int64_t c = 0; c < w; ++c) {
       const int64_t col = c0 + c;
-      const double u_mean = sum_u[c] / rows;
-      const double mean = static_cast<double>(k[c]) + u_mean;
-      const double m2 = std::max(0.0, sum_u2[c] - u_mean * sum_u[c]);
+      double mean, m2;
+      shifted_moments(rows, static_cast<double>(k[c]), sum_u[c], sum_u2[c], mean, m2);
       finish_batch_stats(rows, mean, m2, a.eps, a.momentum, a.save_mean[col], a.save_invstd[col],
                          a.running_mean ? a.running_mean + col : nullptr,
                          a.running_var ? a.running_var + col : nullptr);

@@ -10,8 +10,8 @@
 //   - Several chunks: a stats launch writes each chunk's per-column states to a partials buffer, a
 //     finish launch combines them in chunk order (one thread per column), an apply launch writes y
 //     or dx. Deterministic either way; no atomics.
-// As on the CPU: statistics accumulate in double for both dtypes (Welford, combined with Chan's
-// formula), save_mean / save_invstd are float64, running stats follow torch, and the per-column
+// As on the CPU: statistics accumulate in double for both dtypes (sums of x - k and its square, k
+// the column's first value: shifted_moments in ops/batchnorm.h), save_mean / save_invstd are float64, running stats follow torch, and the per-column
 // math shared with the CPU (finish_batch_stats, batchnorm_gain / batchnorm_shift, split_hi_lo,
 // batchnorm_backward_coefs, store_grad) comes from ops/batchnorm.h.
 #pragma once
@@ -36,7 +36,7 @@ struct ForwardParams {
   double momentum, eps;
   double* save_mean;
   double* save_invstd;
-  double* partials;  // chunks x cols x 3 Welford states (several chunks only)
+  double* partials;  // chunks x cols x 3 states {count, sum u, sum u^2} (several chunks only)
 };
 
 template <class T>
@@ -74,24 +74,10 @@ constexpr int kPairUnroll = 4;
 // The row kernels' register cap: 65536 / (256 * 3) = 85 registers, three blocks per SM.
 constexpr int kMinBlocksPerSm = 3;
 
-// a[r * cols + s.col] for the rows r0, r0 + s.step, ... (N of them, those below s.r_end) into v,
-// every load issued before any use; returns how many rows there were.
+// a[r * cols + s.col] for the rows r0, r0 + s.step, ... below s.r_end (reduce::load_column_rows).
 template <int N, class T>
 __device__ __forceinline__ int load_rows(const T* a, const Slice& s, int64_t r0, int64_t cols, T (&v)[N]) {
-  const T* at = a + r0 * cols + s.col;
-  const int64_t stride = s.step * cols;
-  const int64_t left = s.r_end - r0;  // > 0
-  int count = 0;
-#pragma unroll
-  for (int u = 0; u < N; ++u) {
-    if (static_cast<int64_t>(u) * s.step < left) {
-      v[u] = at[u * stride];
-      count = u + 1;
-    } else {
-      v[u] = T(0);
-    }
-  }
-  return count;
+  return reduce::load_column_rows(a, r0, s.r_end, s.step, cols, s.col, v);
 }
 
 __device__ __forceinline__ Slice my_slice(int64_t rows, int64_t rows_per_chunk) {
@@ -106,45 +92,41 @@ __device__ __forceinline__ Slice my_slice(int64_t rows, int64_t rows_per_chunk) 
 
 // ---- forward -------------------------------------------------------------------------------------
 
-// Welford states {count, mean, m2}: Chan et al.'s pairwise combination, b holding later rows.
-struct WelfordCombine {
-  __device__ __forceinline__ static void combine(double (&a)[3], const double (&b)[3]) {
-    if (b[0] == 0.0) return;
-    if (a[0] == 0.0) {
-      a[0] = b[0], a[1] = b[1], a[2] = b[2];
-      return;
-    }
-    const double n = a[0] + b[0], delta = b[1] - a[1], rb = b[0] / n;
-    a[1] += delta * rb;
-    a[2] += b[2] + delta * delta * a[0] * rb;
-    a[0] = n;
-  }
-};
-
-// Adds a group of `count` rows (value(u) for u < N; rows u >= count read as 0) to a Welford state:
-// the group's mean and m2 from registers, then Chan's combination (two divisions per group, not
-// one per row). The scalar and vector statistics passes both use it: their bits depend on it.
-template <int N, class Value>
-__device__ __forceinline__ void welford_add_group(double (&st)[3], int count, Value value) {
-  double sum = 0.0;
-#pragma unroll
-  for (int u = 0; u < N; ++u) sum += value(u);  // the missing rows are 0
-  const double mean = sum / count;
-  double m2 = 0.0;
-#pragma unroll
-  for (int u = 0; u < N; ++u) {
-    const double d = value(u) - mean;
-    if (u < count) m2 += d * d;
-  }
-  const double group[3] = {static_cast<double>(count), mean, m2};
-  WelfordCombine::combine(st, group);
+// Forward statistics, as on the CPU: per column {count, sum u, sum u^2} with u = x - k, k the
+// column's first value x[0, col], the same for every thread and chunk, so states simply add
+// (reduce::Add). One add and one multiply-add per value: the Welford groups these replace (Chan's
+// combination, two double divisions per 8 values) left the 16-byte statistics pass bound by
+// double-precision arithmetic on an H200, at 67% of the copy rate where the backward's sums ran
+// at 95% (benchmarks/results/2026-11-26-h200-0b18ac6). The cost in precision is the CPU's: a
+// factor (var + (mean - k)^2) / var of m2's, in practice ~2 (see shifted_moments).
+template <class T>
+__device__ __forceinline__ double column_shift(const T* x, int64_t col) {
+  return static_cast<double>(x[col]);
 }
 
-// The column's batch statistics from its full Welford state: save_mean / save_invstd, and the
-// running statistics moved towards the batch mean and unbiased variance, as torch does.
+// Adds rows u < count of a group (value(u)) to a state {count, sum u, sum u^2}. The scalar and
+// vector statistics passes both use it, over the same rows in the same order: the same bits.
+template <int N, class Value>
+__device__ __forceinline__ void add_shifted_group(double (&st)[3], int count, double k, Value value) {
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    if (u < count) {
+      const double d = value(u) - k;
+      st[1] += d;
+      st[2] = fma(d, d, st[2]);
+    }
+  }
+  st[0] += count;
+}
+
+// The column's batch statistics from its full state {count, sum u, sum u^2}: save_mean /
+// save_invstd, and the running statistics moved towards the batch mean and unbiased variance, as
+// torch does.
 template <class T>
 __device__ __forceinline__ void finish_forward(const ForwardParams<T>& p, int64_t col, const double (&st)[3]) {
-  finish_batch_stats(st[0], st[1], st[2], p.eps, p.momentum, p.save_mean[col], p.save_invstd[col],
+  double mean, m2;
+  shifted_moments(st[0], column_shift(p.x, col), st[1], st[2], mean, m2);
+  finish_batch_stats(st[0], mean, m2, p.eps, p.momentum, p.save_mean[col], p.save_invstd[col],
                      p.running_mean ? p.running_mean + col : nullptr, p.running_var ? p.running_var + col : nullptr);
 }
 
@@ -180,19 +162,20 @@ __device__ __forceinline__ void normalise(const ForwardParams<T>& p, const Slice
 }
 
 // Training forward. One chunk: statistics, running stats and y in this launch. Several chunks:
-// this chunk's Welford states into p.partials.
+// this chunk's states into p.partials.
 template <class T>
 __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) forward_train_kernel(ForwardParams<T> p) {
   const Slice s = my_slice(p.rows, p.rows_per_chunk);
   double st[3] = {0.0, 0.0, 0.0};
   if (s.has_column(p.cols)) {
+    const double k = column_shift(p.x, s.col);
     for (int64_t r0 = s.r_begin; r0 < s.r_end; r0 += kRowUnroll * s.step) {
       T v[kRowUnroll];
       const int count = load_rows(p.x, s, r0, p.cols, v);
-      welford_add_group<kRowUnroll>(st, count, [&](int u) { return static_cast<double>(v[u]); });
+      add_shifted_group<kRowUnroll>(st, count, k, [&](int u) { return static_cast<double>(v[u]); });
     }
   }
-  reduce::column_reduce<3, WelfordCombine>(st);
+  reduce::column_reduce<3, reduce::Add>(st);
   if (gridDim.y == 1) {  // the same for every block: the barrier below is reached by all threads
     if (threadIdx.y == 0 && s.has_column(p.cols)) finish_forward(p, s.col, st);
     __syncthreads();  // save_mean / save_invstd of the block's columns are written
@@ -203,7 +186,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) forwa
   }
 }
 
-// Several chunks: one thread per column combines the chunks' states in chunk order.
+// Several chunks: one thread per column adds the chunks' states in chunk order.
 template <class T>
 __global__ void __launch_bounds__(reduce::kReduceThreads) forward_finish_kernel(ForwardParams<T> p, int64_t chunks) {
   const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -211,8 +194,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) forward_finish_kernel(
   double st[3] = {0.0, 0.0, 0.0};
   for (int64_t k = 0; k < chunks; ++k) {
     const double* in = p.partials + (k * p.cols + col) * 3;
-    const double other[3] = {in[0], in[1], in[2]};
-    WelfordCombine::combine(st, other);
+    st[0] += in[0], st[1] += in[1], st[2] += in[2];
   }
   finish_forward(p, col, st);
 }
@@ -444,7 +426,7 @@ constexpr int64_t kVecChunkRows = 128;
 constexpr int64_t kVecTargetBlocks = 2048;
 
 inline reduce::ColumnGrid vec_grid(int64_t rows, int64_t vec_cols) {
-  return reduce::column_grid(rows, vec_cols, kVecChunkRows, kVecTargetBlocks);
+  return reduce::column_grid(rows, vec_cols, kVecChunkRows, kVecTargetBlocks, /*one_chunk_below=*/0);
 }
 
 // The thread's vector of columns (the first column of it; none past `cols`) and its rows, in a
@@ -520,24 +502,10 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_dx_vec_kernel
 // passes (8 loads of 4 bytes per thread, at most 3 blocks per SM for registers) keep about 24 KB
 // per SM in flight: at an H200's ~1 us loaded latency that caps them near 3.2 TB/s, about what
 // the second visit measured for BatchNorm as a whole (2.9 TB/s). Their launch is the scalar pass's
-// (block shape, chunks, rows per thread, Welford groups of 8 rows) with a vector of columns per
+// (block shape, chunks, rows per thread, groups of 8 rows) with a vector of columns per
 // lane, so each column is reduced over the same rows in the same order: the same bits. The
 // per-column partial states are laid out as the scalar pass writes them; the finish launches
 // are shared.
-
-// Welford states of VW columns, state e at [e * 3, e * 3 + 3).
-template <int VW>
-struct WelfordCombineVec {
-  __device__ __forceinline__ static void combine(double (&a)[3 * VW], const double (&b)[3 * VW]) {
-#pragma unroll
-    for (int e = 0; e < VW; ++e) {
-      double ae[3] = {a[3 * e], a[3 * e + 1], a[3 * e + 2]};
-      const double be[3] = {b[3 * e], b[3 * e + 1], b[3 * e + 2]};
-      WelfordCombine::combine(ae, be);
-      a[3 * e] = ae[0], a[3 * e + 1] = ae[1], a[3 * e + 2] = ae[2];
-    }
-  }
-};
 
 // Rows r0, r0 + step, ... (N of them, those below r_end) of the vector at column col of a, every
 // load issued before any use; missing rows read as zero. Returns how many rows there were.
@@ -577,10 +545,10 @@ __device__ __forceinline__ void vec_chunk(int64_t rows, int64_t rows_per_chunk, 
 constexpr int kVecRowUnroll = 8;
 constexpr int kVecPairUnroll = 4;
 constexpr int kVecStatsBlocksPerSm = 2;
-static_assert(kVecRowUnroll == kRowUnroll, "the forward's Welford groups decide its bits: the scalar pass's");
+static_assert(kVecRowUnroll == kRowUnroll, "the forward's row groups decide its bits: the scalar pass's");
 
-// Training forward statistics, several chunks: this chunk's Welford states of the thread's columns
-// into p.partials (Welford over groups of kVecRowUnroll rows, Chan's combination; per column of
+// Training forward statistics, several chunks: this chunk's states of the thread's columns into
+// p.partials (add_shifted_group over groups of kVecRowUnroll rows; per column of
 // the vector).
 template <class T>
 __global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) forward_stats_vec_kernel(ForwardParams<T> p) {
@@ -593,18 +561,21 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) 
 #pragma unroll
   for (int k = 0; k < 3 * VW; ++k) st[k] = 0.0;
   if (col < p.cols) {
+    double k[VW];
+#pragma unroll
+    for (int e = 0; e < VW; ++e) k[e] = column_shift(p.x, col + e);
     for (int64_t r0 = chunk_begin + threadIdx.y; r0 < r_end; r0 += kVecRowUnroll * step) {
       T v[kVecRowUnroll][VW];
       const int count = load_vec_rows(p.x, r0, r_end, step, p.cols, col, v);
 #pragma unroll
       for (int e = 0; e < VW; ++e) {
         double se[3] = {st[3 * e], st[3 * e + 1], st[3 * e + 2]};
-        welford_add_group<kVecRowUnroll>(se, count, [&](int u) { return static_cast<double>(v[u][e]); });
+        add_shifted_group<kVecRowUnroll>(se, count, k[e], [&](int u) { return static_cast<double>(v[u][e]); });
         st[3 * e] = se[0], st[3 * e + 1] = se[1], st[3 * e + 2] = se[2];
       }
     }
   }
-  reduce::column_reduce<3 * VW, WelfordCombineVec<VW>>(st);
+  reduce::column_reduce<3 * VW, reduce::Add>(st);
   if (threadIdx.y == 0 && col < p.cols) {
     double* out = p.partials + (static_cast<int64_t>(blockIdx.y) * p.cols + col) * 3;
 #pragma unroll

@@ -20,9 +20,13 @@ __device__ __forceinline__ void store_bias_grad(T* db, int64_t col, double total
   db[col] = static_cast<T>(accumulate ? static_cast<double>(db[col]) + total : total);
 }
 
+// Rows a thread loads before it uses any (reduce::load_column_rows): one at a time left the bias
+// gradient of a 1024 x 1024 layer latency-bound on an H200 (about 12 us for 4 MB).
+constexpr int kRowUnroll = 8;
+
 // rows x cols of dy (and y). dz == null: dz is dy itself (no activation); only db is wanted.
 // db == null: only dz. With gridDim.y > 1, chunk blockIdx.y writes its column sums to
-// partials[blockIdx.y * cols + col] instead of db.
+// partials[blockIdx.y * cols + col] instead of db. Each column's rows are added in increasing order.
 template <class T>
 __global__ void __launch_bounds__(reduce::kReduceThreads)
     grad_columns_kernel(const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dz,
@@ -31,16 +35,26 @@ __global__ void __launch_bounds__(reduce::kReduceThreads)
   const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
   const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+  const int step = static_cast<int>(blockDim.y);
   double sum[1] = {0.0};
   if (col < cols) {
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += blockDim.y) {
-      const int64_t i = r * cols + col;
-      T g = dy[i];
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowUnroll * step) {
+      T g[kRowUnroll];
+      const int count = reduce::load_column_rows(dy, r, r1, step, cols, col, g);
       if (dz) {
-        g = activation_grad(act, y[i], g);
-        dz[i] = g;
+        T yv[kRowUnroll];
+        reduce::load_column_rows(y, r, r1, step, cols, col, yv);
+#pragma unroll
+        for (int u = 0; u < kRowUnroll; ++u) {
+          if (u < count) {
+            g[u] = activation_grad(act, yv[u], g[u]);
+            dz[(r + static_cast<int64_t>(u) * step) * cols + col] = g[u];
+          }
+        }
       }
-      sum[0] += static_cast<double>(g);
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u)
+        if (u < count) sum[0] += static_cast<double>(g[u]);
     }
   }
   if (db) {  // a kernel argument: the same branch for the whole block

@@ -23,6 +23,27 @@ namespace fastnn::cuda::reduce {
 constexpr int kReduceThreads = 256;
 constexpr int kReduceWarps = kReduceThreads / 32;
 
+// a[r * cols + col] for the rows r0, r0 + step, ... (N of them, those below r_end) into v, every
+// load issued before any is used (a loop that loads and adds one row at a time keeps one load per
+// thread in flight: latency-bound); rows past r_end read as zero. Returns how many rows there were.
+template <int N, class T>
+__device__ __forceinline__ int load_column_rows(const T* a, int64_t r0, int64_t r_end, int step, int64_t cols,
+                                                int64_t col, T (&v)[N]) {
+  const T* at = a + r0 * cols + col;
+  const int64_t stride = static_cast<int64_t>(step) * cols;
+  int count = 0;
+#pragma unroll
+  for (int u = 0; u < N; ++u) {
+    if (r0 + static_cast<int64_t>(u) * step < r_end) {
+      v[u] = at[u * stride];
+      count = u + 1;
+    } else {
+      v[u] = T(0);
+    }
+  }
+  return count;
+}
+
 // Minimum, for finding the first index with some property.
 struct MinOp {
   template <class T>
@@ -138,22 +159,27 @@ struct ColumnGrid {
 };
 
 // Below kMinChunkRows rows a column block reduces all rows itself (and the op can finish in the
-// same launch); above, rows are split into chunks until there are about kTargetBlocks blocks:
+// same launch: at a small batch, launches cost more than the reduction); from there on, rows are
+// split into chunks of at least kSplitChunkRows until there are about kTargetBlocks blocks:
 // enough to keep eight 256-thread blocks on each of an H100/H200's 132 SMs (256 left the
-// BatchNorm of an 8192 x 4096 batch at two blocks per SM, latency-bound).
+// BatchNorm of an 8192 x 4096 batch at two blocks per SM, latency-bound). Chunks of 512 rows left
+// a 1024 x 1024 layer's bias gradient and BatchNorm statistics at 64 blocks of 64 rows per thread,
+// 9-12 us a launch on an H200 for 4 MB (benchmarks/results/2026-11-26-h200-0b18ac6, batch 1024).
 constexpr int64_t kMinChunkRows = 512;
+constexpr int64_t kSplitChunkRows = 128;
 constexpr int64_t kTargetBlocks = 1024;
 constexpr int64_t kMaxGridY = 65535;
 
 // cols: the columns a block row covers, one per thread (BatchNorm's vector passes give it the
-// count of 16-byte column vectors and their own row and block targets).
-inline ColumnGrid column_grid(int64_t rows, int64_t cols, int64_t min_chunk_rows = kMinChunkRows,
-                              int64_t target_blocks = kTargetBlocks) {
+// count of 16-byte column vectors and their own row and block targets). Fewer rows than
+// one_chunk_below: one chunk.
+inline ColumnGrid column_grid(int64_t rows, int64_t cols, int64_t min_chunk_rows = kSplitChunkRows,
+                              int64_t target_blocks = kTargetBlocks, int64_t one_chunk_below = kMinChunkRows) {
   ColumnGrid g;
   g.cx = 1;
   while (g.cx < 32 && g.cx < cols) g.cx *= 2;
   g.col_blocks = (cols + g.cx - 1) / g.cx;
-  const int64_t by_rows = (rows + min_chunk_rows - 1) / min_chunk_rows;
+  const int64_t by_rows = rows < one_chunk_below ? 1 : (rows + min_chunk_rows - 1) / min_chunk_rows;
   const int64_t by_blocks = (target_blocks + g.col_blocks - 1) / g.col_blocks;
   g.chunks = by_rows < by_blocks ? by_rows : by_blocks;
   if (g.chunks > kMaxGridY) g.chunks = kMaxGridY;
