@@ -140,10 +140,12 @@ BadLabel cross_entropy_find_bad_label(const Tensor& target, int64_t classes, int
     int64_t* block_first = scratch.data<int64_t>();
     cuda_rt::launch("cross_entropy_bad_label_blocks", bad_label_blocks_kernel<I>, dim3(static_cast<unsigned>(blocks)),
                     kThreads, 0, target.data<I>(), rows, classes, ignore_index, block_first);
-    cuda_rt::launch("cross_entropy_bad_label_finish", bad_label_finish_kernel, dim3(1), kThreads, 0,
-                    static_cast<const int64_t*>(block_first), blocks, block_first + blocks);
+    // one block (a training batch: up to kElementsPerBlock labels) holds the answer itself
+    if (blocks > 1)
+      cuda_rt::launch("cross_entropy_bad_label_finish", bad_label_finish_kernel, dim3(1), kThreads, 0,
+                      static_cast<const int64_t*>(block_first), blocks, block_first + blocks);
     int64_t first = 0;
-    cuda_copy(&first, cpu_device(), block_first + blocks, target.device(), sizeof first);
+    cuda_copy(&first, cpu_device(), block_first + (blocks > 1 ? blocks : 0), target.device(), sizeof first);
     if (first == INT64_MAX) return BadLabel{};
     I value{};
     cuda_copy(&value, cpu_device(), target.data<I>() + first, target.device(), sizeof value);

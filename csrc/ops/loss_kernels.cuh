@@ -68,18 +68,29 @@ __device__ __forceinline__ T row_coef(const CrossEntropyParams<T, I>& p, int64_t
 // A row of up to 32 * kCache classes: lane l loads classes l, l + 32, ... into registers, all loads
 // in flight at once, and the max, the sum of exponentials and the gradient all come from them: the
 // row is read from memory once and each exponential computed once. (Reading it three times, one
-// element per lane at a time, ran at 45% of an H200's copy rate at 1000 classes.)
-template <int kCache, class T, class I>
-__device__ __forceinline__ T cached_row(const CrossEntropyParams<T, I>& p, int64_t row, int64_t y, T w, const T* x,
-                                        T* d, int lane) {
-  const int64_t C = p.classes;
-  const T target_logit = x[y];
-  T v[kCache];
+// element per lane at a time, ran at 45% of an H200's copy rate at 1000 classes.) The loads are
+// issued before the row's label is read (cross_entropy_rows_kernel), not after: the label's load
+// and the row's then overlap instead of costing two memory latencies in a row.
+template <int kCache, class T>
+__device__ __forceinline__ void load_cached_row(const T* x, int64_t C, int lane, T (&v)[kCache]) {
 #pragma unroll
   for (int k = 0; k < kCache; ++k) {
     const int64_t c = lane + 32 * k;
     v[k] = c < C ? x[c] : T(-INFINITY);
   }
+}
+
+// The row's loss (and gradient into d) from its values in v (load_cached_row). The target's
+// logit comes from the lane that holds it, not from a load that would wait for the label.
+template <int kCache, class T, class I>
+__device__ __forceinline__ T cached_row(const CrossEntropyParams<T, I>& p, int64_t row, int64_t y, T w, T (&v)[kCache],
+                                        T* d, int lane) {
+  const int64_t C = p.classes;
+  T held = T(0);
+#pragma unroll
+  for (int k = 0; k < kCache; ++k)
+    if (lane + 32 * k == y) held = v[k];
+  const T target_logit = __shfl_sync(0xffffffffu, held, static_cast<int>(y & 31));
   T m = v[0];
 #pragma unroll
   for (int k = 1; k < kCache; ++k) m = cuda_rt::MaxOp{}(m, v[k]);
@@ -95,7 +106,8 @@ __device__ __forceinline__ T cached_row(const CrossEntropyParams<T, I>& p, int64
   const T target_exp = std::exp(target_logit - m);
   if (d) {
     const T coef = row_coef(p, row, w), inv_sum = T(1) / (target_exp + others);
-    __syncwarp();  // every lane has read x[y] before any lane may overwrite it (d == x)
+    // (d may be x: every lane's loads of the row were used by the shuffles above, so no lane
+    // still has to read what another overwrites)
 #pragma unroll
     for (int k = 0; k < kCache; ++k) {
       const int64_t c = lane + 32 * k;
@@ -131,15 +143,20 @@ __device__ __forceinline__ T streamed_row(const CrossEntropyParams<T, I>& p, int
 }
 
 // kCache > 0: rows of at most 32 * kCache classes, held in registers (cached_row); 0: any width.
+// float rows in 32 registers per lane: capped at 85 registers (three blocks, 24 warps per SM), which
+// they fit without spilling; uncapped, the loads issued ahead of the label took 128 (two blocks).
 template <class T, class I, int kCache>
-__global__ void __launch_bounds__(reduce::kReduceThreads) cross_entropy_rows_kernel(CrossEntropyParams<T, I> p) {
+__global__ void __launch_bounds__(reduce::kReduceThreads, kCache >= 32 && sizeof(T) == 4 ? 3 : 1)
+    cross_entropy_rows_kernel(CrossEntropyParams<T, I> p) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
   const int64_t C = p.classes;
   double acc[2] = {0.0, 0.0};  // w[y] * loss, w[y]
   if (row < p.rows) {  // the same for the whole warp
-    const int64_t y = static_cast<int64_t>(p.labels[row]);
     const T* x = p.logits + row * C;
+    T v[kCache > 0 ? kCache : 1];
+    if constexpr (kCache > 0) load_cached_row<kCache>(x, C, lane, v);
+    const int64_t y = static_cast<int64_t>(p.labels[row]);
     T* d = p.dlogits ? p.dlogits + row * C : nullptr;
     if (y == p.ignore_index) {
       if (d)
@@ -156,7 +173,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) cross_entropy_rows_ker
       const T w = p.weight ? p.weight[y] : T(1);
       T loss;
       if constexpr (kCache > 0)
-        loss = cached_row<kCache>(p, row, y, w, x, d, lane);
+        loss = cached_row<kCache>(p, row, y, w, v, d, lane);
       else
         loss = streamed_row(p, row, y, w, x, d, lane);
       if (p.row_loss && lane == 0) p.row_loss[row] = w * loss;
