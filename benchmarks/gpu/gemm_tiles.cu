@@ -6,8 +6,8 @@
 //   nvcc -std=c++17 -O3 -arch=sm_90 -Icsrc benchmarks/gpu/gemm_tiles.cu -o gemm_tiles && ./gemm_tiles
 //
 // Every unsplit configuration sums each element of C over k = 0, 1, ... in order, so all of them
-// must give the same bits as the production choice: the sweep checks that (a configuration that
-// differs is a bug, not a rounding difference) and that no element of C was left unwritten.
+// must give the same bits (the reference is Large or Medium): the sweep checks that (a configuration
+// that differs is a bug, not a rounding difference) and that no element of C was left unwritten.
 // Split-K candidates (K in 2 or 4 chunks, then gemm_split_k_reduce) add the chunks' sums, so
 // their rounding differs: they are checked by their largest error relative to max |C|.
 //
@@ -39,7 +39,8 @@ namespace {
   } while (0)
 
 // The candidates. Production (gemm_cuda.cu): Large for >= 128 tiles of 128 x 128, else Wide for
-// >= 96 tiles of 128 x 64, else Medium (or Medium with split K for few tiles and a long K).
+// >= 96 tiles of 128 x 64 (K in two chunks up to 132 tiles, K >= 128), else Medium (or Medium with
+// split K for few tiles and a long K).
 using L8 = ConfigF32Large;                              // 128 x 128 x 8, 8 x 8, 2 blocks/SM
 using W16 = ConfigF32Wide;                              // 128 x 64 x 16, 8 x 4
 using T16 = TileConfig<float, 64, 128, 16, 4, 8, 2>;    // 64 x 128
@@ -144,7 +145,10 @@ void candidate(const char* name, const GemmShape& s, const GemmProblem<float>& p
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  // --profile: the production kernel once per shape below, untimed, for a profiler to read
+  // (visit.sh runs `ncu ... gemm_tiles --profile` on the one-wave batch-1024 shapes and a square)
+  const bool profile = argc > 1 && std::strcmp(argv[1], "--profile") == 0;
   const GemmShape shapes[] = {
       {"fwd X W^T 1024x784->1024", 1024, 1024, 784, false, true},
       {"dX = dY W 1024x784->1024", 1024, 784, 1024, false, false},
@@ -157,12 +161,17 @@ int main() {
   };
   cudaDeviceProp prop{};
   CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("gemm_tiles on %s (%d SMs); float32, FP32 FMAs (no tensor cores); median of 15 event-timed groups\n\n",
-              prop.name, prop.multiProcessorCount);
-  std::printf("| shape | config | blocks | us | TFLOP/s | vs production | check |\n|---|---|---|---|---|---|---|\n");
+  if (!profile) {
+    std::printf("gemm_tiles on %s (%d SMs); float32, FP32 FMAs (no tensor cores); median of 15 event-timed groups\n\n",
+                prop.name, prop.multiProcessorCount);
+    std::printf("| shape | config | blocks | us | TFLOP/s | vs production | check |\n|---|---|---|---|---|---|---|\n");
+  }
   std::mt19937 gen(1234);
   std::normal_distribution<float> normal;
   for (const GemmShape& s : shapes) {
+    // profiled: fwd and dX at 1024 x 784 -> 1024 (one wave of 128 x 64 tiles) and the 4096 square
+    if (profile && s.m * s.n * s.k != int64_t{1024} * 1024 * 784 && s.m != 4096) continue;
+    if (profile && s.tb == false && s.m == 4096) continue;
     const int64_t a_elems = s.m * s.k, b_elems = s.k * s.n;
     std::vector<float> ha(a_elems), hb(b_elems);
     for (float& v : ha) v = normal(gen);
@@ -180,26 +189,41 @@ int main() {
     p.a = buf.a, p.lda = s.ta ? s.m : s.k;
     p.b = buf.b, p.ldb = s.tb ? s.k : s.n;
     p.c = buf.c, p.ldc = s.n;
-    // the production choice (gemm_cuda.cu's launch_gemm, above split K) is the reference
+    // the production choice (gemm_cuda.cu's launch_gemm, above the small-batch split K) is the
+    // reference for times; an unsplit configuration's bits are every unsplit one's
     const bool large = ((s.m + 127) / 128) * ((s.n + 127) / 128) >= 128;
-    const bool wide = !large && ((s.m + 127) / 128) * ((s.n + 63) / 64) >= 96;
+    const int64_t wide_tiles = ((s.m + 127) / 128) * ((s.n + 63) / 64);
+    const bool wide = !large && wide_tiles >= 96;
+    const bool wide_split = wide && wide_tiles <= 132 && s.k >= 128;
     auto run_production = [&] {
       if (large) launch<L8, 1>(p, buf.workspace);
+      else if (wide_split) launch<W16, 2>(p, buf.workspace);
       else if (wide) launch<W16, 1>(p, buf.workspace);
       else launch<M16, 1>(p, buf.workspace);
     };
+    if (profile) {
+      run_production();
+      CHECK(cudaDeviceSynchronize());
+      CHECK(cudaFree(buf.a));
+      CHECK(cudaFree(buf.b));
+      CHECK(cudaFree(buf.c));
+      CHECK(cudaFree(buf.workspace));
+      continue;
+    }
     std::vector<float> ref(buf.c_elems);
     CHECK(cudaMemset(buf.c, 0xff, buf.c_elems * sizeof(float)));
-    run_production();
+    if (large) launch<L8, 1>(p, buf.workspace);
+    else launch<M16, 1>(p, buf.workspace);
     CHECK(cudaDeviceSynchronize());
     CHECK(cudaMemcpy(ref.data(), buf.c, ref.size() * sizeof(float), cudaMemcpyDeviceToHost));
     int64_t unwritten = 0;
     for (float v : ref) unwritten += std::isnan(v);
-    if (unwritten) std::printf("| %s | production | | | | | %lld elements unwritten |\n", s.name, static_cast<long long>(unwritten));
+    if (unwritten) std::printf("| %s | reference | | | | | %lld elements unwritten |\n", s.name, static_cast<long long>(unwritten));
     const int inner = s.m * s.n * s.k > (int64_t{1} << 32) ? 5 : 50;
-    const double ref_us = large ? time_us<L8, 1>(p, buf.workspace, 15, inner)
-                          : wide ? time_us<W16, 1>(p, buf.workspace, 15, inner)
-                                 : time_us<M16, 1>(p, buf.workspace, 15, inner);
+    const double ref_us = large        ? time_us<L8, 1>(p, buf.workspace, 15, inner)
+                          : wide_split ? time_us<W16, 2>(p, buf.workspace, 15, inner)
+                          : wide       ? time_us<W16, 1>(p, buf.workspace, 15, inner)
+                                       : time_us<M16, 1>(p, buf.workspace, 15, inner);
     candidate<L8>("128x128x8 8x8 (Large)", s, p, buf, ref, ref_us);
     candidate<W16>("128x64x16 8x4 (Wide)", s, p, buf, ref, ref_us);
     candidate<T16>("64x128x16 4x8", s, p, buf, ref, ref_us);

@@ -12,7 +12,8 @@
 #   bench.log                fastnn bench's progress lines
 #   bench/results.md, bench/results.json, bench/ratios.png
 #   gemm_tiles.md            the GEMM tile-shape sweep (benchmarks/gpu/gemm_tiles.cu), compiled
-#                            beside the build and run after the bench
+#                            beside the build and run after the bench, then Nsight Compute's
+#                            sections for the production kernel (gemm_tiles --profile)
 #   (tests.log also takes compute-sanitizer's memcheck and racecheck runs of
 #    benchmarks/gpu/sanitize_kernels.py, last)
 #
@@ -187,6 +188,22 @@ if [ -n "${tiles_pid:-}" ]; then
     phase gemm-tiles "$(cap 90 5)" "$OUT/gemm_tiles.md" "$ROOT" "$ROOT/build-gemm-tiles"
   else
     PHASES+=("gemm-tiles   not built (see gemm_tiles.md)")
+  fi
+fi
+
+# -- Nsight Compute on the production GEMM ------------------------------------------------------------
+# ncu's warp-state, scheduler and pipe sections for the production kernel at the one-wave batch-1024
+# shapes and the 4096 square (gemm_tiles --profile), appended to gemm_tiles.md: why a kernel sits
+# where it does against cuBLAS. --clock-control none: the card's clocks are left alone.
+if [ -x "$ROOT/build-gemm-tiles" ] && [ "$DRY" != 1 ]; then
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1 || true)
+  if [ -n "$NCU" ]; then
+    phase ncu-gemm "$(cap 90 100)" "$OUT/gemm_tiles.md" "$ROOT" "$NCU" --clock-control none \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      --section InstructionStats -k regex:gemm_kernel "$ROOT/build-gemm-tiles" --profile
+  else
+    PHASES+=("ncu-gemm     ncu not found")
   fi
 fi
 

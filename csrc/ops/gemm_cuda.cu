@@ -29,7 +29,7 @@ void launch_instance(const GemmProblem<typename Cfg::Elem>& p, bool vec, bool c_
                      int64_t splits, int64_t k_chunk, typename Cfg::Elem* partials) {
   const dim3 grid(static_cast<unsigned>((p.m + Cfg::BM - 1) / Cfg::BM),
                   static_cast<unsigned>((p.n + Cfg::BN - 1) / Cfg::BN), static_cast<unsigned>(splits));
-  if constexpr (Cfg::BM <= 64) {  // the configurations split_k_for may choose
+  if constexpr (Cfg::BM * Cfg::BN < 128 * 128) {  // the configurations that may split K (not Large)
     if (partials) {
       cuda_rt::launch(name, gemm_kernel<Cfg, TA, TB, true>, grid, dim3(Cfg::kThreads), 0, p, vec, c_vec, k_chunk,
                       partials);
@@ -89,6 +89,11 @@ constexpr int64_t kMinSplitChunk = 64;
 
 // 128 x 64 tiles from this many on (the MLP's 1024 x 784 layers make 104 of them).
 constexpr int64_t kWideTiles = 96;
+// Up to this many 128 x 64 tiles (one per SM of an H100/H200, whose SMs hold two), K in two chunks
+// when it is at least 2 * kMinSplitChunk deep: on an H200 the batch-1024 layers (104-128 tiles)
+// ran 1.02-1.11x faster so, reduction included, except X W^T at 784 inputs (0.99x)
+// (benchmarks/results/2026-11-26-h200-0b18ac6/gemm_tiles.md, "128x64x16, K in 2").
+constexpr int64_t kWideSplitTiles = 132;
 
 int64_t tiles(int64_t m, int64_t n, int64_t tile_m, int64_t tile_n) {
   return ((m + tile_m - 1) / tile_m) * ((n + tile_n - 1) / tile_n);
@@ -109,7 +114,10 @@ void launch_gemm(const GemmProblem<T>& p) {
   if (p.m <= 0 || p.n <= 0) return;
   if constexpr (sizeof(T) == sizeof(float)) {
     if (tiles(p.m, p.n, 128) >= kTilesPerWave) launch_config<ConfigF32Large>(p, "gemm_f32_128x128");
-    else if (tiles(p.m, p.n, 128, 64) >= kWideTiles) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
+    else if (const int64_t wide = tiles(p.m, p.n, 128, 64); wide >= kWideTiles) {
+      if (wide <= kWideSplitTiles && p.k >= 2 * kMinSplitChunk) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64_split_k", 2);
+      else launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
+    }
     else if (tiles(p.m, p.n, 64) >= kTilesPerWave) launch_config<ConfigF32Medium>(p, "gemm_f32_64x64");
     else if (const int64_t splits = split_k_for(p.m, p.n, p.k); splits >= 2)
       launch_config<ConfigF32Medium>(p, "gemm_f32_64x64_split_k", splits);

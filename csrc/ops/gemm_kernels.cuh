@@ -18,7 +18,7 @@
 // results are deterministic, and identical between the tile configurations.
 //
 // Split K, for the MLP's shapes at small batch (128 x 1024 x 1024 is 32 tiles of 64 x 64, a quarter
-// of an H100's SMs, each walking all of K): blockIdx.z takes one chunk of K and writes its raw sums
+// of an H100's SMs, each walking all of K) and for one wave of 128 x 64 tiles (batch 1024): blockIdx.z takes one chunk of K and writes its raw sums
 // to a workspace, and gemm_split_k_reduce adds the chunks in order z = 0, 1, ... and applies the
 // epilogue. Still deterministic; the split depends on the shape only (not on the card), so a given
 // shape gives the same bits on every GPU.
