@@ -39,7 +39,7 @@ namespace {
   } while (0)
 
 // The candidates. Production (gemm_cuda.cu): Large for >= 128 tiles of 128 x 128, else Wide for
-// >= 96 tiles of 128 x 64 (K in two chunks up to 132 tiles, K >= 128), else Medium (or Medium with
+// >= 96 tiles of 128 x 64 (K in two chunks up to 132 tiles, K >= 512), else Medium (or Medium with
 // split K for few tiles and a long K).
 using L8 = ConfigF32Large;                              // 128 x 128 x 8, 8 x 8, 2 blocks/SM
 using W16 = ConfigF32Wide;                              // 128 x 64 x 16, 8 x 4
@@ -194,7 +194,7 @@ int main(int argc, char** argv) {
     const bool large = ((s.m + 127) / 128) * ((s.n + 127) / 128) >= 128;
     const int64_t wide_tiles = ((s.m + 127) / 128) * ((s.n + 63) / 64);
     const bool wide = !large && wide_tiles >= 96;
-    const bool wide_split = wide && wide_tiles <= 132 && s.k >= 128;
+    const bool wide_split = wide && wide_tiles <= 132 && s.k >= 512;
     auto run_production = [&] {
       if (large) launch<L8, 1>(p, buf.workspace);
       else if (wide_split) launch<W16, 2>(p, buf.workspace);

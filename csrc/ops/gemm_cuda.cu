@@ -89,11 +89,14 @@ constexpr int64_t kMinSplitChunk = 64;
 
 // 128 x 64 tiles from this many on (the MLP's 1024 x 784 layers make 104 of them).
 constexpr int64_t kWideTiles = 96;
-// Up to this many 128 x 64 tiles (one per SM of an H100/H200, whose SMs hold two), K in two chunks
-// when it is at least 2 * kMinSplitChunk deep: on an H200 the batch-1024 layers (104-128 tiles)
-// ran 1.02-1.11x faster so, reduction included, except X W^T at 784 inputs (0.99x)
-// (benchmarks/results/2026-11-26-h200-0b18ac6/gemm_tiles.md, "128x64x16, K in 2").
+// Up to this many 128 x 64 tiles (one per SM of an H100/H200, whose SMs hold two) and K at least
+// kWideSplitMinK, K in two chunks: on an H200 the batch-1024 layers (104-128 tiles, K = 784 or
+// 1024) ran 1.02-1.11x faster so, reduction included, except X W^T at 784 inputs (0.99x)
+// (benchmarks/results/2026-11-26-h200-0b18ac6/gemm_tiles.md, "128x64x16, K in 2"; in the bench
+// at c54e4ea: dX 0.68 -> 0.75x cuBLAS, dW 0.72 -> 0.76x at 784 inputs). dW at batch 128 (K = 128)
+// went from 13.0 to 16.9 us split: eight slabs per block gain less than the reduction costs.
 constexpr int64_t kWideSplitTiles = 132;
+constexpr int64_t kWideSplitMinK = 512;
 
 int64_t tiles(int64_t m, int64_t n, int64_t tile_m, int64_t tile_n) {
   return ((m + tile_m - 1) / tile_m) * ((n + tile_n - 1) / tile_n);
@@ -115,7 +118,7 @@ void launch_gemm(const GemmProblem<T>& p) {
   if constexpr (sizeof(T) == sizeof(float)) {
     if (tiles(p.m, p.n, 128) >= kTilesPerWave) launch_config<ConfigF32Large>(p, "gemm_f32_128x128");
     else if (const int64_t wide = tiles(p.m, p.n, 128, 64); wide >= kWideTiles) {
-      if (wide <= kWideSplitTiles && p.k >= 2 * kMinSplitChunk) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64_split_k", 2);
+      if (wide <= kWideSplitTiles && p.k >= kWideSplitMinK) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64_split_k", 2);
       else launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
     }
     else if (tiles(p.m, p.n, 64) >= kTilesPerWave) launch_config<ConfigF32Medium>(p, "gemm_f32_64x64");
