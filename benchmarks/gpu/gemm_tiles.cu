@@ -21,7 +21,10 @@
 #include <random>
 #include <vector>
 
+#include <type_traits>
+
 #include "core/cuda_launch.h"
+#include "gemm_async.cuh"
 #include "ops/gemm_kernels.cuh"
 
 using namespace fastnn;
@@ -49,6 +52,16 @@ using M16 = ConfigF32Medium;                            // 64 x 64 x 16, 4 x 4
 // of L8's, for the one-wave shapes (batch 1024: 64 tiles, 128 with K in 2), where a W16 block is
 // an SM's only 8 warps.
 using X16 = TileConfig<float, 128, 128, 16, 8, 4, 1>;
+// gemm_async.cuh's cp.async kernel: Wide's tiles with 3 slabs in flight; 128 x 128 with 8 x 8 per
+// thread and 16-deep slabs, one block per SM (its registers: 64 sums + 64 operands); 64 x 64.
+using AW16 = AsyncConfig<W16, 3>;
+using AL16 = AsyncConfig<TileConfig<float, 128, 128, 16, 8, 8, 1>, 3>;
+using AM16 = AsyncConfig<M16, 3>;
+
+template <class C, class = void>
+struct IsAsync : std::false_type {};
+template <class C>
+struct IsAsync<C, std::void_t<decltype(C::kStages)>> : std::true_type {};
 
 struct GemmShape {
   const char* name;
@@ -70,11 +83,20 @@ void launch(const GemmProblem<float>& p, float* workspace) {
   float* part = kSplit ? workspace : nullptr;
   const int variant = (p.trans_a ? 2 : 0) + (p.trans_b ? 1 : 0);
   const bool vec = true, c_vec = true;
-  switch (variant) {
-    case 0: gemm_kernel<Cfg, false, false, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
-    case 1: gemm_kernel<Cfg, false, true, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
-    case 2: gemm_kernel<Cfg, true, false, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
-    default: gemm_kernel<Cfg, true, true, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
+  if constexpr (IsAsync<Cfg>::value) {
+    switch (variant) {
+      case 0: gemm_async_kernel<Cfg, false, false, kSplit><<<grid, Cfg::kThreads>>>(p, c_vec, k_chunk, part); break;
+      case 1: gemm_async_kernel<Cfg, false, true, kSplit><<<grid, Cfg::kThreads>>>(p, c_vec, k_chunk, part); break;
+      case 2: gemm_async_kernel<Cfg, true, false, kSplit><<<grid, Cfg::kThreads>>>(p, c_vec, k_chunk, part); break;
+      default: gemm_async_kernel<Cfg, true, true, kSplit><<<grid, Cfg::kThreads>>>(p, c_vec, k_chunk, part); break;
+    }
+  } else {
+    switch (variant) {
+      case 0: gemm_kernel<Cfg, false, false, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
+      case 1: gemm_kernel<Cfg, false, true, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
+      case 2: gemm_kernel<Cfg, true, false, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
+      default: gemm_kernel<Cfg, true, true, kSplit><<<grid, Cfg::kThreads>>>(p, vec, c_vec, k_chunk, part); break;
+    }
   }
   CHECK(cudaGetLastError());
   if constexpr (kSplit) {
@@ -146,8 +168,9 @@ void candidate(const char* name, const GemmShape& s, const GemmProblem<float>& p
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --profile: the production kernel once per shape below, untimed, for a profiler to read
-  // (visit.sh runs `ncu ... gemm_tiles --profile` on the one-wave batch-1024 shapes and a square)
+  // --profile: the production kernel and the cp.async candidate once per shape below, untimed, for
+  // a profiler to read (visit.sh runs `ncu ... gemm_tiles --profile` on the one-wave batch-1024
+  // shapes and a square)
   const bool profile = argc > 1 && std::strcmp(argv[1], "--profile") == 0;
   const GemmShape shapes[] = {
       {"fwd X W^T 1024x784->1024", 1024, 1024, 784, false, true},
@@ -203,6 +226,10 @@ int main(int argc, char** argv) {
     };
     if (profile) {
       run_production();
+      // and the cp.async candidate on the same tiles (gemm_async.cuh)
+      if (large) launch<AL16, 1>(p, buf.workspace);
+      else if (wide_split) launch<AW16, 2>(p, buf.workspace);
+      else launch<AW16, 1>(p, buf.workspace);
       CHECK(cudaDeviceSynchronize());
       CHECK(cudaFree(buf.a));
       CHECK(cudaFree(buf.b));
@@ -229,12 +256,17 @@ int main(int argc, char** argv) {
     candidate<T16>("64x128x16 4x8", s, p, buf, ref, ref_us);
     candidate<M16>("64x64x16 4x4 (Medium)", s, p, buf, ref, ref_us);
     candidate<X16>("128x128x16 8x4, 512 thr", s, p, buf, ref, ref_us);
+    candidate<AW16>("async 128x64x16 8x4", s, p, buf, ref, ref_us);
+    candidate<AL16>("async 128x128x16 8x8 1/SM", s, p, buf, ref, ref_us);
+    candidate<AM16>("async 64x64x16 4x4", s, p, buf, ref, ref_us);
     if (!large) {  // one wave of tiles or less: split K fills the SMs twice or four times over
       candidate<L8, 2>("128x128x8, K in 2", s, p, buf, ref, ref_us);
       candidate<L8, 4>("128x128x8, K in 4", s, p, buf, ref, ref_us);
       candidate<W16, 2>("128x64x16, K in 2", s, p, buf, ref, ref_us);
       candidate<M16, 2>("64x64x16, K in 2", s, p, buf, ref, ref_us);
       candidate<X16, 2>("128x128x16 512 thr, K in 2", s, p, buf, ref, ref_us);
+      candidate<AW16, 2>("async 128x64x16, K in 2", s, p, buf, ref, ref_us);
+      candidate<AL16, 2>("async 128x128x16 1/SM, K in 2", s, p, buf, ref, ref_us);
     }
     CHECK(cudaFree(buf.a));
     CHECK(cudaFree(buf.b));

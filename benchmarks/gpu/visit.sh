@@ -201,7 +201,7 @@ if [ -x "$ROOT/build-gemm-tiles" ] && [ "$DRY" != 1 ]; then
     phase ncu-gemm "$(cap 90 100)" "$OUT/gemm_tiles.md" "$ROOT" "$NCU" --clock-control none \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-      --section InstructionStats -k regex:gemm_kernel "$ROOT/build-gemm-tiles" --profile
+      --section InstructionStats -k 'regex:gemm_(async_)?kernel' "$ROOT/build-gemm-tiles" --profile
   else
     PHASES+=("ncu-gemm     ncu not found")
   fi

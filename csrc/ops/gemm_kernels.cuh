@@ -184,6 +184,64 @@ __device__ __forceinline__ void store4(double* c, const double (&v)[4]) {
   reinterpret_cast<double2*>(c)[1] = make_double2(v[2], v[3]);
 }
 
+// A block's BM x BN tile of C from the threads' accumulators (thread (tx, ty) holds rows
+// gi * 4 * kThreadsY + ty * 4 + i and columns gj * 4 * kThreadsX + tx * 4 + j): the epilogue, or,
+// SPLIT_K, the raw sums into partials[blockIdx.z]. Shared by the GEMM kernels.
+template <class Cfg, bool SPLIT_K>
+__device__ __forceinline__ void store_tile(const GemmProblem<typename Cfg::Elem>& p,
+                                           const typename Cfg::Elem (&acc)[Cfg::TM][Cfg::TN], int64_t m0,
+                                           int64_t n0, int tx, int ty, bool c_vec,
+                                           typename Cfg::Elem* __restrict__ partials) {
+  using T = typename Cfg::Elem;
+  constexpr int TM = Cfg::TM, TN = Cfg::TN;
+  if constexpr (SPLIT_K) {
+    T* part = partials + static_cast<int64_t>(blockIdx.z) * p.m * p.n;
+#pragma unroll
+    for (int gi = 0; gi < TM / 4; ++gi)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t row = m0 + gi * 4 * Cfg::kThreadsY + ty * 4 + i;
+        if (row >= p.m) continue;
+#pragma unroll
+        for (int gj = 0; gj < TN / 4; ++gj)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int64_t col = n0 + gj * 4 * Cfg::kThreadsX + tx * 4 + j;
+            if (col < p.n) part[row * p.n + col] = acc[gi * 4 + i][gj * 4 + j];
+          }
+      }
+    return;
+  }
+
+  const T alpha = p.alpha, beta = p.beta;
+#pragma unroll
+  for (int gi = 0; gi < TM / 4; ++gi) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = m0 + gi * 4 * Cfg::kThreadsY + ty * 4 + i;
+      if (row >= p.m) continue;
+#pragma unroll
+      for (int gj = 0; gj < TN / 4; ++gj) {
+        const int64_t col = n0 + gj * 4 * Cfg::kThreadsX + tx * 4;
+        T* c = p.c + row * p.ldc + col;
+        const T* acc4 = &acc[gi * 4 + i][gj * 4];
+        if (c_vec && col + 4 <= p.n) {
+          T old[4] = {T(0), T(0), T(0), T(0)};
+          if (beta != T(0)) load4(c, old);
+          T out[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) out[j] = epilogue(acc4[j], alpha, beta, old + j, p.bias, col + j, p.act);
+          store4(c, out);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (col + j < p.n) c[j] = epilogue(acc4[j], alpha, beta, c + j, p.bias, col + j, p.act);
+        }
+      }
+    }
+  }
+}
+
 // One launch computes all of C. blockIdx.x walks the row tiles (M may be large: a batch),
 // blockIdx.y the column tiles. vec: A and B allow 16-byte loads; c_vec: C allows 16-byte stores.
 // SPLIT_K: block z sums k in [z * k_chunk, (z + 1) * k_chunk) into partials[z][m][n], without the
@@ -255,52 +313,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     __syncthreads();
   }
 
-  if constexpr (SPLIT_K) {
-    T* part = partials + static_cast<int64_t>(blockIdx.z) * p.m * p.n;
-#pragma unroll
-    for (int gi = 0; gi < TM / 4; ++gi)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t row = m0 + gi * 4 * Cfg::kThreadsY + ty * 4 + i;
-        if (row >= p.m) continue;
-#pragma unroll
-        for (int gj = 0; gj < TN / 4; ++gj)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int64_t col = n0 + gj * 4 * Cfg::kThreadsX + tx * 4 + j;
-            if (col < p.n) part[row * p.n + col] = acc[gi * 4 + i][gj * 4 + j];
-          }
-      }
-    return;
-  }
-
-  const T alpha = p.alpha, beta = p.beta;
-#pragma unroll
-  for (int gi = 0; gi < TM / 4; ++gi) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t row = m0 + gi * 4 * Cfg::kThreadsY + ty * 4 + i;
-      if (row >= p.m) continue;
-#pragma unroll
-      for (int gj = 0; gj < TN / 4; ++gj) {
-        const int64_t col = n0 + gj * 4 * Cfg::kThreadsX + tx * 4;
-        T* c = p.c + row * p.ldc + col;
-        const T* acc4 = &acc[gi * 4 + i][gj * 4];
-        if (c_vec && col + 4 <= p.n) {
-          T old[4] = {T(0), T(0), T(0), T(0)};
-          if (beta != T(0)) load4(c, old);
-          T out[4];
-#pragma unroll
-          for (int j = 0; j < 4; ++j) out[j] = epilogue(acc4[j], alpha, beta, old + j, p.bias, col + j, p.act);
-          store4(c, out);
-        } else {
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            if (col + j < p.n) c[j] = epilogue(acc4[j], alpha, beta, c + j, p.bias, col + j, p.act);
-        }
-      }
-    }
-  }
+  store_tile<Cfg, SPLIT_K>(p, acc, m0, n0, tx, ty, c_vec, partials);
 }
 
 // C = epilogue(sum over z of partials[z]), z in increasing order, one thread per element of C.

@@ -1,0 +1,107 @@
+// The cp.async GEMM candidate of the GPU tile sweep (benchmarks/gpu/gemm_async.cuh) under the CPU
+// emulation: for the four transposes, odd sizes (edges of every tile, partial 16-byte chunks), and
+// K split in chunks, it must give the production kernel's bits (csrc/ops/gemm_kernels.cuh), since
+// each element is one thread's sum over k in the same order. The real GPU runs its cp.async path
+// in benchmarks/gpu/gemm_tiles.cu, which checks the bits again. Built and run by tests/test_emu.py.
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/cuda_launch.h"
+#include "emu_check.h"
+#include "gemm_async.cuh"
+
+using namespace fastnn;
+using namespace fastnn::cuda::gemm_detail;
+
+namespace {
+
+template <class Cfg, bool TA, bool TB, bool SPLIT>
+void run_both(const GemmProblem<float>& p, int64_t k_chunk, float* c_prod, float* c_async, float* partials) {
+  const bool c_vec = p.ldc % 4 == 0;
+  const int64_t splits = SPLIT ? (p.k + k_chunk - 1) / k_chunk : 1;
+  const dim3 grid(static_cast<unsigned>((p.m + Cfg::BM - 1) / Cfg::BM),
+                  static_cast<unsigned>((p.n + Cfg::BN - 1) / Cfg::BN), static_cast<unsigned>(splits));
+  GemmProblem<float> q = p;
+  q.c = c_prod;
+  cuda_rt::launch("gemm_kernel", gemm_kernel<Cfg, TA, TB, SPLIT>, grid, dim3(Cfg::kThreads), 0, q, true, c_vec,
+                  k_chunk, partials);
+  if (SPLIT)
+    cuda_rt::launch("gemm_split_k_reduce", gemm_split_k_reduce<float>, dim3(64), dim3(256), 0, q,
+                    static_cast<const float*>(partials), splits);
+  q.c = c_async;
+  cuda_rt::launch("gemm_async_kernel", gemm_async_kernel<AsyncConfig<Cfg, 3>, TA, TB, SPLIT>, grid,
+                  dim3(Cfg::kThreads), 0, q, c_vec, k_chunk, partials);
+  if (SPLIT)
+    cuda_rt::launch("gemm_split_k_reduce", gemm_split_k_reduce<float>, dim3(64), dim3(256), 0, q,
+                    static_cast<const float*>(partials), splits);
+}
+
+int64_t round4(int64_t v) { return (v + 3) / 4 * 4; }
+
+// m x n x k with the given transposes, bias and ReLU in the epilogue; k_chunk > 0 splits K. The
+// operands' rows are padded to whole 16-byte vectors (the candidate's precondition, as for the
+// production kernel's 16-byte loads), with random values in the padding that must not be read.
+template <class Cfg>
+void check(int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t k_chunk) {
+  std::mt19937 gen(static_cast<unsigned>(m * 131 + n * 17 + k));
+  std::normal_distribution<float> normal;
+  const int64_t lda = ta ? round4(m) : round4(k), ldb = tb ? round4(k) : round4(n);
+  std::vector<float> a((ta ? k : m) * lda), b((tb ? n : k) * ldb), bias(n);
+  for (float& v : a) v = normal(gen);
+  for (float& v : b) v = normal(gen);
+  for (float& v : bias) v = normal(gen);
+  DeviceBuffer<float> da(a), db(b), dbias(bias), c1(m * n), c2(m * n), part(4 * m * n);
+  GemmProblem<float> p{};
+  p.trans_a = ta, p.trans_b = tb, p.m = m, p.n = n, p.k = k;
+  p.a = da.ptr, p.lda = lda;
+  p.b = db.ptr, p.ldb = ldb;
+  p.ldc = n, p.alpha = 1.0f, p.beta = 0.0f, p.bias = dbias.ptr, p.act = Activation::relu;
+  const bool split = k_chunk > 0;
+  const int variant = (ta ? 2 : 0) + (tb ? 1 : 0) + (split ? 4 : 0);
+  switch (variant) {
+    case 0: run_both<Cfg, false, false, false>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 1: run_both<Cfg, false, true, false>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 2: run_both<Cfg, true, false, false>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 3: run_both<Cfg, true, true, false>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 4: run_both<Cfg, false, false, true>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 5: run_both<Cfg, false, true, true>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 6: run_both<Cfg, true, false, true>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    default: run_both<Cfg, true, true, true>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+  }
+  const std::vector<float> want = c1.download(), got = c2.download();
+  int64_t differ = 0, first = -1;
+  for (int64_t i = 0; i < m * n; ++i)
+    if (std::memcmp(&want[i], &got[i], sizeof(float)) != 0 && differ++ == 0) first = i;
+  CHECK(differ == 0, "%lldx%lldx%lld ta=%d tb=%d k_chunk=%lld: %lld elements differ, first at (%lld, %lld): %g vs %g",
+        static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), ta, tb,
+        static_cast<long long>(k_chunk), static_cast<long long>(differ), static_cast<long long>(first / n),
+        static_cast<long long>(first % n), first >= 0 ? want[first] : 0.0, first >= 0 ? got[first] : 0.0);
+}
+
+template <class Cfg>
+void check_all_layouts(int64_t m, int64_t n, int64_t k, int64_t k_chunk) {
+  for (int t = 0; t < 4; ++t) check<Cfg>(m, n, k, t & 2, t & 1, k_chunk);
+}
+
+}  // namespace
+
+// Sizes: inside one tile, past the edges of the 128 x 64 tile in both directions, odd sizes (a
+// row's last 16-byte chunk partly past the operand), K not a multiple of the 16-deep slab, and a
+// long K (more slabs than stages).
+EMU_TEST(async_wide_tiles_give_the_production_bits) {
+  check_all_layouts<ConfigF32Wide>(7, 12, 20, 0);
+  check_all_layouts<ConfigF32Wide>(130, 67, 33, 0);
+  check_all_layouts<ConfigF32Wide>(200, 132, 100, 0);
+}
+
+EMU_TEST(async_medium_tiles_give_the_production_bits) {
+  check_all_layouts<ConfigF32Medium>(70, 65, 53, 0);
+}
+
+EMU_TEST(async_split_k_gives_the_production_bits) {
+  check_all_layouts<ConfigF32Wide>(130, 70, 201, 64);  // chunks of 4 slabs, the last short and ragged
+}
+
+int main() { return emu_test::run_all(); }
