@@ -16,6 +16,16 @@
 //   - an operand contiguous along its rows (A^T, or B in dY W) stays k-major ("kr"), as now.
 // Each element of C is still one thread's sum over k = 0, 1, ... in order: the same bits as
 // gemm_kernel (the sweep checks).
+//
+// Measured (H200, benchmarks/results/2026-11-26-h200-7cb7af5-gemm-sweep): the same bits on the GPU
+// at every shape, but no faster. 128 x 64: 0.88-0.90x of production for X W^T (both operands
+// row by row), 0.91-1.00x for dY W and dY^T X; 128 x 128 8 x 8 at one block per SM with K in 2:
+// 1.08x for dY^T X, 0.97-0.98x for dY W, 0.88-0.89x for X W^T. ncu: issue slots as busy as
+// production's (55-68%), cycles with no eligible warp the same (28%), and the FMA pipe less busy
+// (38-44% against 43-52%): more instructions per FMA (the swizzled row reads' address arithmetic
+// under a 128-register cap), while the latency cp.async hides was not what held production back.
+// Kept, with its emulator check, as the harness for the next try: fewer non-FMA instructions per
+// FMA (precomputed swizzled offsets, 8 x 8 per thread at the one-wave shapes).
 #pragma once
 #include <cstdint>
 
