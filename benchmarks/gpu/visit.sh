@@ -202,6 +202,11 @@ if [ -x "$ROOT/build-gemm-tiles" ] && [ "$DRY" != 1 ]; then
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
       --section InstructionStats -k 'regex:gemm_(async_)?kernel' "$ROOT/build-gemm-tiles" --profile
+    # the stall reasons the sections above only summarise (cycles per issued instruction, by reason):
+    # a phase of its own, so that a metric this ncu lacks costs this table, not the sections'
+    phase ncu-stalls "$(cap 60 90)" "$OUT/gemm_tiles.md" "$ROOT" "$NCU" --clock-control none \
+      --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
+      -k 'regex:gemm_(async_)?kernel' "$ROOT/build-gemm-tiles" --profile
   else
     PHASES+=("ncu-gemm     ncu not found")
   fi
