@@ -99,11 +99,13 @@ def test_gemm_matches_torch_and_cpu(ta, tb, dtype, rng):
 @pytest.mark.parametrize("m,n,k,ta,tb", [(1030, 2050, 16, False, True), (1030, 2050, 9, True, False),
                                           (1030, 800, 16, False, True), (1030, 800, 9, True, False),
                                           (520, 1030, 32, False, False), (520, 1030, 33, True, True),
-                                          (1030, 800, 520, True, True), (1030, 800, 700, False, False)])
+                                          (1030, 800, 520, True, True), (1030, 800, 700, False, False),
+                                          (1030, 800, 600, True, False)])
 def test_gemm_float32_tile_configurations(m, n, k, ta, tb, rng):
     """Enough tiles for the 128 x 128 (1030 x 2050), 128 x 64 (1030 x 800) and 64 x 64 (520 x 1030)
     float32 configurations (the shapes above use 32 x 32), with 16-byte loads (K = 16, 32) and
-    scalar ones (K = 9, 33); 128 x 64 with K in two chunks (K = 520, 700: one wave of tiles)."""
+    scalar ones (K = 9, 33); 128 x 64 with K in two chunks (K = 520, 700: one wave of tiles), and
+    128 x 128 with K in four for dY^T X there (K = 600)."""
     a, b = gemm_operands(rng, m, n, k, ta, tb, "float32")
     got = host(_C.gemm(cu(a), cu(b), trans_a=ta, trans_b=tb))
     assert_close(got, gemm_reference(a, b, ta, tb), "float32", rtol_for("float32", k))

@@ -42,7 +42,8 @@ namespace {
   } while (0)
 
 // The candidates. Production (gemm_cuda.cu): Large for >= 128 tiles of 128 x 128, else Wide for
-// >= 96 tiles of 128 x 64 (K in two chunks up to 132 tiles, K >= 512), else Medium (or Medium with
+// >= 96 tiles of 128 x 64 (K in two chunks up to 132 tiles, K >= 512; dY^T X there: Large with
+// K in 4), else Medium (or Medium with
 // split K for few tiles and a long K).
 using L8 = ConfigF32Large;                              // 128 x 128 x 8, 8 x 8, 2 blocks/SM
 using W16 = ConfigF32Wide;                              // 128 x 64 x 16, 8 x 4
@@ -218,8 +219,10 @@ int main(int argc, char** argv) {
     const int64_t wide_tiles = ((s.m + 127) / 128) * ((s.n + 63) / 64);
     const bool wide = !large && wide_tiles >= 96;
     const bool wide_split = wide && wide_tiles <= 132 && s.k >= 512;
+    const bool dw_split = wide_split && s.ta && !s.tb;  // dY^T X: 128 x 128, K in 4
     auto run_production = [&] {
       if (large) launch<L8, 1>(p, buf.workspace);
+      else if (dw_split) launch<L8, 4>(p, buf.workspace);
       else if (wide_split) launch<W16, 2>(p, buf.workspace);
       else if (wide) launch<W16, 1>(p, buf.workspace);
       else launch<M16, 1>(p, buf.workspace);
@@ -248,6 +251,7 @@ int main(int argc, char** argv) {
     if (unwritten) std::printf("| %s | reference | | | | | %lld elements unwritten |\n", s.name, static_cast<long long>(unwritten));
     const int inner = s.m * s.n * s.k > (int64_t{1} << 32) ? 5 : 50;
     const double ref_us = large        ? time_us<L8, 1>(p, buf.workspace, 15, inner)
+                          : dw_split   ? time_us<L8, 4>(p, buf.workspace, 15, inner)
                           : wide_split ? time_us<W16, 2>(p, buf.workspace, 15, inner)
                           : wide       ? time_us<W16, 1>(p, buf.workspace, 15, inner)
                                        : time_us<M16, 1>(p, buf.workspace, 15, inner);

@@ -29,7 +29,10 @@ void launch_instance(const GemmProblem<typename Cfg::Elem>& p, bool vec, bool c_
                      int64_t splits, int64_t k_chunk, typename Cfg::Elem* partials) {
   const dim3 grid(static_cast<unsigned>((p.m + Cfg::BM - 1) / Cfg::BM),
                   static_cast<unsigned>((p.n + Cfg::BN - 1) / Cfg::BN), static_cast<unsigned>(splits));
-  if constexpr (Cfg::BM * Cfg::BN < 128 * 128) {  // the configurations that may split K (not Large)
+  // the instances launch_gemm may split: Medium, Wide and float64 at every layout, Large for dY^T X
+  // only (its other split layouts would spill), never Small
+  constexpr bool kMaySplit = Cfg::BM > 32 && (Cfg::BM * Cfg::BN < 128 * 128 || (TA && !TB));
+  if constexpr (kMaySplit) {
     if (partials) {
       cuda_rt::launch(name, gemm_kernel<Cfg, TA, TB, true>, grid, dim3(Cfg::kThreads), 0, p, vec, c_vec, k_chunk,
                       partials);
@@ -97,6 +100,11 @@ constexpr int64_t kWideTiles = 96;
 // went from 13.0 to 16.9 us split: eight slabs per block gain less than the reduction costs.
 constexpr int64_t kWideSplitTiles = 132;
 constexpr int64_t kWideSplitMinK = 512;
+// ... except dY^T X (A transposed, B not: both operands stored into shared memory as they lie, no
+// transposing stores), where 128 x 128 tiles with K in 4 ran 1.05x the 128 x 64 split in two at
+// 1024 x 784 and 1024 x 1024 on an H200, in two visits alike (65.0-65.5 vs 68.1-68.7 us, 64.8-64.9
+// vs 68.2-68.3; gemm_tiles.md of benchmarks/results/2026-11-26-h200-0b18ac6 and -c54e4ea).
+constexpr int64_t kLargeSplitsForDw = 4;
 
 int64_t tiles(int64_t m, int64_t n, int64_t tile_m, int64_t tile_n) {
   return ((m + tile_m - 1) / tile_m) * ((n + tile_n - 1) / tile_n);
@@ -118,8 +126,10 @@ void launch_gemm(const GemmProblem<T>& p) {
   if constexpr (sizeof(T) == sizeof(float)) {
     if (tiles(p.m, p.n, 128) >= kTilesPerWave) launch_config<ConfigF32Large>(p, "gemm_f32_128x128");
     else if (const int64_t wide = tiles(p.m, p.n, 128, 64); wide >= kWideTiles) {
-      if (wide <= kWideSplitTiles && p.k >= kWideSplitMinK) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64_split_k", 2);
-      else launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
+      if (wide > kWideSplitTiles || p.k < kWideSplitMinK) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
+      else if (p.trans_a && !p.trans_b)
+        launch_config<ConfigF32Large>(p, "gemm_f32_128x128_split_k", kLargeSplitsForDw);
+      else launch_config<ConfigF32Wide>(p, "gemm_f32_128x64_split_k", 2);
     }
     else if (tiles(p.m, p.n, 64) >= kTilesPerWave) launch_config<ConfigF32Medium>(p, "gemm_f32_64x64");
     else if (const int64_t splits = split_k_for(p.m, p.n, p.k); splits >= 2)

@@ -18,7 +18,8 @@
 // results are deterministic, and identical between the tile configurations.
 //
 // Split K, for the MLP's shapes at small batch (128 x 1024 x 1024 is 32 tiles of 64 x 64, a quarter
-// of an H100's SMs, each walking all of K) and for one wave of 128 x 64 tiles (batch 1024): blockIdx.z takes one chunk of K and writes its raw sums
+// of an H100's SMs, each walking all of K) and for one wave of 128 x 64 tiles (batch 1024; dY^T X
+// there takes 128 x 128 tiles, K in 4): blockIdx.z takes one chunk of K and writes its raw sums
 // to a workspace, and gemm_split_k_reduce adds the chunks in order z = 0, 1, ... and applies the
 // epilogue. Still deterministic; the split depends on the shape only (not on the card), so a given
 // shape gives the same bits on every GPU.
@@ -245,7 +246,7 @@ __device__ __forceinline__ void store_tile(const GemmProblem<typename Cfg::Elem>
 // One launch computes all of C. blockIdx.x walks the row tiles (M may be large: a batch),
 // blockIdx.y the column tiles. vec: A and B allow 16-byte loads; c_vec: C allows 16-byte stores.
 // SPLIT_K: block z sums k in [z * k_chunk, (z + 1) * k_chunk) into partials[z][m][n], without the
-// epilogue (a separate instance: the 128 x 128 tile, which never splits, keeps its registers).
+// epilogue (a separate instance, so the unsplit kernels keep their registers).
 template <class Cfg, bool TRANS_A, bool TRANS_B, bool SPLIT_K>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     gemm_kernel(GemmProblem<typename Cfg::Elem> p, bool vec, bool c_vec, int64_t k_chunk,
