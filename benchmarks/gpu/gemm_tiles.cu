@@ -180,6 +180,9 @@ int main(int argc, char** argv) {
       {"fwd X W^T 1024x1024->1024", 1024, 1024, 1024, false, true},
       {"dX = dY W 1024x1024->1024", 1024, 1024, 1024, false, false},
       {"dW = dY^T X 1024x1024->1024", 1024, 1024, 1024, true, false},
+      // dY^T X at batch 128 (K = 128): production's 128 x 64 tiles ran 0.73-0.83x cuBLAS's kernel
+      {"dW = dY^T X 128x784->1024", 1024, 784, 128, true, false},
+      {"dW = dY^T X 128x1024->1024", 1024, 1024, 128, true, false},
       {"fwd X W^T 4096x4096->4096", 4096, 4096, 4096, false, true},
       {"dX = dY W 4096x4096->4096", 4096, 4096, 4096, false, false},
   };
