@@ -192,6 +192,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) forward_finish_kernel(
   const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= p.cols) return;
   double st[3] = {0.0, 0.0, 0.0};
+#pragma unroll 8  // the chunks' loads in flight together, not one latency after another
   for (int64_t k = 0; k < chunks; ++k) {
     const double* in = p.partials + (k * p.cols + col) * 3;
     st[0] += in[0], st[1] += in[1], st[2] += in[2];
@@ -336,6 +337,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_finish_kernel
   double sums[NS];
 #pragma unroll
   for (int k = 0; k < NS; ++k) sums[k] = 0.0;
+#pragma unroll 8  // the chunks' loads in flight together, not one latency after another
   for (int64_t c = 0; c < chunks; ++c) {
     const double* in = p.partials + (c * p.cols + col) * NS;
 #pragma unroll
@@ -398,6 +400,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_eval_finish_k
   const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= p.cols) return;
   double sum_dy = 0.0, sum_dy_u = 0.0;
+#pragma unroll 8  // the chunks' loads in flight together, not one latency after another
   for (int64_t c = 0; c < chunks; ++c) {
     const double* in = p.partials + (c * p.cols + col) * 2;
     sum_dy += in[0];
