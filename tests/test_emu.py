@@ -93,18 +93,20 @@ def test_good_kernels_with_ucontext_switch(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def gemm_async_check(tmp_path_factory):
+def gemm_candidates_check(tmp_path_factory):
     (binary,) = build(tmp_path_factory.mktemp("emu_gemm"),
-                      [("gemm_async_check.cu", "gemm_async_check", ["-I", os.path.join(ROOT, "benchmarks", "gpu")])])
+                      [("gemm_candidates_check.cu", "gemm_candidates_check",
+                        ["-I", os.path.join(ROOT, "benchmarks", "gpu")])])
     return binary
 
 
 @pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
-def test_gemm_async_candidate_gives_the_production_bits(gemm_async_check, schedule):
-    """The GPU tile sweep's cp.async GEMM candidate (benchmarks/gpu/gemm_async.cuh), its copies done
-    at once here: same bits as the production kernel, under every schedule (a missing barrier
-    before a buffer is refilled shows as wrong sums under some)."""
-    r = run(gemm_async_check, CUEMU_SCHEDULE=schedule)
+def test_gemm_candidates_give_the_production_bits(gemm_candidates_check, schedule):
+    """The GPU tile sweep's GEMM candidates: the cp.async kernel (benchmarks/gpu/gemm_async.cuh),
+    its copies done at once here, and hoisted slab loads (TileConfig HOIST): the production
+    kernel's bits, under every schedule (a missing barrier before a buffer is refilled shows as
+    wrong sums under some)."""
+    r = run(gemm_candidates_check, CUEMU_SCHEDULE=schedule)
     assert r.returncode == 0 and r.stdout.rstrip().endswith("ALL OK"), r.stdout + r.stderr
 
 

@@ -58,6 +58,12 @@ using X16 = TileConfig<float, 128, 128, 16, 8, 4, 1>;
 using AW16 = AsyncConfig<W16, 3>;
 using AL16 = AsyncConfig<TileConfig<float, 128, 128, 16, 8, 8, 1>, 3>;
 using AM16 = AsyncConfig<M16, 3>;
+// Production's tiles with hoisted slab loads (TileConfig HOIST, HoistedSlabLoader): per the
+// disassembly, the 128 x 64 loop's path for a whole slab falls from ~680 to ~616 instructions per
+// 512 FMAs.
+using W16H = TileConfig<float, 128, 64, 16, 8, 4, 2, true>;
+using L8H = TileConfig<float, 128, 128, 8, 8, 8, 2, true>;
+using M16H = TileConfig<float, 64, 64, 16, 4, 4, 1, true>;
 
 template <class C, class = void>
 struct IsAsync : std::false_type {};
@@ -232,10 +238,14 @@ int main(int argc, char** argv) {
     };
     if (profile) {
       run_production();
-      // and the cp.async candidate on the same tiles (gemm_async.cuh)
+      // and the candidates on the same tiles: cp.async (gemm_async.cuh), hoisted loads
       if (large) launch<AL16, 1>(p, buf.workspace);
       else if (wide_split) launch<AW16, 2>(p, buf.workspace);
       else launch<AW16, 1>(p, buf.workspace);
+      if (large) launch<L8H, 1>(p, buf.workspace);
+      else if (dw_split) launch<L8H, 4>(p, buf.workspace);
+      else if (wide_split) launch<W16H, 2>(p, buf.workspace);
+      else launch<W16H, 1>(p, buf.workspace);
       CHECK(cudaDeviceSynchronize());
       CHECK(cudaFree(buf.a));
       CHECK(cudaFree(buf.b));
@@ -266,6 +276,9 @@ int main(int argc, char** argv) {
     candidate<AW16>("async 128x64x16 8x4", s, p, buf, ref, ref_us);
     candidate<AL16>("async 128x128x16 8x8 1/SM", s, p, buf, ref, ref_us);
     candidate<AM16>("async 64x64x16 4x4", s, p, buf, ref, ref_us);
+    candidate<W16H>("hoisted 128x64x16 8x4", s, p, buf, ref, ref_us);
+    candidate<L8H>("hoisted 128x128x8 8x8", s, p, buf, ref, ref_us);
+    candidate<M16H>("hoisted 64x64x16 4x4", s, p, buf, ref, ref_us);
     if (!large) {  // one wave of tiles or less: split K fills the SMs twice or four times over
       candidate<L8, 2>("128x128x8, K in 2", s, p, buf, ref, ref_us);
       candidate<L8, 4>("128x128x8, K in 4", s, p, buf, ref, ref_us);
@@ -274,6 +287,8 @@ int main(int argc, char** argv) {
       candidate<X16, 2>("128x128x16 512 thr, K in 2", s, p, buf, ref, ref_us);
       candidate<AW16, 2>("async 128x64x16, K in 2", s, p, buf, ref, ref_us);
       candidate<AL16, 2>("async 128x128x16 1/SM, K in 2", s, p, buf, ref, ref_us);
+      candidate<W16H, 2>("hoisted 128x64x16, K in 2", s, p, buf, ref, ref_us);
+      candidate<L8H, 4>("hoisted 128x128x8, K in 4", s, p, buf, ref, ref_us);
     }
     CHECK(cudaFree(buf.a));
     CHECK(cudaFree(buf.b));

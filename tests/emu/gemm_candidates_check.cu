@@ -1,8 +1,10 @@
-// The cp.async GEMM candidate of the GPU tile sweep (benchmarks/gpu/gemm_async.cuh) under the CPU
-// emulation: for the four transposes, odd sizes (edges of every tile, partial 16-byte chunks), and
-// K split in chunks, it must give the production kernel's bits (csrc/ops/gemm_kernels.cuh), since
-// each element is one thread's sum over k in the same order. The real GPU runs its cp.async path
-// in benchmarks/gpu/gemm_tiles.cu, which checks the bits again. Built and run by tests/test_emu.py.
+// The GEMM candidates of the GPU tile sweep under the CPU emulation: the cp.async kernel
+// (benchmarks/gpu/gemm_async.cuh) and the production kernel with hoisted slab loads
+// (TileConfig<..., HOIST = true>, csrc/ops/gemm_kernels.cuh). For the four transposes, odd sizes
+// (edges of every tile, partial 16-byte chunks), and K split in chunks, each must give the
+// production kernel's bits, since every element is one thread's sum over k in the same order. The
+// real GPU runs them in benchmarks/gpu/gemm_tiles.cu, which checks the bits again. Built and run
+// by tests/test_emu.py.
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -17,7 +19,13 @@ using namespace fastnn::cuda::gemm_detail;
 
 namespace {
 
-template <class Cfg, bool TA, bool TB, bool SPLIT>
+// Cfg's hoisted-load twin
+template <class Cfg>
+using Hoisted = TileConfig<typename Cfg::Elem, Cfg::BM, Cfg::BN, Cfg::BK, Cfg::TM, Cfg::TN, Cfg::kMinBlocks, true>;
+
+enum class Candidate { async, hoisted };
+
+template <class Cfg, bool TA, bool TB, bool SPLIT, Candidate C>
 void run_both(const GemmProblem<float>& p, int64_t k_chunk, float* c_prod, float* c_async, float* partials) {
   const bool c_vec = p.ldc % 4 == 0;
   const int64_t splits = SPLIT ? (p.k + k_chunk - 1) / k_chunk : 1;
@@ -31,8 +39,12 @@ void run_both(const GemmProblem<float>& p, int64_t k_chunk, float* c_prod, float
     cuda_rt::launch("gemm_split_k_reduce", gemm_split_k_reduce<float>, dim3(64), dim3(256), 0, q,
                     static_cast<const float*>(partials), splits);
   q.c = c_async;
-  cuda_rt::launch("gemm_async_kernel", gemm_async_kernel<AsyncConfig<Cfg, 3>, TA, TB, SPLIT>, grid,
-                  dim3(Cfg::kThreads), 0, q, c_vec, k_chunk, partials);
+  if constexpr (C == Candidate::async)
+    cuda_rt::launch("gemm_async_kernel", gemm_async_kernel<AsyncConfig<Cfg, 3>, TA, TB, SPLIT>, grid,
+                    dim3(Cfg::kThreads), 0, q, c_vec, k_chunk, partials);
+  else
+    cuda_rt::launch("gemm_kernel (hoisted)", gemm_kernel<Hoisted<Cfg>, TA, TB, SPLIT>, grid, dim3(Cfg::kThreads), 0,
+                    q, true, c_vec, k_chunk, partials);
   if (SPLIT)
     cuda_rt::launch("gemm_split_k_reduce", gemm_split_k_reduce<float>, dim3(64), dim3(256), 0, q,
                     static_cast<const float*>(partials), splits);
@@ -43,7 +55,7 @@ int64_t round4(int64_t v) { return (v + 3) / 4 * 4; }
 // m x n x k with the given transposes, bias and ReLU in the epilogue; k_chunk > 0 splits K. The
 // operands' rows are padded to whole 16-byte vectors (the candidate's precondition, as for the
 // production kernel's 16-byte loads), with random values in the padding that must not be read.
-template <class Cfg>
+template <class Cfg, Candidate C>
 void check(int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t k_chunk) {
   std::mt19937 gen(static_cast<unsigned>(m * 131 + n * 17 + k));
   std::normal_distribution<float> normal;
@@ -52,7 +64,8 @@ void check(int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t k_chunk) {
   for (float& v : a) v = normal(gen);
   for (float& v : b) v = normal(gen);
   for (float& v : bias) v = normal(gen);
-  DeviceBuffer<float> da(a), db(b), dbias(bias), c1(m * n), c2(m * n), part(4 * m * n);
+  const int64_t splits = k_chunk > 0 ? (k + k_chunk - 1) / k_chunk : 1;
+  DeviceBuffer<float> da(a), db(b), dbias(bias), c1(m * n), c2(m * n), part(splits * m * n);
   GemmProblem<float> p{};
   p.trans_a = ta, p.trans_b = tb, p.m = m, p.n = n, p.k = k;
   p.a = da.ptr, p.lda = lda;
@@ -61,14 +74,14 @@ void check(int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t k_chunk) {
   const bool split = k_chunk > 0;
   const int variant = (ta ? 2 : 0) + (tb ? 1 : 0) + (split ? 4 : 0);
   switch (variant) {
-    case 0: run_both<Cfg, false, false, false>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
-    case 1: run_both<Cfg, false, true, false>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
-    case 2: run_both<Cfg, true, false, false>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
-    case 3: run_both<Cfg, true, true, false>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
-    case 4: run_both<Cfg, false, false, true>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
-    case 5: run_both<Cfg, false, true, true>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
-    case 6: run_both<Cfg, true, false, true>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
-    default: run_both<Cfg, true, true, true>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 0: run_both<Cfg, false, false, false, C>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 1: run_both<Cfg, false, true, false, C>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 2: run_both<Cfg, true, false, false, C>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 3: run_both<Cfg, true, true, false, C>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 4: run_both<Cfg, false, false, true, C>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 5: run_both<Cfg, false, true, true, C>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    case 6: run_both<Cfg, true, false, true, C>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
+    default: run_both<Cfg, true, true, true, C>(p, k_chunk, c1.ptr, c2.ptr, part.ptr); break;
   }
   const std::vector<float> want = c1.download(), got = c2.download();
   int64_t differ = 0, first = -1;
@@ -80,9 +93,9 @@ void check(int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t k_chunk) {
         static_cast<long long>(first % n), first >= 0 ? want[first] : 0.0, first >= 0 ? got[first] : 0.0);
 }
 
-template <class Cfg>
+template <class Cfg, Candidate C = Candidate::async>
 void check_all_layouts(int64_t m, int64_t n, int64_t k, int64_t k_chunk) {
-  for (int t = 0; t < 4; ++t) check<Cfg>(m, n, k, t & 2, t & 1, k_chunk);
+  for (int t = 0; t < 4; ++t) check<Cfg, C>(m, n, k, t & 2, t & 1, k_chunk);
 }
 
 }  // namespace
@@ -102,6 +115,21 @@ EMU_TEST(async_medium_tiles_give_the_production_bits) {
 
 EMU_TEST(async_split_k_gives_the_production_bits) {
   check_all_layouts<ConfigF32Wide>(130, 70, 201, 64);  // chunks of 4 slabs, the last short and ragged
+}
+
+// Hoisted loads: the same sizes, for the three float configurations the sweep tries, with the
+// whole-slab fast path, the ragged last slab, and blocks at the row edges.
+EMU_TEST(hoisted_loads_give_the_production_bits) {
+  check_all_layouts<ConfigF32Wide, Candidate::hoisted>(7, 12, 20, 0);
+  check_all_layouts<ConfigF32Wide, Candidate::hoisted>(130, 67, 33, 0);
+  check_all_layouts<ConfigF32Wide, Candidate::hoisted>(200, 132, 100, 0);
+  check_all_layouts<ConfigF32Large, Candidate::hoisted>(130, 132, 37, 0);
+  check_all_layouts<ConfigF32Medium, Candidate::hoisted>(70, 65, 53, 0);
+}
+
+EMU_TEST(hoisted_loads_split_k_give_the_production_bits) {
+  check_all_layouts<ConfigF32Wide, Candidate::hoisted>(130, 70, 201, 64);
+  check_all_layouts<ConfigF32Large, Candidate::hoisted>(130, 132, 203, 48);
 }
 
 int main() { return emu_test::run_all(); }
