@@ -4,8 +4,9 @@
 //             mean and the *unbiased* variance by `momentum`, as in torch.
 //   eval:     the same with running_mean / running_var in place of the batch statistics.
 // Statistics accumulate in double for both dtypes, as sums shifted by the column's first value
-// (shifted_moments), so a float32 column of values near 1e6 with unit spread keeps full precision. The mean a float32 kernel subtracts is
-// split into hi + lo floats: x - hi is exact near the mean, so y keeps it too.
+// (shifted_moments), so a float32 column of values near 1e6 with unit spread keeps full
+// precision. The mean a float32 kernel subtracts is split into hi + lo floats: x - hi is exact
+// near the mean, so y keeps it too.
 //
 // save_mean and save_invstd are float64 for both dtypes (C numbers: free to keep exact). Rounded
 // to float32 they would cost the backward its accuracy: a mean near 1e6 is off by up to 1/32, and
@@ -20,7 +21,6 @@
 #include "core/tensor.h"
 
 namespace fastnn {
-
 
 FASTNN_HD double batchnorm_invstd(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
 

@@ -187,7 +187,6 @@ struct HoistedSlabLoader : SlabLoader<Cfg, R, CONTIG_K> {
   // (initialised for the compilers that cannot see init() always runs first; free once optimised)
   const T* first[kVectors] = {};  // vector i's first element in the slab at k_begin
   bool whole[kVectors] = {};      // CONTIG_K: its row is below r_lim; else: all VW of its rows are
-  int64_t step = 0;          // elements from one slab to the next: BK, or BK rows of ld
 
   __device__ __forceinline__ void init(const T* x, int64_t ld, int64_t r0, int64_t k_begin, int64_t r_lim) {
 #pragma unroll
@@ -198,7 +197,6 @@ struct HoistedSlabLoader : SlabLoader<Cfg, R, CONTIG_K> {
       first[i] = CONTIG_K ? x + gr * ld + gk : x + gk * ld + gr;
       whole[i] = CONTIG_K ? gr < r_lim : gr + VW <= r_lim;
     }
-    step = CONTIG_K ? BK : BK * ld;
   }
 
   __device__ __forceinline__ void load_slab(const T* __restrict__ x, int64_t ld, int64_t r0, int64_t k0,
@@ -207,7 +205,7 @@ struct HoistedSlabLoader : SlabLoader<Cfg, R, CONTIG_K> {
       Base::load(x, ld, r0, k0, r_lim, k_lim, vec);
       return;
     }
-    const int64_t offset = s * step;
+    const int64_t offset = s * (CONTIG_K ? BK : BK * ld);  // slab s: BK elements on, or BK rows of ld
     bool all_whole = true;
 #pragma unroll
     for (int i = 0; i < kVectors; ++i) {
