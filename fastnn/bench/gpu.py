@@ -592,12 +592,15 @@ def model_loss(torch, module):
     return loss
 
 
-def compile_step_rows(b: GpuBench, torch, shapes: Shapes, est_compile_s: float = 90.0):
+def compile_step_rows(b: GpuBench, torch, shapes: Shapes, est_compile_s: float = 30.0):
     """fastnn eager (and CUDA graph, when it exists) against torch.compile(mode="reduce-overhead").
 
     torch compiles the model and the loss (CUDA graphs for forward and backward); Adam is fused.
     A failed compile is recorded as a row with the error; configs are skipped once the time left
-    cannot cover another compile.
+    cannot cover another compile and its row. The first compile of a process pays Inductor's start
+    (measured 7 s on an H200, 2-5 s for the ones after), so the estimate starts at est_compile_s and
+    then follows twice the last compile's time: a fixed 90 s skipped all three rows of an H100 visit
+    that had 72 s left.
     """
     compiled = {}
     for model, batch in step_configs(shapes):
@@ -625,6 +628,7 @@ def compile_step_rows(b: GpuBench, torch, shapes: Shapes, est_compile_s: float =
                 t_comp()
             b.sync()
             compile_s = time.perf_counter() - t0
+            est_compile_s = max(2.0 * compile_s, 10.0)  # the 10 s also cover the row's own timing
         except Exception as e:  # noqa: BLE001  (torch.compile needs triton and a compiler; report, don't die)
             b.skip("step", f"{name}, vs torch reduce-overhead", f"torch.compile failed: {type(e).__name__}: {e}"[:200])
             continue
