@@ -42,11 +42,10 @@ namespace {
   } while (0)
 
 // The candidates. Production (gemm_cuda.cu): Large for >= 128 tiles of 128 x 128, else Wide for
-// >= 96 tiles of 128 x 64 (K in two chunks up to 132 tiles, K >= 512; dY^T X there: Large with
-// K in 4), else Medium (or Medium with
-// split K for few tiles and a long K).
+// >= 96 tiles of 128 x 64 (K in two chunks below 120 tiles, K >= 512; dY^T X there: Large with
+// K in 4), else Medium (or Medium with split K for few tiles and a long K).
 using L8 = ConfigF32Large;                              // 128 x 128 x 8, 8 x 8, 2 blocks/SM
-using W16 = ConfigF32Wide;                              // 128 x 64 x 16, 8 x 4
+using W16 = ConfigF32Wide;                              // 128 x 64 x 16, 8 x 4, hoisted slab loads
 using T16 = TileConfig<float, 64, 128, 16, 4, 8, 2>;    // 64 x 128
 using M16 = ConfigF32Medium;                            // 64 x 64 x 16, 4 x 4
 // 128 x 128 with 512 threads (16 warps, 8 x 4 each): one block per SM holds as many warps as two
@@ -58,10 +57,10 @@ using X16 = TileConfig<float, 128, 128, 16, 8, 4, 1>;
 using AW16 = AsyncConfig<W16, 3>;
 using AL16 = AsyncConfig<TileConfig<float, 128, 128, 16, 8, 8, 1>, 3>;
 using AM16 = AsyncConfig<M16, 3>;
-// Production's tiles with hoisted slab loads (TileConfig HOIST, HoistedSlabLoader): per the
-// disassembly, the 128 x 64 loop's path for a whole slab falls from ~680 to ~616 instructions per
-// 512 FMAs.
-using W16H = TileConfig<float, 128, 64, 16, 8, 4, 2, true>;
+// Production's tiles with the other slab loader: Wide with SlabLoader (production's before
+// 2026-11-26: per the disassembly ~680 instructions per 512 FMAs on a whole slab, the hoisted
+// path ~616), Large and Medium with HoistedSlabLoader.
+using W16S = TileConfig<float, 128, 64, 16, 8, 4, 2, false>;
 using L8H = TileConfig<float, 128, 128, 8, 8, 8, 2, true>;
 using M16H = TileConfig<float, 64, 64, 16, 4, 4, 1, true>;
 
@@ -227,7 +226,7 @@ int main(int argc, char** argv) {
     const bool large = ((s.m + 127) / 128) * ((s.n + 127) / 128) >= 128;
     const int64_t wide_tiles = ((s.m + 127) / 128) * ((s.n + 63) / 64);
     const bool wide = !large && wide_tiles >= 96;
-    const bool wide_split = wide && wide_tiles <= 132 && s.k >= 512;
+    const bool wide_split = wide && wide_tiles < 120 && s.k >= 512;
     const bool dw_split = wide_split && s.ta && !s.tb;  // dY^T X: 128 x 128, K in 4
     auto run_production = [&] {
       if (large) launch<L8, 1>(p, buf.workspace);
@@ -238,14 +237,14 @@ int main(int argc, char** argv) {
     };
     if (profile) {
       run_production();
-      // and the candidates on the same tiles: cp.async (gemm_async.cuh), hoisted loads
+      // and the candidates on the same tiles: cp.async (gemm_async.cuh), the other slab loader
       if (large) launch<AL16, 1>(p, buf.workspace);
       else if (wide_split) launch<AW16, 2>(p, buf.workspace);
       else launch<AW16, 1>(p, buf.workspace);
       if (large) launch<L8H, 1>(p, buf.workspace);
       else if (dw_split) launch<L8H, 4>(p, buf.workspace);
-      else if (wide_split) launch<W16H, 2>(p, buf.workspace);
-      else launch<W16H, 1>(p, buf.workspace);
+      else if (wide_split) launch<W16S, 2>(p, buf.workspace);
+      else launch<W16S, 1>(p, buf.workspace);
       CHECK(cudaDeviceSynchronize());
       CHECK(cudaFree(buf.a));
       CHECK(cudaFree(buf.b));
@@ -276,7 +275,7 @@ int main(int argc, char** argv) {
     candidate<AW16>("async 128x64x16 8x4", s, p, buf, ref, ref_us);
     candidate<AL16>("async 128x128x16 8x8 1/SM", s, p, buf, ref, ref_us);
     candidate<AM16>("async 64x64x16 4x4", s, p, buf, ref, ref_us);
-    candidate<W16H>("hoisted 128x64x16 8x4", s, p, buf, ref, ref_us);
+    candidate<W16S>("128x64x16 8x4, SlabLoader", s, p, buf, ref, ref_us);
     candidate<L8H>("hoisted 128x128x8 8x8", s, p, buf, ref, ref_us);
     candidate<M16H>("hoisted 64x64x16 4x4", s, p, buf, ref, ref_us);
     if (!large) {  // one wave of tiles or less: split K fills the SMs twice or four times over
@@ -287,7 +286,7 @@ int main(int argc, char** argv) {
       candidate<X16, 2>("128x128x16 512 thr, K in 2", s, p, buf, ref, ref_us);
       candidate<AW16, 2>("async 128x64x16, K in 2", s, p, buf, ref, ref_us);
       candidate<AL16, 2>("async 128x128x16 1/SM, K in 2", s, p, buf, ref, ref_us);
-      candidate<W16H, 2>("hoisted 128x64x16, K in 2", s, p, buf, ref, ref_us);
+      candidate<W16S, 2>("128x64x16 SlabLoader, K in 2", s, p, buf, ref, ref_us);
       candidate<L8H, 4>("hoisted 128x128x8, K in 4", s, p, buf, ref, ref_us);
     }
     CHECK(cudaFree(buf.a));

@@ -92,13 +92,18 @@ constexpr int64_t kMinSplitChunk = 64;
 
 // 128 x 64 tiles from this many on (the MLP's 1024 x 784 layers make 104 of them).
 constexpr int64_t kWideTiles = 96;
-// Up to this many 128 x 64 tiles (one per SM of an H100/H200, whose SMs hold two) and K at least
-// kWideSplitMinK, K in two chunks: on an H200 the batch-1024 layers (104-128 tiles, K = 784 or
+// Fewer than a wave of 128 x 64 tiles (one per SM of an H100/H200, whose SMs hold two) and K at
+// least kWideSplitMinK, K in two chunks: on an H200 the batch-1024 layers (104-128 tiles, K = 784 or
 // 1024) ran 1.02-1.11x faster so, reduction included, except X W^T at 784 inputs (0.99x)
 // (benchmarks/results/2026-11-26-h200-0b18ac6/gemm_tiles.md, "128x64x16, K in 2"; in the bench
 // at c54e4ea: dX 0.68 -> 0.75x cuBLAS, dW 0.72 -> 0.76x at 784 inputs). dW at batch 128 (K = 128)
 // went from 13.0 to 16.9 us split: eight slabs per block gain less than the reduction costs.
-constexpr int64_t kWideSplitTiles = 132;
+// With hoisted slab loads and a full wave of tiles (the 128 tiles of 1024 x 1024 and of X W^T at 784
+// inputs) the unsplit tile caught up: on an H100 it ran 1.09x the split at X W^T 1024 x 784 -> 1024,
+// 1.02x at 1024^3, 1.01x dY W, and 1.04x Large with K in 4 at dY^T X; at 104 tiles (784 outputs, a
+// fifth of the SMs idle) the split stays ahead (benchmarks/results/2026-11-26-h100-cde6ae1).
+// So K is split only below kWideFullWave tiles.
+constexpr int64_t kWideFullWave = 120;
 constexpr int64_t kWideSplitMinK = 512;
 // ... except dY^T X (A transposed, B not: both operands stored into shared memory as they lie, no
 // transposing stores), where 128 x 128 tiles with K in 4 ran 1.05x the 128 x 64 split in two at
@@ -126,7 +131,7 @@ void launch_gemm(const GemmProblem<T>& p) {
   if constexpr (sizeof(T) == sizeof(float)) {
     if (tiles(p.m, p.n, 128) >= kTilesPerWave) launch_config<ConfigF32Large>(p, "gemm_f32_128x128");
     else if (const int64_t wide = tiles(p.m, p.n, 128, 64); wide >= kWideTiles) {
-      if (wide > kWideSplitTiles || p.k < kWideSplitMinK) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
+      if (wide >= kWideFullWave || p.k < kWideSplitMinK) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
       else if (p.trans_a && !p.trans_b)
         launch_config<ConfigF32Large>(p, "gemm_f32_128x128_split_k", kLargeSplitsForDw);
       else launch_config<ConfigF32Wide>(p, "gemm_f32_128x64_split_k", 2);

@@ -42,7 +42,7 @@ void launch_gemm(const GemmProblem<T>& p);
 
 // Tile shape: a block of (BN / TN) x (BM / TM) threads computes BM x BN of C in K-slabs of BK.
 // HOIST: slabs loaded by HoistedSlabLoader (each vector's address and row check once per block,
-// not once per slab); a candidate of the GPU tile sweep, not yet production's.
+// not once per slab): the 128 x 64 tile's; the others keep SlabLoader, where hoisting did not pay.
 template <class T, int BM_, int BN_, int BK_, int TM_, int TN_, int MIN_BLOCKS, bool HOIST = false>
 struct TileConfig {
   using Elem = T;
@@ -67,7 +67,11 @@ using ConfigF32Large = TileConfig<float, 128, 128, 8, 8, 8, 2>;
 // float32, about one wave of 128 x 64 tiles (an MLP layer at batch 1024: 104-128 of them): 8 x 4 per
 // thread, 16-deep slabs. On an H200 it ran 1.01-1.07x the 64 x 64 tile at those shapes, where
 // 128 x 128 tiles (56-64 of them) ran 0.58-0.66x (benchmarks/results/2026-11-26-h200-7de1a8a).
-using ConfigF32Wide = TileConfig<float, 128, 64, 16, 8, 4, 2>;
+// Hoisted slab loads: on an H100 (benchmarks/results/2026-11-26-h100-cde6ae1/gemm_tiles.md) the
+// unsplit tile ran 1.07x SlabLoader's at the 128-tile batch-1024 shapes (dY^T X 1.03x) and
+// 1.02-1.03x at 4096^3, 0.95-1.00x at the 104-tile ones (which split K: 0.98-1.01x there); the
+// 64 x 64 (0.93-1.00x) and 128 x 128 (0.87-1.00x) tiles lost, so they keep SlabLoader.
+using ConfigF32Wide = TileConfig<float, 128, 64, 16, 8, 4, 2, true>;
 // float32, problems of fewer than ~one wave of large tiles: 64 x 64, 4 x 4 per thread.
 using ConfigF32Medium = TileConfig<float, 64, 64, 16, 4, 4, 1>;
 // float32, MLP layers at small batch (128 x 512 x 512 is 16 tiles of 64 x 64, a tenth of an H100):

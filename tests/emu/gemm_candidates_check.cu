@@ -1,6 +1,6 @@
 // The GEMM candidates of the GPU tile sweep under the CPU emulation: the cp.async kernel
-// (benchmarks/gpu/gemm_async.cuh) and the production kernel with hoisted slab loads
-// (TileConfig<..., HOIST = true>, csrc/ops/gemm_kernels.cuh). For the four transposes, odd sizes
+// (benchmarks/gpu/gemm_async.cuh) and the production kernel with the other slab loader
+// (TileConfig's HOIST flipped: SlabLoader or HoistedSlabLoader, csrc/ops/gemm_kernels.cuh). For the four transposes, odd sizes
 // (edges of every tile, partial 16-byte chunks), and K split in chunks, each must give the
 // production kernel's bits, since every element is one thread's sum over k in the same order. The
 // real GPU runs them in benchmarks/gpu/gemm_tiles.cu, which checks the bits again. Built and run
@@ -19,11 +19,12 @@ using namespace fastnn::cuda::gemm_detail;
 
 namespace {
 
-// Cfg's hoisted-load twin
+// Cfg with the other slab loader
 template <class Cfg>
-using Hoisted = TileConfig<typename Cfg::Elem, Cfg::BM, Cfg::BN, Cfg::BK, Cfg::TM, Cfg::TN, Cfg::kMinBlocks, true>;
+using OtherLoader =
+    TileConfig<typename Cfg::Elem, Cfg::BM, Cfg::BN, Cfg::BK, Cfg::TM, Cfg::TN, Cfg::kMinBlocks, !Cfg::kHoist>;
 
-enum class Candidate { async, hoisted };
+enum class Candidate { async, other_loader };
 
 template <class Cfg, bool TA, bool TB, bool SPLIT, Candidate C>
 void run_both(const GemmProblem<float>& p, int64_t k_chunk, float* c_prod, float* c_async, float* partials) {
@@ -43,8 +44,8 @@ void run_both(const GemmProblem<float>& p, int64_t k_chunk, float* c_prod, float
     cuda_rt::launch("gemm_async_kernel", gemm_async_kernel<AsyncConfig<Cfg, 3>, TA, TB, SPLIT>, grid,
                     dim3(Cfg::kThreads), 0, q, c_vec, k_chunk, partials);
   else
-    cuda_rt::launch("gemm_kernel (hoisted)", gemm_kernel<Hoisted<Cfg>, TA, TB, SPLIT>, grid, dim3(Cfg::kThreads), 0,
-                    q, true, c_vec, k_chunk, partials);
+    cuda_rt::launch("gemm_kernel (other loader)", gemm_kernel<OtherLoader<Cfg>, TA, TB, SPLIT>, grid,
+                    dim3(Cfg::kThreads), 0, q, true, c_vec, k_chunk, partials);
   if (SPLIT)
     cuda_rt::launch("gemm_split_k_reduce", gemm_split_k_reduce<float>, dim3(64), dim3(256), 0, q,
                     static_cast<const float*>(partials), splits);
@@ -117,19 +118,19 @@ EMU_TEST(async_split_k_gives_the_production_bits) {
   check_all_layouts<ConfigF32Wide>(130, 70, 201, 64);  // chunks of 4 slabs, the last short and ragged
 }
 
-// Hoisted loads: the same sizes, for the three float configurations the sweep tries, with the
-// whole-slab fast path, the ragged last slab, and blocks at the row edges.
-EMU_TEST(hoisted_loads_give_the_production_bits) {
-  check_all_layouts<ConfigF32Wide, Candidate::hoisted>(7, 12, 20, 0);
-  check_all_layouts<ConfigF32Wide, Candidate::hoisted>(130, 67, 33, 0);
-  check_all_layouts<ConfigF32Wide, Candidate::hoisted>(200, 132, 100, 0);
-  check_all_layouts<ConfigF32Large, Candidate::hoisted>(130, 132, 37, 0);
-  check_all_layouts<ConfigF32Medium, Candidate::hoisted>(70, 65, 53, 0);
+// Hoisted and per-slab loads: the same sizes, for the three float configurations the sweep tries,
+// with the whole-slab fast path, the ragged last slab, and blocks at the row edges.
+EMU_TEST(both_slab_loaders_give_the_same_bits) {
+  check_all_layouts<ConfigF32Wide, Candidate::other_loader>(7, 12, 20, 0);
+  check_all_layouts<ConfigF32Wide, Candidate::other_loader>(130, 67, 33, 0);
+  check_all_layouts<ConfigF32Wide, Candidate::other_loader>(200, 132, 100, 0);
+  check_all_layouts<ConfigF32Large, Candidate::other_loader>(130, 132, 37, 0);
+  check_all_layouts<ConfigF32Medium, Candidate::other_loader>(70, 65, 53, 0);
 }
 
-EMU_TEST(hoisted_loads_split_k_give_the_production_bits) {
-  check_all_layouts<ConfigF32Wide, Candidate::hoisted>(130, 70, 201, 64);
-  check_all_layouts<ConfigF32Large, Candidate::hoisted>(130, 132, 203, 48);
+EMU_TEST(both_slab_loaders_split_k_give_the_same_bits) {
+  check_all_layouts<ConfigF32Wide, Candidate::other_loader>(130, 70, 201, 64);
+  check_all_layouts<ConfigF32Large, Candidate::other_loader>(130, 132, 203, 48);
 }
 
 int main() { return emu_test::run_all(); }
