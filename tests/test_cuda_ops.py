@@ -569,6 +569,46 @@ def test_cross_entropy_bad_label_found_on_device(label, rng):
     assert np.isfinite(host(_C.cross_entropy_forward(cu(x), cu(y))))
 
 
+# The CUDA check reads the labels pass on the host while the rows kernel runs (ops/loss_cuda.cu):
+# every entry point raises, for one block of labels (4096) and for several with a finishing
+# launch, and a later call on the same thread's pinned slot still sees its own labels.
+@pytest.mark.parametrize("rows", [9, 4096, 9000])
+@pytest.mark.parametrize("entry", ["forward_none", "forward_mean", "backward_mean", "backward_none", "fused_sum"])
+def test_cross_entropy_bad_label_raises_from_every_entry_point(rows, entry, rng):
+    x = randn(rng, (rows, 4), "float32")
+    y = rng.integers(0, 4, rows)
+    bad_at = rows - 2
+    y[bad_at] = 4
+    calls = {
+        "forward_none": lambda y: _C.cross_entropy_forward(cu(x), cu(y), None, "none"),
+        "forward_mean": lambda y: _C.cross_entropy_forward(cu(x), cu(y)),
+        "backward_mean": lambda y: _C.cross_entropy_backward(cu(x), cu(y), 1.0),
+        "backward_none": lambda y: _C.cross_entropy_backward(cu(x), cu(y), cu(np.ones(rows, np.float32)), None,
+                                                              "none"),
+        "fused_sum": lambda y: _C.cross_entropy(cu(x), cu(y), None, "sum"),
+    }
+    with pytest.raises(ValueError, match=f"target: label 4 at index {bad_at} is out of range \\[0, 4\\)"):
+        calls[entry](y)
+    y[bad_at] = 0
+    out = calls[entry](y)
+    values = [host(t) for t in (out if isinstance(out, tuple) else (out,))]
+    assert all(np.isfinite(v).all() for v in values)
+
+
+# dlogits given as the logits themselves: a bad label raises before the logits are overwritten.
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_cross_entropy_bad_label_leaves_in_place_logits_untouched(device, rng):
+    x = randn(rng, (5000, 10), "float32")
+    y = rng.integers(0, 10, 5000)
+    y[4321] = -7
+    logits, labels = (cu(x), cu(y)) if device == "cuda" else (x.copy(), y)
+    with pytest.raises(ValueError, match="label -7 at index 4321"):
+        _C.cross_entropy(logits, labels, dlogits=logits)
+    with pytest.raises(ValueError, match="label -7 at index 4321"):
+        _C.cross_entropy_backward(logits, labels, 1.0, out=logits)
+    np.testing.assert_array_equal(host(logits) if device == "cuda" else logits, x)
+
+
 def torch_elementwise(kind, x, t, reduction, dloss, weight=None, pos_weight=None):
     xt = t64(x, True)
     if kind == "mse":

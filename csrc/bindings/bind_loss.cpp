@@ -1,6 +1,5 @@
 #include "bindings/bindings.h"
 #include "bindings/convert.h"
-#include "core/cuda_graph.h"
 #include "ops/loss.h"
 
 namespace fastnn::bind {
@@ -66,12 +65,7 @@ CrossEntropyArgs cross_entropy_args(py::handle logits_, py::handle target_, py::
                ",) (one label per row of logits ", shape_str(a.logits.shape()), "), got ",
                shape_str(a.target.shape()));
   a.weight = optional_like(weight_, a.logits, "weight", "logits", {classes});
-  // The check reads its answer on the host, which a graph capture cannot record; a captured
-  // step gives a NaN loss for a bad label instead (documented in fastnn.cuda).
-  const BadLabel bad =
-      cuda_capturing() ? BadLabel{} : cross_entropy_find_bad_label(a.target, classes, ignore_index);
-  FASTNN_CHECK(bad.index < 0, ValueError, "target: label ", bad.value, " at index ", bad.index,
-               " is out of range [0, ", classes, ") and is not ignore_index (", ignore_index, ")");
+  // Labels out of range: each backend's cross-entropy raises (ops/loss.h, throw_bad_label).
   return a;
 }
 

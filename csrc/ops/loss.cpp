@@ -17,8 +17,9 @@ const char* reduction_name(Reduction r) {
   }
 }
 
-BadLabel cross_entropy_find_bad_label(const Tensor& target, int64_t classes, int64_t ignore_index) {
-  return FASTNN_DEVICE_CALL(target.device(), cross_entropy_find_bad_label, target, classes, ignore_index);
+void throw_bad_label(const BadLabel& bad, int64_t classes, int64_t ignore_index) {
+  throw ValueError(detail::concat("target: label ", bad.value, " at index ", bad.index, " is out of range [0, ", classes,
+                                  ") and is not ignore_index (", ignore_index, ")"));
 }
 
 void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& weight,

@@ -100,13 +100,15 @@ FASTNN_HD T bce_with_logits_grad(T x, T t, T pos_weight) {
 // An undefined Tensor stands for an absent optional argument (weight, pos_weight). Outputs: a
 // reduced loss is a 0-d tensor of the input's dtype; "none" gives one loss per row (cross-entropy)
 // or per element (MSE, BCE). `dloss` is 0-d for mean/sum and the shape of the unreduced loss for
-// "none". Kernels trust their arguments: the bindings check shapes, dtypes and label range.
+// "none". Kernels trust their arguments: the bindings check shapes and dtypes; label range: above.
 
 struct BadLabel {
   int64_t index = -1;  // row of the first label outside [0, classes) that is not ignore_index; -1: none
   int64_t value = 0;
 };
-BadLabel cross_entropy_find_bad_label(const Tensor& target, int64_t classes, int64_t ignore_index);
+// The ValueError, naming target, of such a label. Each backend's cross-entropy checks its labels
+// (the CPU's before any output is written; CUDA's as its kernels run, see loss_cuda.cu).
+[[noreturn]] void throw_bad_label(const BadLabel& bad, int64_t classes, int64_t ignore_index);
 
 // logits (N, C), target (N,) int32/int64, weight (C,) or undefined.
 void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& weight,
@@ -131,7 +133,6 @@ void bce_with_logits_backward(const Tensor& input, const Tensor& target, const T
                               Tensor& dinput);
 
 namespace cpu {
-BadLabel cross_entropy_find_bad_label(const Tensor& target, int64_t classes, int64_t ignore_index);
 void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& weight,
                            Reduction reduction, int64_t ignore_index, Tensor& loss);
 void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& dloss,
@@ -151,7 +152,6 @@ void bce_with_logits_backward(const Tensor& input, const Tensor& target, const T
 
 // The CUDA backend (ops/loss_cuda.cu); same contracts as the cpu:: functions.
 namespace cuda {
-BadLabel cross_entropy_find_bad_label(const Tensor& target, int64_t classes, int64_t ignore_index);
 void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& weight,
                            Reduction reduction, int64_t ignore_index, Tensor& loss);
 void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& dloss,

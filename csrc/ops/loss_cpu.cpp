@@ -402,6 +402,20 @@ double total_weight(const CrossEntropyJob<T, I>& j, int64_t rows) {
   });
 }
 
+// Raises on the first label outside [0, classes) that is not ignore_index, before any output is
+// written.
+void check_labels(const Tensor& target, int64_t classes, int64_t ignore_index) {
+  dispatch_index(target.dtype(), "target", [&](auto tag) {
+    using I = decltype(tag);
+    const I* y = target.data<I>();
+    const int64_t n = target.numel();
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t v = static_cast<int64_t>(y[r]);
+      if (v != ignore_index && (v < 0 || v >= classes)) throw_bad_label(BadLabel{r, v}, classes, ignore_index);
+    }
+  });
+}
+
 template <class F>
 void dispatch_cross_entropy(const Tensor& logits, const Tensor& target, F&& f) {
   dispatch_floating(logits.dtype(), "logits", [&](auto ftag) {
@@ -439,21 +453,9 @@ double reduced_value(double total, Reduction reduction, int64_t n) {
 
 // ---- Entry points ------------------------------------------------------------------------------
 
-BadLabel cross_entropy_find_bad_label(const Tensor& target, int64_t classes, int64_t ignore_index) {
-  return dispatch_index(target.dtype(), "target", [&](auto tag) {
-    using I = decltype(tag);
-    const I* y = target.data<I>();
-    const int64_t n = target.numel();
-    for (int64_t r = 0; r < n; ++r) {
-      const int64_t v = static_cast<int64_t>(y[r]);
-      if (v != ignore_index && (v < 0 || v >= classes)) return BadLabel{r, v};
-    }
-    return BadLabel{};
-  });
-}
-
 void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& weight,
                            Reduction reduction, int64_t ignore_index, Tensor& loss) {
+  check_labels(target, logits.size(1), ignore_index);
   const int64_t rows = logits.size(0);
   dispatch_cross_entropy(logits, target, [&](auto ftag, auto itag) {
     using T = decltype(ftag);
@@ -471,6 +473,7 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Ten
 void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& dloss,
                             const Tensor& weight, Reduction reduction, int64_t ignore_index,
                             Tensor& dlogits) {
+  check_labels(target, logits.size(1), ignore_index);
   const int64_t rows = logits.size(0);
   if (rows == 0) return;
   dispatch_cross_entropy(logits, target, [&](auto ftag, auto itag) {
@@ -486,6 +489,7 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Te
 
 void cross_entropy_fused(const Tensor& logits, const Tensor& target, const Tensor& weight,
                          Reduction reduction, int64_t ignore_index, Tensor& loss, Tensor& dlogits) {
+  check_labels(target, logits.size(1), ignore_index);
   const int64_t rows = logits.size(0);
   dispatch_cross_entropy(logits, target, [&](auto ftag, auto itag) {
     using T = decltype(ftag);

@@ -11,7 +11,8 @@
 // Reduced losses are deterministic: every block writes its partial sums (in double), and one
 // single-block launch adds the partials in a fixed order and divides ("mean"). The shapes of all
 // launches depend on the problem size alone. Upstream gradients and the "mean" denominator stay on
-// the device (0-d tensors); kernels read them, so no call waits for the GPU.
+// the device (0-d tensors); kernels read them, so no call waits for the GPU's work on the logits (a
+// cross-entropy call waits for its labels pass alone, to raise on a bad label: loss_cuda.cu).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -51,7 +52,7 @@ struct CrossEntropyParams {
   T* row_loss;                 // per-row weighted losses (reduction "none" forward), or nullptr
   const T* row_upstream;       // per-row upstream gradient (reduction "none" backward), or nullptr
   const T* dloss;              // 0-d upstream gradient of a reduced backward; nullptr: 1 (fused)
-  const double* denominator;   // "mean" backward: the total class weight; nullptr: 1
+  const double* denominator;   // "mean" backward: the total class weight (LabelSummary); nullptr: 1
   double* partials;            // per block {sum w[y] l, sum w[y]} (reduced forward), or nullptr
 };
 
@@ -163,8 +164,9 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kCache >= 32 && sizeof
         for (int64_t c = lane; c < C; c += 32) d[c] = T(0);
       if (p.row_loss && lane == 0) p.row_loss[row] = T(0);
     } else if (y < 0 || y >= C) {
-      // Only a captured graph gets here (eager calls check the labels first, which needs the host):
-      // the loss and this row's gradient become NaN rather than reading out of bounds.
+      // A bad label: an eager call raises once the host reads the labels pass (loss_cuda.cu), a
+      // captured graph cannot; either way the loss and this row's gradient become NaN rather than
+      // reading out of bounds.
       if (d)
         for (int64_t c = lane; c < C; c += 32) d[c] = T(NAN);
       if (p.row_loss && lane == 0) p.row_loss[row] = T(NAN);
@@ -192,15 +194,36 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kCache >= 32 && sizeof
   }
 }
 
-// The "mean" denominator, sum of w[y] over the rows not ignored: it depends on the labels only, so
-// the gradient launch can use it. Block b sums the labels [b, b + 1) * kElementsPerBlock, every
-// thread's kItemsPerThread loads issued before any is used, into sums[b]; with more than one block,
-// total_weight_finish_kernel adds the blocks' sums in order. (One block walking all the labels had
-// one load in flight per thread at a time: at 33,554 rows that serial chain, not the logits, set
-// the pace of the fused loss on an H200.)
+// ---- the labels pass: the labels' check and the "mean" denominator ------------------------------
+
+// What the labels alone say, known before a logit is read: the first row whose label is outside
+// [0, classes) and is not ignore_index (kNoBadLabel: none) and that label; the "mean" denominator,
+// the sum of w[y] over the rows not ignored (NaN with a bad label). Three 8-byte words, so that a
+// tensor of 3 int64 holds it and one copy takes it to the host.
+struct LabelSummary {
+  double total_weight;
+  int64_t first_bad;
+  int64_t bad_label;
+};
+constexpr int64_t kNoBadLabel = INT64_MAX;
+
+template <class I>
+__device__ __forceinline__ void write_label_summary(const I* labels, double total_weight, int64_t first_bad,
+                                                    LabelSummary* summary) {
+  summary->total_weight = total_weight;
+  summary->first_bad = first_bad;
+  summary->bad_label = first_bad == kNoBadLabel ? 0 : static_cast<int64_t>(labels[first_bad]);
+}
+
+// Block b reads the labels [b, b + 1) * kElementsPerBlock, every thread's kItemsPerThread loads
+// issued before any is used. (One block walking all the labels had one load in flight per thread
+// at a time: at 33,554 rows that serial chain, not the logits, set the pace of the fused loss on an
+// H200.) A single block (a training batch) writes the summary itself; more write their {weight,
+// first bad row} for labels_finish_kernel.
 template <class T, class I>
 __global__ void __launch_bounds__(reduce::kReduceThreads)
-    cross_entropy_total_weight_kernel(CrossEntropyParams<T, I> p, double* __restrict__ sums) {
+    cross_entropy_labels_kernel(CrossEntropyParams<T, I> p, double* __restrict__ block_weight,
+                                int64_t* __restrict__ block_first_bad, LabelSummary* __restrict__ summary) {
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * kElementsPerBlock;
   int64_t y[kItemsPerThread];
 #pragma unroll
@@ -208,47 +231,40 @@ __global__ void __launch_bounds__(reduce::kReduceThreads)
     const int64_t r = begin + k * reduce::kReduceThreads + threadIdx.x;
     y[k] = r < p.rows ? static_cast<int64_t>(p.labels[r]) : p.ignore_index;
   }
-  double total[1] = {0.0};
+  double weight[1] = {0.0};
+  int64_t first_bad[1] = {kNoBadLabel};
 #pragma unroll
   for (int k = 0; k < kItemsPerThread; ++k) {
-    if (y[k] != p.ignore_index)
-      total[0] += y[k] < 0 || y[k] >= p.classes ? NAN : p.weight ? static_cast<double>(p.weight[y[k]]) : 1.0;
-  }
-  reduce::block_sum(total);
-  if (threadIdx.x == 0) sums[blockIdx.x] = total[0];
-}
-
-__global__ void __launch_bounds__(reduce::kReduceThreads)
-    total_weight_finish_kernel(const double* __restrict__ sums, int64_t blocks, double* __restrict__ denominator) {
-  double total[1];
-  reduce::final_reduce(sums, blocks, total, cuda_rt::SumOp{}, 0.0);
-  if (threadIdx.x == 0) denominator[0] = total[0];
-}
-
-// First row whose label is outside [0, classes) and is not ignore_index (INT64_MAX: none): per-block
-// minima of fixed row ranges, then one block's minimum of those.
-template <class I>
-__global__ void __launch_bounds__(reduce::kReduceThreads)
-    bad_label_blocks_kernel(const I* __restrict__ labels, int64_t rows, int64_t classes, int64_t ignore_index,
-                            int64_t* __restrict__ block_first) {
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kElementsPerBlock;
-  int64_t first[1] = {INT64_MAX};
-  for (int k = 0; k < kItemsPerThread; ++k) {
-    const int64_t r = begin + k * reduce::kReduceThreads + threadIdx.x;
-    if (r < rows) {
-      const int64_t v = static_cast<int64_t>(labels[r]);
-      if (v != ignore_index && (v < 0 || v >= classes) && r < first[0]) first[0] = r;
+    if (y[k] == p.ignore_index) continue;
+    if (y[k] < 0 || y[k] >= p.classes) {
+      weight[0] = NAN;
+      const int64_t r = begin + k * reduce::kReduceThreads + threadIdx.x;
+      if (r < first_bad[0]) first_bad[0] = r;
+    } else {
+      weight[0] += p.weight ? static_cast<double>(p.weight[y[k]]) : 1.0;
     }
   }
-  reduce::block_reduce_n(first, reduce::MinOp{}, INT64_MAX);
-  if (threadIdx.x == 0) block_first[blockIdx.x] = first[0];
+  reduce::block_sum(weight);
+  reduce::block_reduce_n(first_bad, reduce::MinOp{}, kNoBadLabel);
+  if (threadIdx.x != 0) return;
+  if (gridDim.x == 1) {
+    write_label_summary(p.labels, weight[0], first_bad[0], summary);
+  } else {
+    block_weight[blockIdx.x] = weight[0];
+    block_first_bad[blockIdx.x] = first_bad[0];
+  }
 }
 
+template <class I>
 __global__ void __launch_bounds__(reduce::kReduceThreads)
-    bad_label_finish_kernel(const int64_t* __restrict__ block_first, int64_t blocks, int64_t* __restrict__ first) {
-  int64_t m[1];
-  reduce::final_reduce(block_first, blocks, m, reduce::MinOp{}, INT64_MAX);
-  if (threadIdx.x == 0) first[0] = m[0];
+    cross_entropy_labels_finish_kernel(const I* __restrict__ labels, const double* __restrict__ block_weight,
+                                       const int64_t* __restrict__ block_first_bad, int64_t blocks,
+                                       LabelSummary* __restrict__ summary) {
+  double weight[1];
+  int64_t first_bad[1];
+  reduce::final_reduce(block_weight, blocks, weight, cuda_rt::SumOp{}, 0.0);
+  reduce::final_reduce(block_first_bad, blocks, first_bad, reduce::MinOp{}, kNoBadLabel);
+  if (threadIdx.x == 0) write_label_summary(labels, weight[0], first_bad[0], summary);
 }
 
 // ---- MSE and BCE with logits -------------------------------------------------------------------
