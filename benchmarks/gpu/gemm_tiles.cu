@@ -42,8 +42,8 @@ namespace {
   } while (0)
 
 // The candidates. Production (gemm_cuda.cu): Large for >= 128 tiles of 128 x 128, else Wide for
-// >= 96 tiles of 128 x 64 (K in two chunks below 120 tiles, K >= 512; dY^T X there: Large with
-// K in 4), else Medium (or Medium with split K for few tiles and a long K).
+// >= 120 tiles of 128 x 64, or >= 96 with K >= 512, K in two chunks (dY^T X: Large with K in 4),
+// else Medium (or Medium with split K for few tiles and a long K).
 using L8 = ConfigF32Large;                              // 128 x 128 x 8, 8 x 8, 2 blocks/SM
 using W16 = ConfigF32Wide;                              // 128 x 64 x 16, 8 x 4, hoisted slab loads
 using T16 = TileConfig<float, 64, 128, 16, 4, 8, 2>;    // 64 x 128
@@ -225,7 +225,7 @@ int main(int argc, char** argv) {
     // reference for times; an unsplit configuration's bits are every unsplit one's
     const bool large = ((s.m + 127) / 128) * ((s.n + 127) / 128) >= 128;
     const int64_t wide_tiles = ((s.m + 127) / 128) * ((s.n + 63) / 64);
-    const bool wide = !large && wide_tiles >= 96;
+    const bool wide = !large && wide_tiles >= 96 && (wide_tiles >= 120 || s.k >= 512);
     const bool wide_split = wide && wide_tiles < 120 && s.k >= 512;
     const bool dw_split = wide_split && s.ta && !s.tb;  // dY^T X: 128 x 128, K in 4
     auto run_production = [&] {

@@ -102,7 +102,8 @@ constexpr int64_t kWideTiles = 96;
 // inputs) the unsplit tile caught up: on an H100 it ran 1.09x the split at X W^T 1024 x 784 -> 1024,
 // 1.02x at 1024^3, 1.01x dY W, and 1.04x Large with K in 4 at dY^T X; at 104 tiles (784 outputs, a
 // fifth of the SMs idle) the split stays ahead (benchmarks/results/2026-11-26-h100-cde6ae1).
-// So K is split only below kWideFullWave tiles.
+// So K is split only below kWideFullWave tiles. There, with K too short to split (dY^T X at batch
+// 128: K = 128, 104 tiles), the 64 x 64 tile's 208 blocks ran 1.10x the 128 x 64 (12.6 vs 14.0 us).
 constexpr int64_t kWideFullWave = 120;
 constexpr int64_t kWideSplitMinK = 512;
 // ... except dY^T X (A transposed, B not: both operands stored into shared memory as they lie, no
@@ -130,8 +131,9 @@ void launch_gemm(const GemmProblem<T>& p) {
   if (p.m <= 0 || p.n <= 0) return;
   if constexpr (sizeof(T) == sizeof(float)) {
     if (tiles(p.m, p.n, 128) >= kTilesPerWave) launch_config<ConfigF32Large>(p, "gemm_f32_128x128");
-    else if (const int64_t wide = tiles(p.m, p.n, 128, 64); wide >= kWideTiles) {
-      if (wide >= kWideFullWave || p.k < kWideSplitMinK) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
+    else if (const int64_t wide = tiles(p.m, p.n, 128, 64);
+             wide >= kWideFullWave || (wide >= kWideTiles && p.k >= kWideSplitMinK)) {
+      if (wide >= kWideFullWave) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
       else if (p.trans_a && !p.trans_b)
         launch_config<ConfigF32Large>(p, "gemm_f32_128x128_split_k", kLargeSplitsForDw);
       else launch_config<ConfigF32Wide>(p, "gemm_f32_128x64_split_k", 2);
