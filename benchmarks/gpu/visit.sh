@@ -26,7 +26,10 @@
 #                            FASTNN_CUDA=EMULATE /work/dev-build.sh) is tested and benchmarked
 #   FASTNN_VISIT_TOTAL=<s>   total budget in seconds (default 540)
 #   FASTNN_VISIT_CUDA=EMULATE  rehearses the pip install path without a GPU (default ON)
-#   FASTNN_VISIT_BENCH_ARGS  extra arguments for fastnn bench (e.g. --no-compile, --quick)
+#   FASTNN_VISIT_BENCH_ARGS  extra arguments for fastnn bench (e.g. --no-compile, --quick; a
+#                            --time-limit here overrides the visit's)
+#   FASTNN_VISIT_SKIP="a b"  phases not to run (e.g. "tests-rest ncu-gemm ncu-stalls" for a second
+#                            visit in a session whose CPU-side changes were tested off the GPU)
 #   PYTHON=<python>          default: python3
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -57,6 +60,11 @@ cap() {
 phase() {
   local name=$1 limit=$2 log=$3 dir=$4
   shift 4
+  if [[ " ${FASTNN_VISIT_SKIP:-} " == *" $name "* ]]; then
+    PHASES+=("$(printf '%-12s skipped: FASTNN_VISIT_SKIP' "$name")")
+    echo "== $name: skipped (FASTNN_VISIT_SKIP)"
+    return 99
+  fi
   if [ "$limit" -lt 10 ]; then
     PHASES+=("$(printf '%-12s skipped: only %ss of the budget left' "$name" "$limit")")
     echo "== $name: skipped (budget)"
