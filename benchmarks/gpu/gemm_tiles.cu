@@ -64,6 +64,13 @@ using W16S = TileConfig<float, 128, 64, 16, 8, 4, 2, false>;
 using L8H = TileConfig<float, 128, 128, 8, 8, 8, 2, true>;
 using M16H = TileConfig<float, 64, 64, 16, 4, 4, 1, true>;
 
+// 128 x 64 tiles of 128 threads, 8 x 8 per thread: 64 FMAs per 4 shared loads where Wide's 8 x 4
+// does 32 per 3. ncu showed Wide issue-bound (FFMA ~75% of the instructions; at one block per SM,
+// 8 warps, on the one-wave shapes): fewer instructions per FMA, at 4 warps a block. 16-deep slabs
+// spill under 128 registers (ptxas: 90-300 bytes), so two blocks an SM; 8-deep ones fit four.
+using W88 = TileConfig<float, 128, 64, 16, 8, 8, 2, true>;
+using W88K8 = TileConfig<float, 128, 64, 8, 8, 8, 4, true>;
+
 template <class C, class = void>
 struct IsAsync : std::false_type {};
 template <class C>
@@ -278,6 +285,8 @@ int main(int argc, char** argv) {
     candidate<W16S>("128x64x16 8x4, SlabLoader", s, p, buf, ref, ref_us);
     candidate<L8H>("hoisted 128x128x8 8x8", s, p, buf, ref, ref_us);
     candidate<M16H>("hoisted 64x64x16 4x4", s, p, buf, ref, ref_us);
+    candidate<W88>("128x64x16 8x8 128 thr", s, p, buf, ref, ref_us);
+    candidate<W88K8>("128x64x8 8x8 128 thr", s, p, buf, ref, ref_us);
     if (!large) {  // one wave of tiles or less: split K fills the SMs twice or four times over
       candidate<L8, 2>("128x128x8, K in 2", s, p, buf, ref, ref_us);
       candidate<L8, 4>("128x128x8, K in 4", s, p, buf, ref, ref_us);
@@ -288,6 +297,8 @@ int main(int argc, char** argv) {
       candidate<AL16, 2>("async 128x128x16 1/SM, K in 2", s, p, buf, ref, ref_us);
       candidate<W16S, 2>("128x64x16 SlabLoader, K in 2", s, p, buf, ref, ref_us);
       candidate<L8H, 4>("hoisted 128x128x8, K in 4", s, p, buf, ref, ref_us);
+      candidate<W88, 2>("128x64x16 8x8 128 thr, K in 2", s, p, buf, ref, ref_us);
+      candidate<W88, 4>("128x64x16 8x8 128 thr, K in 4", s, p, buf, ref, ref_us);
     }
     CHECK(cudaFree(buf.a));
     CHECK(cudaFree(buf.b));
