@@ -103,8 +103,8 @@ def gemm_candidates_check(tmp_path_factory):
 @pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
 def test_gemm_candidates_give_the_production_bits(gemm_candidates_check, schedule):
     """The GPU tile sweep's GEMM candidates: the cp.async kernel (benchmarks/gpu/gemm_async.cuh),
-    its copies done at once here, and hoisted slab loads (TileConfig HOIST): the production
-    kernel's bits, under every schedule (a missing barrier before a buffer is refilled shows as
+    its copies done at once here, and each tile with the other slab loader (TileConfig HOIST): the
+    production kernel's bits, under every schedule (a missing barrier before a buffer is refilled shows as
     wrong sums under some)."""
     r = run(gemm_candidates_check, CUEMU_SCHEDULE=schedule)
     assert r.returncode == 0 and r.stdout.rstrip().endswith("ALL OK"), r.stdout + r.stderr
