@@ -110,6 +110,13 @@ def test_gemm_candidates_give_the_production_bits(gemm_candidates_check, schedul
     assert r.returncode == 0 and r.stdout.rstrip().endswith("ALL OK"), r.stdout + r.stderr
 
 
+def test_gemm_candidates_on_two_threads(gemm_candidates_check):
+    """The same checks with blocks spread over two OS threads: stream-K's finishers then wait on
+    flags that blocks running beside them raise (gemm_streamk.cuh), not only on finished blocks."""
+    r = run(gemm_candidates_check, CUEMU_SCHEDULE="random", CUEMU_THREADS="2")
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("ALL OK"), r.stdout + r.stderr
+
+
 def test_bad_schedule_value_is_refused(binaries):
     r = run(binaries["good"], CUEMU_SCHEDULE="sideways")
     assert "CUEMU_SCHEDULE: expected forward, reverse or random, got 'sideways'" in r.stdout

@@ -8,8 +8,9 @@
 // Every unsplit configuration sums each element of C over k = 0, 1, ... in order, so all of them
 // must give the same bits (the reference is Large or Medium): the sweep checks that (a configuration
 // that differs is a bug, not a rounding difference) and that no element of C was left unwritten.
-// Split-K candidates (K in 2 or 4 chunks, then gemm_split_k_reduce) add the chunks' sums, so
-// their rounding differs: they are checked by their largest error relative to max |C|.
+// Split-K candidates (K in 2 or 4 chunks, then gemm_split_k_reduce) and stream-K ones
+// (gemm_streamk.cuh) add partial sums, so their rounding differs: they are checked by their
+// largest error relative to max |C|.
 //
 // First run (H200, 2026-11-26, benchmarks/results/2026-11-26-h200-7de1a8a/gemm_tiles.md): at the
 // batch-1024 shapes 128x64x16 beat 64x64x16 by 1-7% and became production; 128x128x16 and
@@ -25,6 +26,7 @@
 
 #include "core/cuda_launch.h"
 #include "gemm_async.cuh"
+#include "gemm_streamk.cuh"
 #include "ops/gemm_kernels.cuh"
 
 using namespace fastnn;
@@ -71,6 +73,60 @@ using M16H = TileConfig<float, 64, 64, 16, 4, 4, 1, true>;
 using W88 = TileConfig<float, 128, 64, 16, 8, 8, 2, true>;
 using W88K8 = TileConfig<float, 128, 64, 8, 8, 8, 4, true>;
 
+// Stream-K over Cfg's tiles with BLOCKS_PER_SM x (the GPU's SMs) blocks.
+template <class Cfg, int BLOCKS_PER_SM>
+struct StreamK : Cfg {
+  using Base = Cfg;  // the kernel's instance: the tile's own, shared with the other candidates
+  static constexpr int kBlocksPerSm = BLOCKS_PER_SM;
+};
+template <class C, class = void>
+struct IsStreamK : std::false_type {};
+template <class C>
+struct IsStreamK<C, std::void_t<decltype(C::kBlocksPerSm)>> : std::true_type {};
+
+int sm_count() {
+  static int sms = [] {
+    int device = 0, n = 0;
+    CHECK(cudaGetDevice(&device));
+    CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    return n;
+  }();
+  return sms;
+}
+
+// The stream-K workspace: slots for the largest tile and block count, flags and ticket zeroed once
+// (the kernel leaves them zeroed).
+struct StreamKWorkspace {
+  float* slots = nullptr;
+  int* flags = nullptr;
+  unsigned* ticket = nullptr;
+  int64_t max_blocks = 0;
+};
+StreamKWorkspace& streamk_workspace(int64_t blocks, int64_t slot_elems) {
+  static StreamKWorkspace ws;
+  if (!ws.slots) {
+    ws.max_blocks = 4 * static_cast<int64_t>(sm_count());
+    CHECK(cudaMalloc(&ws.slots, ws.max_blocks * 128 * 128 * sizeof(float)));
+    CHECK(cudaMalloc(&ws.flags, ws.max_blocks * sizeof(int)));
+    CHECK(cudaMalloc(&ws.ticket, sizeof(unsigned)));
+    CHECK(cudaMemset(ws.flags, 0, ws.max_blocks * sizeof(int)));
+    CHECK(cudaMemset(ws.ticket, 0, sizeof(unsigned)));
+  }
+  if (blocks > ws.max_blocks || slot_elems > 128 * 128) {
+    std::fprintf(stderr, "stream-K workspace too small\n");
+    std::exit(1);
+  }
+  return ws;
+}
+
+template <class Cfg>
+int64_t streamk_blocks(const GemmProblem<float>& p) {
+  const int64_t tiles = ((p.m + Cfg::BM - 1) / Cfg::BM) * ((p.n + Cfg::BN - 1) / Cfg::BN);
+  const int64_t iterations = tiles * ((p.k + Cfg::BK - 1) / Cfg::BK);
+  const int64_t g = int64_t{Cfg::kBlocksPerSm} * sm_count();
+  return g < iterations ? g : iterations;
+}
+
 template <class C, class = void>
 struct IsAsync : std::false_type {};
 template <class C>
@@ -96,7 +152,23 @@ void launch(const GemmProblem<float>& p, float* workspace) {
   float* part = kSplit ? workspace : nullptr;
   const int variant = (p.trans_a ? 2 : 0) + (p.trans_b ? 1 : 0);
   const bool vec = true, c_vec = true;
-  if constexpr (IsAsync<Cfg>::value) {
+  if constexpr (IsStreamK<Cfg>::value) {
+    StreamKWork<float> w{};
+    w.tiles_m = (p.m + Cfg::BM - 1) / Cfg::BM;
+    w.slabs = (p.k + Cfg::BK - 1) / Cfg::BK;
+    w.iterations = w.tiles_m * ((p.n + Cfg::BN - 1) / Cfg::BN) * w.slabs;
+    w.blocks = streamk_blocks<Cfg>(p);
+    StreamKWorkspace& ws = streamk_workspace(w.blocks, Cfg::BM * Cfg::BN);
+    w.slots = ws.slots, w.flags = ws.flags, w.ticket = ws.ticket;
+    const dim3 sk_grid(static_cast<unsigned>(w.blocks));
+    using B = typename Cfg::Base;
+    switch (variant) {
+      case 0: gemm_streamk_kernel<B, false, false><<<sk_grid, B::kThreads>>>(p, vec, c_vec, w); break;
+      case 1: gemm_streamk_kernel<B, false, true><<<sk_grid, B::kThreads>>>(p, vec, c_vec, w); break;
+      case 2: gemm_streamk_kernel<B, true, false><<<sk_grid, B::kThreads>>>(p, vec, c_vec, w); break;
+      default: gemm_streamk_kernel<B, true, true><<<sk_grid, B::kThreads>>>(p, vec, c_vec, w); break;
+    }
+  } else if constexpr (IsAsync<Cfg>::value) {
     switch (variant) {
       case 0: gemm_async_kernel<Cfg, false, false, kSplit><<<grid, Cfg::kThreads>>>(p, c_vec, k_chunk, part); break;
       case 1: gemm_async_kernel<Cfg, false, true, kSplit><<<grid, Cfg::kThreads>>>(p, c_vec, k_chunk, part); break;
@@ -157,7 +229,7 @@ void candidate(const char* name, const GemmShape& s, const GemmProblem<float>& p
   std::vector<float> out(buf.c_elems);
   CHECK(cudaMemcpy(out.data(), buf.c, out.size() * sizeof(float), cudaMemcpyDeviceToHost));
   char verdict[64];
-  if (SPLITS == 1) {
+  if (SPLITS == 1 && !IsStreamK<Cfg>::value) {
     const bool same = std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) == 0;
     std::snprintf(verdict, sizeof(verdict), "%s", same ? "same bits" : "DIFFERENT BITS");
   } else {
@@ -173,9 +245,10 @@ void candidate(const char* name, const GemmShape& s, const GemmProblem<float>& p
   const int inner = s.m * s.n * s.k > (int64_t{1} << 32) ? 5 : 50;
   const double us = time_us<Cfg, SPLITS>(p, buf.workspace, 15, inner);
   const double tflops = 2.0 * s.m * s.n * s.k / us * 1e-6;
+  int64_t blocks = ((s.m + Cfg::BM - 1) / Cfg::BM) * ((s.n + Cfg::BN - 1) / Cfg::BN) * SPLITS;
+  if constexpr (IsStreamK<Cfg>::value) blocks = streamk_blocks<Cfg>(p);
   std::printf("| %-26s | %-24s | %5lld | %9.1f | %7.1f | %6.2fx | %s |\n", s.name, name,
-              static_cast<long long>(((s.m + Cfg::BM - 1) / Cfg::BM) * ((s.n + Cfg::BN - 1) / Cfg::BN) * SPLITS),
-              us, tflops, reference_us / us, verdict);
+              static_cast<long long>(blocks), us, tflops, reference_us / us, verdict);
 }
 
 }  // namespace
@@ -300,6 +373,10 @@ int main(int argc, char** argv) {
       candidate<W88, 2>("128x64x16 8x8 128 thr, K in 2", s, p, buf, ref, ref_us);
       candidate<W88, 4>("128x64x16 8x8 128 thr, K in 4", s, p, buf, ref, ref_us);
     }
+    // stream-K at every shape: equal work per block whatever the tile count
+    candidate<StreamK<W16, 2>>("stream-K 128x64x16 8x4, 2/SM", s, p, buf, ref, ref_us);
+    candidate<StreamK<L8, 2>>("stream-K 128x128x8 8x8, 2/SM", s, p, buf, ref, ref_us);
+    candidate<StreamK<W88, 2>>("stream-K 128x64x16 8x8, 2/SM", s, p, buf, ref, ref_us);
     CHECK(cudaFree(buf.a));
     CHECK(cudaFree(buf.b));
     CHECK(cudaFree(buf.c));

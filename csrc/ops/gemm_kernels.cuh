@@ -325,25 +325,16 @@ __device__ __forceinline__ void store_tile(const GemmProblem<typename Cfg::Elem>
   }
 }
 
-// One launch computes all of C. blockIdx.x walks the row tiles (M may be large: a batch),
-// blockIdx.y the column tiles. vec: A and B allow 16-byte loads; c_vec: C allows 16-byte stores.
-// SPLIT_K: block z sums k in [z * k_chunk, (z + 1) * k_chunk) into partials[z][m][n], without the
-// epilogue (a separate instance, so the unsplit kernels keep their registers).
-template <class Cfg, bool TRANS_A, bool TRANS_B, bool SPLIT_K>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
-    gemm_kernel(GemmProblem<typename Cfg::Elem> p, bool vec, bool c_vec, int64_t k_chunk,
-                typename Cfg::Elem* __restrict__ partials) {
+// Adds op(A)(m0.., k) op(B)(k, n0..) over k in [k_begin, k_end) to acc: slabs double-buffered
+// through As / Bs, the next slab's global loads in flight during this one's FMAs. Every thread of
+// the block calls it (it holds barriers) and it ends on one, so the buffers may be refilled after.
+template <class Cfg, bool TRANS_A, bool TRANS_B>
+__device__ __forceinline__ void accumulate_k_range(
+    const GemmProblem<typename Cfg::Elem>& p, int64_t m0, int64_t n0, int64_t k_begin, int64_t k_end, bool vec,
+    int tx, int ty, typename Cfg::Elem (&As)[2][Cfg::BK][Cfg::BM + Cfg::kPad],
+    typename Cfg::Elem (&Bs)[2][Cfg::BK][Cfg::BN + Cfg::kPad], typename Cfg::Elem (&acc)[Cfg::TM][Cfg::TN]) {
   using T = typename Cfg::Elem;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
-  constexpr int kPad = Cfg::kPad;
-  __shared__ __align__(16) T As[2][BK][BM + kPad];
-  __shared__ __align__(16) T Bs[2][BK][BN + kPad];
-
-  const int tx = static_cast<int>(threadIdx.x) % Cfg::kThreadsX;
-  const int ty = static_cast<int>(threadIdx.x) / Cfg::kThreadsX;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
-
   // op(A)(m, k): A is (M, K) (k contiguous) or, transposed, (K, M) (m contiguous).
   using ALoader = std::conditional_t<Cfg::kHoist, HoistedSlabLoader<Cfg, BM, !TRANS_A>, SlabLoader<Cfg, BM, !TRANS_A>>;
   using BLoader = std::conditional_t<Cfg::kHoist, HoistedSlabLoader<Cfg, BN, TRANS_B>, SlabLoader<Cfg, BN, TRANS_B>>;
@@ -351,14 +342,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   // op(B)(k, n) seen as X(n, k): B is (K, N) (n contiguous) or, transposed, (N, K) (k contiguous).
   BLoader b_slab;
 
-  T acc[TM][TN];
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
-
-  const int64_t k_begin = SPLIT_K ? static_cast<int64_t>(blockIdx.z) * k_chunk : 0;
-  const int64_t k_end = SPLIT_K && k_begin + k_chunk < p.k ? k_begin + k_chunk : p.k;
   const int64_t slabs = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
   if (slabs > 0) {
     a_slab.init(p.a, p.lda, m0, k_begin, p.m);
@@ -399,7 +382,34 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     }
     __syncthreads();
   }
+}
 
+// One launch computes all of C. blockIdx.x walks the row tiles (M may be large: a batch),
+// blockIdx.y the column tiles. vec: A and B allow 16-byte loads; c_vec: C allows 16-byte stores.
+// SPLIT_K: block z sums k in [z * k_chunk, (z + 1) * k_chunk) into partials[z][m][n], without the
+// epilogue (a separate instance, so the unsplit kernels keep their registers).
+template <class Cfg, bool TRANS_A, bool TRANS_B, bool SPLIT_K>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    gemm_kernel(GemmProblem<typename Cfg::Elem> p, bool vec, bool c_vec, int64_t k_chunk,
+                typename Cfg::Elem* __restrict__ partials) {
+  using T = typename Cfg::Elem;
+  __shared__ __align__(16) T As[2][Cfg::BK][Cfg::BM + Cfg::kPad];
+  __shared__ __align__(16) T Bs[2][Cfg::BK][Cfg::BN + Cfg::kPad];
+
+  const int tx = static_cast<int>(threadIdx.x) % Cfg::kThreadsX;
+  const int ty = static_cast<int>(threadIdx.x) / Cfg::kThreadsX;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * Cfg::BM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * Cfg::BN;
+
+  T acc[Cfg::TM][Cfg::TN];
+#pragma unroll
+  for (int i = 0; i < Cfg::TM; ++i)
+#pragma unroll
+    for (int j = 0; j < Cfg::TN; ++j) acc[i][j] = T(0);
+
+  const int64_t k_begin = SPLIT_K ? static_cast<int64_t>(blockIdx.z) * k_chunk : 0;
+  const int64_t k_end = SPLIT_K && k_begin + k_chunk < p.k ? k_begin + k_chunk : p.k;
+  accumulate_k_range<Cfg, TRANS_A, TRANS_B>(p, m0, n0, k_begin, k_end, vec, tx, ty, As, Bs, acc);
   store_tile<Cfg, SPLIT_K>(p, acc, m0, n0, tx, ty, c_vec, partials);
 }
 

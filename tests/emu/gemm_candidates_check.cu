@@ -5,14 +5,18 @@
 // production kernel's bits, since every element is one thread's sum over k in the same order. The
 // real GPU runs them in benchmarks/gpu/gemm_tiles.cu, which checks the bits again. Built and run
 // by tests/test_emu.py.
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "core/cuda_launch.h"
 #include "emu_check.h"
 #include "gemm_async.cuh"
+#include "gemm_streamk.cuh"
 
 using namespace fastnn;
 using namespace fastnn::cuda::gemm_detail;
@@ -140,6 +144,96 @@ EMU_TEST(wide_8x8_tiles_both_loaders_give_the_same_bits) {
 EMU_TEST(both_slab_loaders_split_k_give_the_same_bits) {
   check_all_layouts<ConfigF32Wide, Candidate::other_loader>(130, 70, 201, 64);
   check_all_layouts<ConfigF32Large, Candidate::other_loader>(130, 132, 203, 48);
+}
+
+// Stream-K (gemm_streamk.cuh) against the production kernel, unsplit: within rounding (its partial
+// sums add in another order), every element written, the same bits on a second launch (which also
+// finds the ticket and flags the first left zeroed). G from one block (every tile whole) past the
+// tile count (ranges of a few slabs, a tile's sums from up to a dozen blocks) to one slab a block.
+template <class Cfg, bool TA, bool TB>
+void run_streamk(const GemmProblem<float>& p, const StreamKWork<float>& w) {
+  cuda_rt::launch("gemm_streamk_kernel", gemm_streamk_kernel<Cfg, TA, TB>, dim3(static_cast<unsigned>(w.blocks)),
+                  dim3(Cfg::kThreads), 0, p, true, p.ldc % 4 == 0, w);
+}
+
+template <class Cfg>
+void check_streamk(int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t blocks) {
+  std::mt19937 gen(static_cast<unsigned>(m * 7 + n * 131 + k * 3 + blocks));
+  std::normal_distribution<float> normal;
+  const int64_t lda = ta ? round4(m) : round4(k), ldb = tb ? round4(k) : round4(n);
+  std::vector<float> a((ta ? k : m) * lda), b((tb ? n : k) * ldb), bias(n);
+  for (float& v : a) v = normal(gen);
+  for (float& v : b) v = normal(gen);
+  for (float& v : bias) v = normal(gen);
+  const int64_t tiles_m = (m + Cfg::BM - 1) / Cfg::BM, slabs = (k + Cfg::BK - 1) / Cfg::BK;
+  const int64_t iterations = tiles_m * ((n + Cfg::BN - 1) / Cfg::BN) * slabs;
+  blocks = std::min(blocks, iterations);
+  DeviceBuffer<float> da(a), db(b), dbias(bias), c1(m * n), c2(m * n), slots(blocks * Cfg::BM * Cfg::BN);
+  DeviceBuffer<int> flags(std::vector<int>(blocks, 0));
+  DeviceBuffer<unsigned> ticket(std::vector<unsigned>(1, 0u));
+  GemmProblem<float> p{};
+  p.trans_a = ta, p.trans_b = tb, p.m = m, p.n = n, p.k = k;
+  p.a = da.ptr, p.lda = lda;
+  p.b = db.ptr, p.ldb = ldb;
+  p.ldc = n, p.alpha = 1.0f, p.beta = 0.0f, p.bias = dbias.ptr, p.act = Activation::relu;
+  p.c = c1.ptr;
+  const dim3 grid(static_cast<unsigned>(tiles_m), static_cast<unsigned>((n + Cfg::BN - 1) / Cfg::BN));
+  const int variant = (ta ? 2 : 0) + (tb ? 1 : 0);
+  auto production = [&](auto tag_a, auto tag_b) {
+    cuda_rt::launch("gemm_kernel", gemm_kernel<Cfg, decltype(tag_a)::value, decltype(tag_b)::value, false>, grid,
+                    dim3(Cfg::kThreads), 0, p, true, n % 4 == 0, int64_t{0}, static_cast<float*>(nullptr));
+  };
+  StreamKWork<float> w{tiles_m, slabs, iterations, blocks, slots.ptr, flags.ptr, ticket.ptr};
+  auto streamk = [&] {
+    switch (variant) {
+      case 0: run_streamk<Cfg, false, false>(p, w); break;
+      case 1: run_streamk<Cfg, false, true>(p, w); break;
+      case 2: run_streamk<Cfg, true, false>(p, w); break;
+      default: run_streamk<Cfg, true, true>(p, w); break;
+    }
+  };
+  using F = std::false_type;
+  using T = std::true_type;
+  switch (variant) {
+    case 0: production(F{}, F{}); break;
+    case 1: production(F{}, T{}); break;
+    case 2: production(T{}, F{}); break;
+    default: production(T{}, T{}); break;
+  }
+  p.c = c2.ptr;  // cudaMalloc's memory starts as NaN here: an unwritten element shows
+  streamk();
+  const std::vector<float> want = c1.download(), first = c2.download();
+  double err = 0, scale = 0;
+  int64_t bad = 0;
+  for (int64_t i = 0; i < m * n; ++i) {
+    const double d = std::fabs(static_cast<double>(first[i]) - want[i]);
+    if (!(d <= 1e-5 * (1.0 + std::fabs(static_cast<double>(want[i]))))) ++bad;
+    err = std::max(err, d);
+    scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
+  }
+  CHECK(bad == 0, "stream-K %lldx%lldx%lld ta=%d tb=%d G=%lld: %lld elements off (max err %g of max |C| %g)",
+        static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), ta, tb,
+        static_cast<long long>(blocks), static_cast<long long>(bad), err, scale);
+  streamk();
+  const std::vector<float> second = c2.download();
+  CHECK(std::memcmp(first.data(), second.data(), first.size() * sizeof(float)) == 0,
+        "stream-K %lldx%lldx%lld G=%lld: a second launch gave other bits", static_cast<long long>(m),
+        static_cast<long long>(n), static_cast<long long>(k), static_cast<long long>(blocks));
+  CHECK(ticket.download()[0] == 0u, "stream-K left its ticket at %u", ticket.download()[0]);
+  for (int f : flags.download()) CHECK(f == 0, "stream-K left a flag raised");
+}
+
+EMU_TEST(streamk_matches_the_production_kernel) {
+  for (int t = 0; t < 4; ++t) {
+    const bool ta = t & 2, tb = t & 1;
+    check_streamk<ConfigF32Wide>(130, 67, 100, ta, tb, 1);    // one block: every tile whole
+    check_streamk<ConfigF32Wide>(130, 67, 100, ta, tb, 3);    // 28 slabs a block over 4 tiles of 7
+    check_streamk<ConfigF32Wide>(200, 132, 33, ta, tb, 13);   // ragged K (3 slabs, the last short)
+    check_streamk<ConfigF32Wide>(7, 12, 250, ta, tb, 12);     // one tile over 12 blocks
+    check_streamk<ConfigF32Wide>(70, 65, 64, ta, tb, 1000);   // one slab a block
+  }
+  check_streamk<ConfigF32Large>(130, 132, 77, false, true, 5);
+  check_streamk<ConfigF32Medium>(70, 65, 53, true, false, 6);
 }
 
 int main() { return emu_test::run_all(); }
