@@ -454,8 +454,10 @@ def test_batchnorm_is_deterministic(rng):
 # ---- losses --------------------------------------------------------------------------------------
 
 # (N, C): C = 1; N > 8 (several warps, blocks); N = 1100 (137 blocks). A row is held in 1, 8 or 32
-# registers per lane up to 32, 256 and 1024 classes (70, 1000: partly filled), streamed above (1025).
-CE_SHAPES = [(1, 1), (7, 3), (33, 70), (1100, 10), (5, 1000), (3, 1025)]
+# registers per lane up to 32, 256 and 1024 classes (70, 1000: partly filled), streamed above (1025);
+# rows of whole 16-byte vectors (C a multiple of 4 floats / 2 doubles: 36, 256, 1000, 1024) are
+# loaded and stored as vectors, 70 and 1022 so in float64 only.
+CE_SHAPES = [(1, 1), (7, 3), (33, 70), (1100, 10), (9, 36), (17, 256), (5, 1000), (4, 1022), (3, 1024), (3, 1025)]
 
 
 def torch_cross_entropy(x, y, w, reduction, ignore_index, dloss):
@@ -515,7 +517,7 @@ def test_cross_entropy_many_rows_mean(dtype, rng):
         assert_close(host(dx), rdx, dtype, what="dlogits " + what)
 
 
-@pytest.mark.parametrize("classes", [70, 1025])  # a row held in registers; a row streamed
+@pytest.mark.parametrize("classes", [70, 72, 1000, 1025])  # rows in registers (72, 1000: as vectors); streamed
 def test_cross_entropy_in_place_and_ignored(classes, dtype, rng):
     x, y, w = ce_inputs(rng, 33, classes, dtype, ignore_index=5)
     y[[0, 7, 8]] = 5

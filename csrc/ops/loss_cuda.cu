@@ -143,6 +143,18 @@ bool overlap(const Tensor& a, const Tensor& b) {
   return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
 }
 
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <class T, class I, int kCache>
+void launch_cached_rows(const CrossEntropyParams<T, I>& p, dim3 grid) {
+  constexpr int VW = 16 / sizeof(T);
+  // 16-byte accesses when every row starts on one (a whole number of vectors per row)
+  if (p.classes % VW == 0 && aligned16(p.logits) && (!p.dlogits || aligned16(p.dlogits)))
+    cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, kCache, VW>, grid, kThreads, 0, p);
+  else
+    cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, kCache>, grid, kThreads, 0, p);
+}
+
 template <class T, class I>
 void launch_rows(const CrossEntropyParams<T, I>& p) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.rows, kRowsPerBlock)));
@@ -150,9 +162,9 @@ void launch_rows(const CrossEntropyParams<T, I>& p) {
   if (p.classes <= 32)
     cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, 1>, grid, kThreads, 0, p);
   else if (p.classes <= 32 * 8)
-    cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, 8>, grid, kThreads, 0, p);
+    launch_cached_rows<T, I, 8>(p, grid);
   else if (p.classes <= 32 * 32)
-    cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, 32>, grid, kThreads, 0, p);
+    launch_cached_rows<T, I, 32>(p, grid);
   else
     cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, 0>, grid, kThreads, 0, p);
 }

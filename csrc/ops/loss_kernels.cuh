@@ -16,7 +16,9 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
+#include "core/cuda_elementwise.cuh"
 #include "core/cuda_runtime.h"
 #include "ops/loss.h"
 #include "ops/reduce_kernels.cuh"
@@ -66,32 +68,67 @@ __device__ __forceinline__ T row_coef(const CrossEntropyParams<T, I>& p, int64_t
   return static_cast<T>(static_cast<double>(w) * upstream);
 }
 
-// A row of up to 32 * kCache classes: lane l loads classes l, l + 32, ... into registers, all loads
-// in flight at once, and the max, the sum of exponentials and the gradient all come from them: the
-// row is read from memory once and each exponential computed once. (Reading it three times, one
-// element per lane at a time, ran at 45% of an H200's copy rate at 1000 classes.) The loads are
-// issued before the row's label is read (cross_entropy_rows_kernel), not after: the label's load
-// and the row's then overlap instead of costing two memory latencies in a row.
-template <int kCache, class T>
+// A row of up to 32 * kCache classes held in registers, all loads in flight at once: the max, the
+// sum of exponentials and the gradient all come from them, so the row is read from memory once and
+// each exponential computed once. (Reading it three times, one element per lane at a time, ran at
+// 45% of an H200's copy rate at 1000 classes.) The loads are issued before the row's label is read
+// (cross_entropy_rows_kernel), not after: the label's load and the row's then overlap instead of
+// costing two memory latencies in a row.
+//
+// Where lane l's k-th value lies in the row: VW = 1, class l + 32 k (one 4- or 8-byte access per
+// value); VW = 16 / sizeof(T), for rows of whole 16-byte vectors, lane l's j-th vector holds classes
+// VW (l + 32 j) to VW (l + 32 j) + VW - 1 (a quarter of the float loads and stores for the same
+// bytes: the row kernel ran at 80% of an H200's copy rate with one access per value).
+// Class indices: cached rows have at most 32 * 32 classes. Under the float row's 85-register cap
+// ptxas spilled the vector layout with 64-bit indices (44-72 bytes; 0-4 with 32-bit ones) and the
+// scalar one with 32-bit indices (12-24 bytes; none with 64-bit ones).
+template <int VW>
+using ClassIndex = std::conditional_t<VW == 1, int64_t, int>;
+
+template <int VW>
+__device__ __forceinline__ ClassIndex<VW> cached_class(int lane, int k) {
+  return static_cast<ClassIndex<VW>>(VW) * (lane + 32 * (k / VW)) + k % VW;
+}
+
+template <int kCache, int VW, class T>
 __device__ __forceinline__ void load_cached_row(const T* x, int64_t C, int lane, T (&v)[kCache]) {
+  static_assert(kCache % VW == 0, "whole vectors per lane");
+  if constexpr (VW == 1) {
 #pragma unroll
-  for (int k = 0; k < kCache; ++k) {
-    const int64_t c = lane + 32 * k;
-    v[k] = c < C ? x[c] : T(-INFINITY);
+    for (int k = 0; k < kCache; ++k) {
+      const int64_t c = cached_class<1>(lane, k);
+      v[k] = c < C ? x[c] : T(-INFINITY);
+    }
+  } else {
+    using V = typename cuda_rt::Vec16<T>::type;
+#pragma unroll
+    for (int j = 0; j < kCache / VW; ++j) {
+      const int c = cached_class<VW>(lane, j * VW);
+      if (c < C) {  // C is a whole number of vectors
+        const V x4 = *reinterpret_cast<const V*>(x + c);
+        const T* e = reinterpret_cast<const T*>(&x4);
+#pragma unroll
+        for (int u = 0; u < VW; ++u) v[j * VW + u] = e[u];
+      } else {
+#pragma unroll
+        for (int u = 0; u < VW; ++u) v[j * VW + u] = T(-INFINITY);
+      }
+    }
   }
 }
 
 // The row's loss (and gradient into d) from its values in v (load_cached_row). The target's
 // logit comes from the lane that holds it, not from a load that would wait for the label.
-template <int kCache, class T, class I>
+template <int kCache, int VW, class T, class I>
 __device__ __forceinline__ T cached_row(const CrossEntropyParams<T, I>& p, int64_t row, int64_t y, T w, T (&v)[kCache],
                                         T* d, int lane) {
-  const int64_t C = p.classes;
+  using Index = ClassIndex<VW>;
+  const Index C = static_cast<Index>(p.classes), target = static_cast<Index>(y);  // y in [0, C) here
   T held = T(0);
 #pragma unroll
   for (int k = 0; k < kCache; ++k)
-    if (lane + 32 * k == y) held = v[k];
-  const T target_logit = __shfl_sync(0xffffffffu, held, static_cast<int>(y & 31));
+    if (cached_class<VW>(lane, k) == target) held = v[k];
+  const T target_logit = __shfl_sync(0xffffffffu, held, (target / VW) & 31);
   T m = v[0];
 #pragma unroll
   for (int k = 1; k < kCache; ++k) m = cuda_rt::MaxOp{}(m, v[k]);
@@ -99,9 +136,9 @@ __device__ __forceinline__ T cached_row(const CrossEntropyParams<T, I>& p, int64
   T others = T(0);
 #pragma unroll
   for (int k = 0; k < kCache; ++k) {
-    const int64_t c = lane + 32 * k;
+    const Index c = cached_class<VW>(lane, k);
     v[k] = c < C ? std::exp(v[k] - m) : T(0);  // from here on v holds exp(x - max)
-    if (c != y) others += v[k];
+    if (c != target) others += v[k];
   }
   others = cuda_rt::warp_reduce(others, cuda_rt::SumOp{});
   const T target_exp = std::exp(target_logit - m);
@@ -109,10 +146,24 @@ __device__ __forceinline__ T cached_row(const CrossEntropyParams<T, I>& p, int64
     const T coef = row_coef(p, row, w), inv_sum = T(1) / (target_exp + others);
     // (d may be x: every lane's loads of the row were used by the shuffles above, so no lane
     // still has to read what another overwrites)
+    if constexpr (VW == 1) {
 #pragma unroll
-    for (int k = 0; k < kCache; ++k) {
-      const int64_t c = lane + 32 * k;
-      if (c < C) d[c] = cross_entropy_grad(v[k], others, c == y, inv_sum, coef);
+      for (int k = 0; k < kCache; ++k) {
+        const Index c = cached_class<1>(lane, k);
+        if (c < C) d[c] = cross_entropy_grad(v[k], others, c == target, inv_sum, coef);
+      }
+    } else {
+      using V = typename cuda_rt::Vec16<T>::type;
+#pragma unroll
+      for (int j = 0; j < kCache / VW; ++j) {
+        const int c = cached_class<VW>(lane, j * VW);
+        if (c >= C) continue;
+        V g;
+        T* e = reinterpret_cast<T*>(&g);
+#pragma unroll
+        for (int u = 0; u < VW; ++u) e[u] = cross_entropy_grad(v[j * VW + u], others, c + u == target, inv_sum, coef);
+        *reinterpret_cast<V*>(d + c) = g;
+      }
     }
   }
   return cross_entropy_row_loss(m, target_logit, target_exp, others);
@@ -143,10 +194,11 @@ __device__ __forceinline__ T streamed_row(const CrossEntropyParams<T, I>& p, int
   return cross_entropy_row_loss(m, target_logit, target_exp, others);
 }
 
-// kCache > 0: rows of at most 32 * kCache classes, held in registers (cached_row); 0: any width.
+// kCache > 0: rows of at most 32 * kCache classes, held in registers (cached_row), VW values per
+// access (1, or a 16-byte vector: cached_class); 0: any width.
 // float rows in 32 registers per lane: capped at 85 registers (three blocks, 24 warps per SM), which
 // they fit without spilling; uncapped, the loads issued ahead of the label took 128 (two blocks).
-template <class T, class I, int kCache>
+template <class T, class I, int kCache, int VW = 1>
 __global__ void __launch_bounds__(reduce::kReduceThreads, kCache >= 32 && sizeof(T) == 4 ? 3 : 1)
     cross_entropy_rows_kernel(CrossEntropyParams<T, I> p) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
@@ -156,7 +208,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kCache >= 32 && sizeof
   if (row < p.rows) {  // the same for the whole warp
     const T* x = p.logits + row * C;
     T v[kCache > 0 ? kCache : 1];
-    if constexpr (kCache > 0) load_cached_row<kCache>(x, C, lane, v);
+    if constexpr (kCache > 0) load_cached_row<kCache, VW>(x, C, lane, v);
     const int64_t y = static_cast<int64_t>(p.labels[row]);
     T* d = p.dlogits ? p.dlogits + row * C : nullptr;
     if (y == p.ignore_index) {
@@ -175,7 +227,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kCache >= 32 && sizeof
       const T w = p.weight ? p.weight[y] : T(1);
       T loss;
       if constexpr (kCache > 0)
-        loss = cached_row<kCache>(p, row, y, w, v, d, lane);
+        loss = cached_row<kCache, VW>(p, row, y, w, v, d, lane);
       else
         loss = streamed_row(p, row, y, w, x, d, lane);
       if (p.row_loss && lane == 0) p.row_loss[row] = w * loss;
