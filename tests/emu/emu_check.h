@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/cuda_runtime.h"
@@ -69,6 +70,9 @@ struct DeviceBuffer {
   size_t n = 0;
   explicit DeviceBuffer(size_t count) : n(count) { FASTNN_CUDA_CHECK(cudaMalloc(&ptr, count * sizeof(T))); }
   DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
+  DeviceBuffer(const DeviceBuffer&) = delete;  // one owner per allocation
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& other) noexcept : ptr(std::exchange(other.ptr, nullptr)), n(other.n) {}
   ~DeviceBuffer() { cudaFree(ptr); }
   void upload(const std::vector<T>& host) {
     FASTNN_CUDA_CHECK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));

@@ -57,25 +57,39 @@ void run_both(const GemmProblem<float>& p, int64_t k_chunk, float* c_prod, float
 
 int64_t round4(int64_t v) { return (v + 3) / 4 * 4; }
 
-// m x n x k with the given transposes, bias and ReLU in the epilogue; k_chunk > 0 splits K. The
-// operands' rows are padded to whole 16-byte vectors (the candidate's precondition, as for the
-// production kernel's 16-byte loads), with random values in the padding that must not be read.
-template <class Cfg, Candidate C>
-void check(int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t k_chunk) {
-  std::mt19937 gen(static_cast<unsigned>(m * 131 + n * 17 + k));
+// The operands of an m x n x k problem with the given transposes, on the device, and the problem
+// with bias and ReLU in the epilogue (C left to the caller). Rows are padded to whole 16-byte
+// vectors (the candidates' precondition, as for the production kernel's 16-byte loads), with
+// random values in the padding that must not be read.
+struct Operands {
+  DeviceBuffer<float> a, b, bias;
+  GemmProblem<float> p{};
+};
+
+Operands random_operands(int64_t m, int64_t n, int64_t k, bool ta, bool tb, unsigned seed) {
+  std::mt19937 gen(seed);
   std::normal_distribution<float> normal;
   const int64_t lda = ta ? round4(m) : round4(k), ldb = tb ? round4(k) : round4(n);
   std::vector<float> a((ta ? k : m) * lda), b((tb ? n : k) * ldb), bias(n);
   for (float& v : a) v = normal(gen);
   for (float& v : b) v = normal(gen);
   for (float& v : bias) v = normal(gen);
-  const int64_t splits = k_chunk > 0 ? (k + k_chunk - 1) / k_chunk : 1;
-  DeviceBuffer<float> da(a), db(b), dbias(bias), c1(m * n), c2(m * n), part(splits * m * n);
-  GemmProblem<float> p{};
+  Operands o{DeviceBuffer<float>(a), DeviceBuffer<float>(b), DeviceBuffer<float>(bias)};
+  GemmProblem<float>& p = o.p;
   p.trans_a = ta, p.trans_b = tb, p.m = m, p.n = n, p.k = k;
-  p.a = da.ptr, p.lda = lda;
-  p.b = db.ptr, p.ldb = ldb;
-  p.ldc = n, p.alpha = 1.0f, p.beta = 0.0f, p.bias = dbias.ptr, p.act = Activation::relu;
+  p.a = o.a.ptr, p.lda = lda;
+  p.b = o.b.ptr, p.ldb = ldb;
+  p.ldc = n, p.alpha = 1.0f, p.beta = 0.0f, p.bias = o.bias.ptr, p.act = Activation::relu;
+  return o;
+}
+
+// k_chunk > 0 splits K.
+template <class Cfg, Candidate C>
+void check(int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t k_chunk) {
+  const Operands ops = random_operands(m, n, k, ta, tb, static_cast<unsigned>(m * 131 + n * 17 + k));
+  const GemmProblem<float>& p = ops.p;
+  const int64_t splits = k_chunk > 0 ? (k + k_chunk - 1) / k_chunk : 1;
+  DeviceBuffer<float> c1(m * n), c2(m * n), part(splits * m * n);
   const bool split = k_chunk > 0;
   const int variant = (ta ? 2 : 0) + (tb ? 1 : 0) + (split ? 4 : 0);
   switch (variant) {
@@ -158,24 +172,14 @@ void run_streamk(const GemmProblem<float>& p, const StreamKWork<float>& w) {
 
 template <class Cfg>
 void check_streamk(int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t blocks) {
-  std::mt19937 gen(static_cast<unsigned>(m * 7 + n * 131 + k * 3 + blocks));
-  std::normal_distribution<float> normal;
-  const int64_t lda = ta ? round4(m) : round4(k), ldb = tb ? round4(k) : round4(n);
-  std::vector<float> a((ta ? k : m) * lda), b((tb ? n : k) * ldb), bias(n);
-  for (float& v : a) v = normal(gen);
-  for (float& v : b) v = normal(gen);
-  for (float& v : bias) v = normal(gen);
+  Operands ops = random_operands(m, n, k, ta, tb, static_cast<unsigned>(m * 7 + n * 131 + k * 3 + blocks));
+  GemmProblem<float>& p = ops.p;
   const int64_t tiles_m = (m + Cfg::BM - 1) / Cfg::BM, slabs = (k + Cfg::BK - 1) / Cfg::BK;
   const int64_t iterations = tiles_m * ((n + Cfg::BN - 1) / Cfg::BN) * slabs;
   blocks = std::min(blocks, iterations);
-  DeviceBuffer<float> da(a), db(b), dbias(bias), c1(m * n), c2(m * n), slots(blocks * Cfg::BM * Cfg::BN);
+  DeviceBuffer<float> c1(m * n), c2(m * n), slots(blocks * Cfg::BM * Cfg::BN);
   DeviceBuffer<int> flags(std::vector<int>(blocks, 0));
   DeviceBuffer<unsigned> ticket(std::vector<unsigned>(1, 0u));
-  GemmProblem<float> p{};
-  p.trans_a = ta, p.trans_b = tb, p.m = m, p.n = n, p.k = k;
-  p.a = da.ptr, p.lda = lda;
-  p.b = db.ptr, p.ldb = ldb;
-  p.ldc = n, p.alpha = 1.0f, p.beta = 0.0f, p.bias = dbias.ptr, p.act = Activation::relu;
   p.c = c1.ptr;
   const dim3 grid(static_cast<unsigned>(tiles_m), static_cast<unsigned>((n + Cfg::BN - 1) / Cfg::BN));
   const int variant = (ta ? 2 : 0) + (tb ? 1 : 0);
