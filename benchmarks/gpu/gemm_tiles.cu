@@ -55,10 +55,11 @@ using M16 = ConfigF32Medium;                            // 64 x 64 x 16, 4 x 4
 // an SM's only 8 warps.
 using X16 = TileConfig<float, 128, 128, 16, 8, 4, 1>;
 // gemm_async.cuh's cp.async kernel: Wide's tiles with 3 slabs in flight; 128 x 128 with 8 x 8 per
-// thread and 16-deep slabs, one block per SM (its registers: 64 sums + 64 operands); 64 x 64.
+// thread and 16-deep slabs, one block per SM (its registers: 64 sums + 64 operands). (On 64 x 64
+// tiles it ran 0.73-0.99x production in three visits and left the sweep, whose one nvcc process
+// had grown to 5 minutes on 2 cores.)
 using AW16 = AsyncConfig<W16, 3>;
 using AL16 = AsyncConfig<TileConfig<float, 128, 128, 16, 8, 8, 1>, 3>;
-using AM16 = AsyncConfig<M16, 3>;
 // Production's tiles with the other slab loader: Wide with SlabLoader (production's before
 // 2026-11-26: per the disassembly ~680 instructions per 512 FMAs on a whole slab, the hoisted
 // path ~616), Large and Medium with HoistedSlabLoader.
@@ -69,9 +70,9 @@ using M16H = TileConfig<float, 64, 64, 16, 4, 4, 1, true>;
 // 128 x 64 tiles of 128 threads, 8 x 8 per thread: 64 FMAs per 4 shared loads where Wide's 8 x 4
 // does 32 per 3. ncu showed Wide issue-bound (FFMA ~75% of the instructions; at one block per SM,
 // 8 warps, on the one-wave shapes): fewer instructions per FMA, at 4 warps a block. 16-deep slabs
-// spill under 128 registers (ptxas: 90-300 bytes), so two blocks an SM; 8-deep ones fit four.
+// spill under 128 registers (ptxas: 90-300 bytes), so two blocks an SM. (8-deep slabs under 128
+// registers still spilled and ran 0.53-0.67x production on an H200 at 9f2e291: dropped.)
 using W88 = TileConfig<float, 128, 64, 16, 8, 8, 2, true>;
-using W88K8 = TileConfig<float, 128, 64, 8, 8, 8, 4, true>;
 
 // Stream-K over Cfg's tiles with BLOCKS_PER_SM x (the GPU's SMs) blocks.
 template <class Cfg, int BLOCKS_PER_SM>
@@ -254,7 +255,8 @@ void candidate(const char* name, const GemmShape& s, const GemmProblem<float>& p
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --profile: the production kernel and the cp.async candidate once per shape below, untimed, for
+  // --profile: the production kernel and the candidates (cp.async, the other slab loader, stream-K)
+  // once per shape below, untimed, for
   // a profiler to read (visit.sh runs `ncu ... gemm_tiles --profile` on the one-wave batch-1024
   // shapes and a square)
   const bool profile = argc > 1 && std::strcmp(argv[1], "--profile") == 0;
@@ -325,6 +327,7 @@ int main(int argc, char** argv) {
       else if (dw_split) launch<L8H, 4>(p, buf.workspace);
       else if (wide_split) launch<W16S, 2>(p, buf.workspace);
       else launch<W16S, 1>(p, buf.workspace);
+      launch<StreamK<W16, 2>, 1>(p, buf.workspace);  // and stream-K over the Wide tile
       CHECK(cudaDeviceSynchronize());
       CHECK(cudaFree(buf.a));
       CHECK(cudaFree(buf.b));
@@ -354,12 +357,10 @@ int main(int argc, char** argv) {
     candidate<X16>("128x128x16 8x4, 512 thr", s, p, buf, ref, ref_us);
     candidate<AW16>("async 128x64x16 8x4", s, p, buf, ref, ref_us);
     candidate<AL16>("async 128x128x16 8x8 1/SM", s, p, buf, ref, ref_us);
-    candidate<AM16>("async 64x64x16 4x4", s, p, buf, ref, ref_us);
     candidate<W16S>("128x64x16 8x4, SlabLoader", s, p, buf, ref, ref_us);
     candidate<L8H>("hoisted 128x128x8 8x8", s, p, buf, ref, ref_us);
     candidate<M16H>("hoisted 64x64x16 4x4", s, p, buf, ref, ref_us);
     candidate<W88>("128x64x16 8x8 128 thr", s, p, buf, ref, ref_us);
-    candidate<W88K8>("128x64x8 8x8 128 thr", s, p, buf, ref, ref_us);
     if (!large) {  // one wave of tiles or less: split K fills the SMs twice or four times over
       candidate<L8, 2>("128x128x8, K in 2", s, p, buf, ref, ref_us);
       candidate<L8, 4>("128x128x8, K in 4", s, p, buf, ref, ref_us);

@@ -129,10 +129,10 @@ else
   arch=$(timeout 30 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')
   arch_flag=()
   [[ "$arch" =~ ^[0-9]+$ ]] && arch_flag=("--config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=$arch")
-  # The GEMM tile sweep (benchmarks/gpu/gemm_tiles.cu, one nvcc process: 200 s on 2 cores here at
-  # 9f2e291, with the stream-K and 8 x 8 candidates) compiles beside the build
+  # The GEMM tile sweep (benchmarks/gpu/gemm_tiles.cu, one nvcc process: 260 s on 2 cores here at
+  # 2026-11-26, with the stream-K and 8 x 8 candidates) compiles beside the build and tests
   if [[ "$arch" =~ ^[0-9]+$ ]]; then
-    (timeout 360 nvcc -std=c++17 -O3 -arch=sm_$arch -Icsrc benchmarks/gpu/gemm_tiles.cu -o "$ROOT/build-gemm-tiles" \
+    (timeout 480 nvcc -std=c++17 -O3 -arch=sm_$arch -Icsrc benchmarks/gpu/gemm_tiles.cu -o "$ROOT/build-gemm-tiles" \
       >"$OUT/gemm_tiles.md" 2>&1 || echo "gemm_tiles: nvcc failed or timed out" >>"$OUT/gemm_tiles.md") &
     tiles_pid=$!
   fi
@@ -210,12 +210,12 @@ if [ -x "$ROOT/build-gemm-tiles" ] && [ "$DRY" != 1 ]; then
     phase ncu-gemm "$(cap 90 100)" "$OUT/gemm_tiles.md" "$ROOT" "$NCU" --clock-control none \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-      --section InstructionStats -k 'regex:gemm_(async_)?kernel' "$ROOT/build-gemm-tiles" --profile
+      --section InstructionStats -k 'regex:gemm_(async_|streamk_)?kernel' "$ROOT/build-gemm-tiles" --profile
     # the stall reasons the sections above only summarise (cycles per issued instruction, by reason):
     # a phase of its own, so that a metric this ncu lacks costs this table, not the sections'
     phase ncu-stalls "$(cap 60 90)" "$OUT/gemm_tiles.md" "$ROOT" "$NCU" --clock-control none \
       --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
-      -k 'regex:gemm_(async_)?kernel' "$ROOT/build-gemm-tiles" --profile
+      -k 'regex:gemm_(async_|streamk_)?kernel' "$ROOT/build-gemm-tiles" --profile
   else
     PHASES+=("ncu-gemm     ncu not found")
   fi

@@ -149,10 +149,8 @@ EMU_TEST(both_slab_loaders_give_the_same_bits) {
 // The sweep's 128 x 64 tile of 128 threads (8 x 8 each), both loaders.
 EMU_TEST(wide_8x8_tiles_both_loaders_give_the_same_bits) {
   using W88 = TileConfig<float, 128, 64, 16, 8, 8, 2, true>;
-  using W88K8 = TileConfig<float, 128, 64, 8, 8, 8, 4, true>;
   check_all_layouts<W88, Candidate::other_loader>(130, 67, 33, 0);
   check_all_layouts<W88, Candidate::other_loader>(200, 132, 100, 48);
-  check_all_layouts<W88K8, Candidate::other_loader>(130, 67, 33, 0);
 }
 
 EMU_TEST(both_slab_loaders_split_k_give_the_same_bits) {
