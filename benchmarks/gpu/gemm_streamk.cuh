@@ -35,6 +35,18 @@ struct StreamKWork {
   unsigned* ticket;    // zero between launches
 };
 
+// The work of Cfg's tiles over problem p in at most max_blocks ranges (fewer when there are fewer
+// slabs than that: every block gets at least one); the workspace pointers are the caller's.
+template <class Cfg>
+StreamKWork<typename Cfg::Elem> streamk_work(const GemmProblem<typename Cfg::Elem>& p, int64_t max_blocks) {
+  StreamKWork<typename Cfg::Elem> w{};
+  w.tiles_m = (p.m + Cfg::BM - 1) / Cfg::BM;
+  w.slabs = (p.k + Cfg::BK - 1) / Cfg::BK;
+  w.iterations = w.tiles_m * ((p.n + Cfg::BN - 1) / Cfg::BN) * w.slabs;
+  w.blocks = max_blocks < w.iterations ? max_blocks : w.iterations;
+  return w;
+}
+
 // The first iteration of block b's range.
 __host__ __device__ inline int64_t streamk_range_begin(int64_t b, int64_t iterations, int64_t blocks) {
   return b * iterations / blocks;

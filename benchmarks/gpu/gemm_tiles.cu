@@ -121,11 +121,8 @@ StreamKWorkspace& streamk_workspace(int64_t blocks, int64_t slot_elems) {
 }
 
 template <class Cfg>
-int64_t streamk_blocks(const GemmProblem<float>& p) {
-  const int64_t tiles = ((p.m + Cfg::BM - 1) / Cfg::BM) * ((p.n + Cfg::BN - 1) / Cfg::BN);
-  const int64_t iterations = tiles * ((p.k + Cfg::BK - 1) / Cfg::BK);
-  const int64_t g = int64_t{Cfg::kBlocksPerSm} * sm_count();
-  return g < iterations ? g : iterations;
+StreamKWork<float> streamk_work_for(const GemmProblem<float>& p) {
+  return streamk_work<typename Cfg::Base>(p, int64_t{Cfg::kBlocksPerSm} * sm_count());
 }
 
 template <class C, class = void>
@@ -154,11 +151,7 @@ void launch(const GemmProblem<float>& p, float* workspace) {
   const int variant = (p.trans_a ? 2 : 0) + (p.trans_b ? 1 : 0);
   const bool vec = true, c_vec = true;
   if constexpr (IsStreamK<Cfg>::value) {
-    StreamKWork<float> w{};
-    w.tiles_m = (p.m + Cfg::BM - 1) / Cfg::BM;
-    w.slabs = (p.k + Cfg::BK - 1) / Cfg::BK;
-    w.iterations = w.tiles_m * ((p.n + Cfg::BN - 1) / Cfg::BN) * w.slabs;
-    w.blocks = streamk_blocks<Cfg>(p);
+    StreamKWork<float> w = streamk_work_for<Cfg>(p);
     StreamKWorkspace& ws = streamk_workspace(w.blocks, Cfg::BM * Cfg::BN);
     w.slots = ws.slots, w.flags = ws.flags, w.ticket = ws.ticket;
     const dim3 sk_grid(static_cast<unsigned>(w.blocks));
@@ -247,7 +240,7 @@ void candidate(const char* name, const GemmShape& s, const GemmProblem<float>& p
   const double us = time_us<Cfg, SPLITS>(p, buf.workspace, 15, inner);
   const double tflops = 2.0 * s.m * s.n * s.k / us * 1e-6;
   int64_t blocks = ((s.m + Cfg::BM - 1) / Cfg::BM) * ((s.n + Cfg::BN - 1) / Cfg::BN) * SPLITS;
-  if constexpr (IsStreamK<Cfg>::value) blocks = streamk_blocks<Cfg>(p);
+  if constexpr (IsStreamK<Cfg>::value) blocks = streamk_work_for<Cfg>(p).blocks;
   std::printf("| %-26s | %-24s | %5lld | %9.1f | %7.1f | %6.2fx | %s |\n", s.name, name,
               static_cast<long long>(blocks), us, tflops, reference_us / us, verdict);
 }

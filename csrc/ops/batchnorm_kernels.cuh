@@ -12,8 +12,9 @@
 //     or dx. Deterministic either way; no atomics.
 // As on the CPU: statistics accumulate in double for both dtypes (sums of x - k and its square, k
 // the column's first value: shifted_moments in ops/batchnorm.h), save_mean / save_invstd are
-// float64, running stats follow torch, and the per-column math shared with the CPU (finish_batch_stats, batchnorm_gain / batchnorm_shift, split_hi_lo,
-// batchnorm_backward_coefs, store_grad) comes from ops/batchnorm.h.
+// float64, running stats follow torch, and the per-column math shared with the CPU
+// (finish_batch_stats, batchnorm_gain / batchnorm_shift, split_hi_lo, batchnorm_backward_coefs,
+// store_grad) comes from ops/batchnorm.h.
 #pragma once
 #include <cstdint>
 

@@ -11,17 +11,12 @@ namespace cuda {
 namespace gemm_detail {
 namespace {
 
-template <class T>
-bool aligned16(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 // 16-byte loads of A and B need their bases aligned and every row start a whole number of
 // vectors from the base; otherwise the kernel loads scalars (odd K, e.g. 33 or 70 features).
 template <class T>
 bool operands_vectorisable(const GemmProblem<T>& p) {
   constexpr int64_t vw = 16 / sizeof(T);
-  return aligned16(p.a) && aligned16(p.b) && p.lda % vw == 0 && p.ldb % vw == 0;
+  return cuda_rt::aligned16(p.a) && cuda_rt::aligned16(p.b) && p.lda % vw == 0 && p.ldb % vw == 0;
 }
 
 template <class Cfg, bool TA, bool TB>
@@ -52,7 +47,7 @@ void launch_config(const GemmProblem<typename Cfg::Elem>& p, const char* name, i
   FASTNN_CHECK((p.m + Cfg::BM - 1) / Cfg::BM <= int64_t{0x7fffffff}, ValueError, "gemm: ", p.m,
                " rows exceed the CUDA grid");
   const bool vec = operands_vectorisable(p);
-  const bool c_vec = aligned16(p.c) && p.ldc % (16 / sizeof(T)) == 0;
+  const bool c_vec = cuda_rt::aligned16(p.c) && p.ldc % (16 / sizeof(T)) == 0;
   int64_t k_chunk = 0;
   Tensor workspace;
   T* partials = nullptr;

@@ -143,13 +143,11 @@ bool overlap(const Tensor& a, const Tensor& b) {
   return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 template <class T, class I, int kCache>
 void launch_cached_rows(const CrossEntropyParams<T, I>& p, dim3 grid) {
   constexpr int VW = 16 / sizeof(T);
   // 16-byte accesses when every row starts on one (a whole number of vectors per row)
-  if (p.classes % VW == 0 && aligned16(p.logits) && (!p.dlogits || aligned16(p.dlogits)))
+  if (p.classes % VW == 0 && cuda_rt::aligned16(p.logits) && (!p.dlogits || cuda_rt::aligned16(p.dlogits)))
     cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, kCache, VW>, grid, kThreads, 0, p);
   else
     cuda_rt::launch("cross_entropy_rows", cross_entropy_rows_kernel<T, I, kCache>, grid, kThreads, 0, p);

@@ -172,20 +172,19 @@ template <class Cfg>
 void check_streamk(int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t blocks) {
   Operands ops = random_operands(m, n, k, ta, tb, static_cast<unsigned>(m * 7 + n * 131 + k * 3 + blocks));
   GemmProblem<float>& p = ops.p;
-  const int64_t tiles_m = (m + Cfg::BM - 1) / Cfg::BM, slabs = (k + Cfg::BK - 1) / Cfg::BK;
-  const int64_t iterations = tiles_m * ((n + Cfg::BN - 1) / Cfg::BN) * slabs;
-  blocks = std::min(blocks, iterations);
+  StreamKWork<float> w = streamk_work<Cfg>(p, blocks);
+  blocks = w.blocks;
   DeviceBuffer<float> c1(m * n), c2(m * n), slots(blocks * Cfg::BM * Cfg::BN);
   DeviceBuffer<int> flags(std::vector<int>(blocks, 0));
   DeviceBuffer<unsigned> ticket(std::vector<unsigned>(1, 0u));
   p.c = c1.ptr;
-  const dim3 grid(static_cast<unsigned>(tiles_m), static_cast<unsigned>((n + Cfg::BN - 1) / Cfg::BN));
+  const dim3 grid(static_cast<unsigned>(w.tiles_m), static_cast<unsigned>((n + Cfg::BN - 1) / Cfg::BN));
   const int variant = (ta ? 2 : 0) + (tb ? 1 : 0);
   auto production = [&](auto tag_a, auto tag_b) {
     cuda_rt::launch("gemm_kernel", gemm_kernel<Cfg, decltype(tag_a)::value, decltype(tag_b)::value, false>, grid,
                     dim3(Cfg::kThreads), 0, p, true, n % 4 == 0, int64_t{0}, static_cast<float*>(nullptr));
   };
-  StreamKWork<float> w{tiles_m, slabs, iterations, blocks, slots.ptr, flags.ptr, ticket.ptr};
+  w.slots = slots.ptr, w.flags = flags.ptr, w.ticket = ticket.ptr;
   auto streamk = [&] {
     switch (variant) {
       case 0: run_streamk<Cfg, false, false>(p, w); break;
