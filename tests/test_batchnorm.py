@@ -21,6 +21,10 @@ SHAPES = [(2, 2), (2, 1000), (7, 33), (33, 7), (1000, 2), (1000, 33), (33, 1000)
 # otherwise (4099); both column counts take its 4-row blocks, and 1031 and 517 rows leave 3 and 1
 # rows after them.
 LARGE = [(1031, 2048), (517, 4099)]
+# Over 24 MiB of input: the one-read path (kOneReadAboveBytes in batchnorm_cpu.cpp), blocks of
+# 240-496 columns whose statistics and elementwise pass run back to back. 4096 columns stream their
+# output, 4100 end in a partial vector and do not; 2051 rows leave 3 after the 8-row blocks.
+ONE_READ = {"float32": [(2051, 4096), (2051, 4100)], "float64": [(1031, 4096), (1031, 4100)]}
 
 
 def t64(a, requires_grad=False):
@@ -231,6 +235,43 @@ def test_large_inputs_match_torch(dtype, rng, shape):
     check_training(dtype, rng, shape, True, True)
 
 
+@pytest.mark.parametrize("which", [0, 1])
+def test_one_read_path_matches_torch(dtype, rng, which):
+    check_training(dtype, rng, ONE_READ[dtype][which], True, True)
+
+
+def test_one_read_path_where_dx_cancels_any_thread_count(dtype, rng):
+    """Columns whose dx cancels are formed in double per 16-column group, never per block, so a
+    thread count that moves the blocks (3 threads cut the columns elsewhere) gives the same bits:
+    495 and 496 sit on either side of a 496-column block boundary."""
+    shape = ONE_READ[dtype][1]
+    x, w, b, _, _, dy = make(rng, shape, dtype)
+    cancelling = (3, 495, 496, 1030, 4099)
+    for col in cancelling:
+        dy[:, col] = dy[0, col]
+    ref = reference(x, w, b, None, None, True, 0.1, 1e-5, dy)
+    before = fastnn.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            fastnn.set_num_threads(threads)
+            y, m, s = _C.batchnorm_forward(x, w, b, None, None, True)
+            dx, dw, db = _C.batchnorm_backward(x, dy, w, m, s, True)
+            outs.append([np.asarray(t).copy() for t in (y, m, s, dx, dw, db)])
+    finally:
+        fastnn.set_num_threads(before)
+    for other in outs[1:]:
+        for a, b_ in zip(outs[0], other):
+            assert a.tobytes() == b_.tobytes()
+    y, _, _, dx, dw, db = outs[0]
+    assert_close(y, ref[0], dtype, what="y")
+    assert_close(dx, ref[1], dtype, what="dx", scale=float(np.max(np.abs(dy)) * np.max(np.abs(w))))
+    for col in cancelling:
+        assert np.max(np.abs(dx[:, col])) <= 1e-5 * np.max(np.abs(dy[:, col] * w[col]))
+    assert_close(dw, ref[2], dtype, what="dweight")
+    assert_close(db, ref[3], dtype, what="dbias")
+
+
 def aligned(a):
     """A copy of a in fastnn's 64-byte aligned storage, which the streaming stores need (numpy's
     own buffers are 16-byte aligned)."""
@@ -240,8 +281,10 @@ def aligned(a):
     return out
 
 
-@pytest.mark.parametrize("shape", [(64, 300)] + LARGE)
+@pytest.mark.parametrize("shape", [(64, 300)] + LARGE + ["one-read"])
 def test_in_place_forward_and_backward(dtype, rng, shape):
+    if shape == "one-read":
+        shape = ONE_READ[dtype][0]
     x, w, b, _, _, dy = make(rng, shape, dtype)
     x, dy = aligned(x), aligned(dy)
     y, m, s = _C.batchnorm_forward(x, w, b, None, None, True)

@@ -9,6 +9,9 @@
 //      by column strip (as pass 1 is read), the output measured 1.5-2x slower: 2 KiB segments
 //      16 KiB apart defeat the prefetchers. The AVX-512 variant blocks rows by 4 when the
 //      coefficients outgrow L1 and streams its output past the caches when the pass is large.
+// Inputs larger than L3 (over kOneReadAboveBytes) would be read from memory twice that way; they
+// take the one-read path instead: each thread walks its columns in blocks small enough to stay in
+// L3, pass 1 then pass 2 per block, so memory sees each input once (ForwardTrainBlocks).
 // Each kernel is compiled for AVX-512, AVX2 and the baseline and picked at run time.
 #include <algorithm>
 #include <cmath>
@@ -55,6 +58,38 @@ constexpr int64_t kCoefBytesPerRow = int64_t{16} << 10;
 // gained nothing, 24 MiB and more (backward of 2048x1024, forward of 4096x1024) gained 6-10%.
 constexpr int64_t kStreamPassBytes = int64_t{16} << 20;
 
+// The one-read training path (ForwardTrainBlocks, BackwardTrainBlocks) for inputs larger than
+// L3 can hold twice over: each thread walks its columns in blocks of at most kBlockBytes of input
+// (every row of the block's columns), reads a block from memory for its statistics and again from
+// L3 for its elementwise pass. 4096x4096 float32, 2 threads, against the two-pass path in the same
+// runs (% of the copy rate): forward 74-75% -> 80-81%, backward 62-64% -> 73%; 1024x16384 74/64%
+// -> 82/78%; 4096x2048 (32 MiB) forward even, backward 66 -> 72%. Blocks of 2 MiB and 8 MiB did no
+// better (8 MiB for two threads' blocks crowds what else lives in L3). A block's rows are short
+// segments (128-512 columns) 16 KiB apart: narrower than kMinBlockCols (16384x1024: 64 columns)
+// lost 20-45%, so such tall inputs keep two passes.
+constexpr int64_t kOneReadAboveBytes = int64_t{24} << 20;
+constexpr int64_t kBlockBytes = int64_t{4} << 20;
+constexpr int64_t kMinBlockCols = 128;
+// Rows ahead that the one-read path prefetches: its short row segments are done before 8 rows'
+// worth of memory latency (the two-pass path's kRowBlock) has passed. 32 for the statistics and 16
+// for the elementwise pass (whose block should be in L3, but the prefetchers do not follow 16 KiB
+// strides) measured best; without them the path gained 0-5%.
+constexpr int64_t kBlockStatsPrefetchRows = 32;
+constexpr int64_t kBlockApplyPrefetchRows = 16;
+// Exactness (the float32 backward's double path) is decided per group of this many columns,
+// aligned to column 0, which blocks never split: results do not depend on where blocks start.
+constexpr int64_t kExactGroup = 16;
+
+// Columns per block of the one-read path for `inputs` arrays of rows x cols T, or 0: two passes.
+// A function of the shape only, so every thread count takes the same path.
+template <class T>
+int64_t one_read_block(int64_t rows, int64_t cols, int inputs) {
+  const int64_t row_bytes = rows * static_cast<int64_t>(sizeof(T)) * inputs;
+  if (row_bytes * cols <= kOneReadAboveBytes) return 0;
+  const int64_t w = std::min(kStrip, kBlockBytes / row_bytes / kExactGroup * kExactGroup);
+  return w >= kMinBlockCols ? w : 0;
+}
+
 template <class T>
 struct ForwardArgs {
   const T* x;
@@ -70,6 +105,7 @@ struct ForwardArgs {
   T* coef;  // workspace, 3 x cols: y = (x - hi) * scale + shift
   bool prefetch;  // the statistics pass prefetches (kPrefetchBytes)
   bool stream;  // streaming stores for y where aligned (kStreamPassBytes)
+  int64_t block;  // columns per block of the one-read path (ForwardTrainBlocks); 0: two passes
 };
 
 template <class T>
@@ -93,6 +129,7 @@ struct BackwardArgs {
   double* chunk_exact;
   bool prefetch;  // the statistics pass prefetches (kPrefetchBytes)
   bool stream;  // streaming stores for dx where aligned (kStreamPassBytes)
+  int64_t block;  // columns per block of the one-read path (BackwardTrainBlocks); 0: two passes
 };
 
 // Rows summed in registers before the accumulator arrays take the block: an eighth of the
@@ -162,8 +199,9 @@ struct ForwardTrainStrip {
     int64_t n = 0;
     for (; n + kRowBlock <= a.rows; n += kRowBlock) {
       const T* row = a.x + n * a.cols + c0;
-      over_lines<T>(w, a.prefetch && n + 2 * kRowBlock <= a.rows, [&](int64_t c) FASTNN_ALWAYS_INLINE {
-        prefetch_block(row + kRowBlock * a.cols + c, a.cols);
+      const int64_t d = a.block ? kBlockStatsPrefetchRows : kRowBlock;
+      over_lines<T>(w, a.prefetch && n + kRowBlock + d <= a.rows, [&](int64_t c) FASTNN_ALWAYS_INLINE {
+        prefetch_block(row + d * a.cols + c, a.cols);
       }, [&](int64_t begin, int64_t end) FASTNN_ALWAYS_INLINE {
         block(row, a.cols, k, sum_u, sum_u2, begin, end);
       });
@@ -213,18 +251,19 @@ bool streamable(const T* out, int64_t cols, bool wanted) {
 }
 #endif
 
-// y over rows [r0, r0 + count) from the coefficients: training (ForwardTrainStrip's) and eval
-// (the running statistics, whose mean is a T, so x - mean is exact as it stands).
+// y over rows [r0, r0 + count), columns [cb, ce), from the coefficients: training
+// (ForwardTrainStrip's) and eval (the running statistics, whose mean is a T, so x - mean is exact
+// as it stands).
 template <class T>
 struct ForwardApplyRows {
   using Args = ForwardArgs<T>;
-  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) {
+  static FASTNN_FORCE_INLINE void span(const Args& a, int64_t r0, int64_t count, int64_t cb, int64_t ce) {
     const T* hi = a.coef;
     const T* scale = a.coef + a.cols;
     const T* shift = a.coef + 2 * a.cols;
     for (int64_t r = r0; r < r0 + count; ++r) {
-      for (int64_t c0 = 0; c0 < a.cols; c0 += kApplyChunk) {
-        const int64_t w = std::min(kApplyChunk, a.cols - c0);
+      for (int64_t c0 = cb; c0 < ce; c0 += kApplyChunk) {
+        const int64_t w = std::min(kApplyChunk, ce - c0);
         const T* x = a.x + r * a.cols + c0;
         T* out = a.y + r * a.cols + c0;
         const T* h = hi + c0;
@@ -234,18 +273,20 @@ struct ForwardApplyRows {
       }
     }
   }
+  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) { span(a, r0, count, 0, a.cols); }
 #if defined(__x86_64__)
-  // Rows [r, r + R): each vector of coefficients serves R rows.
+  // Rows [r, r + R), columns [cb, ce): each vector of coefficients serves R rows.
   template <int R>
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void rows_avx512(const Args& a, int64_t r, bool stream) {
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void rows_avx512(const Args& a, int64_t r, int64_t cb, int64_t ce,
+                                                                   bool stream) {
     using A = simd::Zmm<T>;
     const T* hi = a.coef;
     const T* scale = a.coef + a.cols;
     const T* shift = a.coef + 2 * a.cols;
     const T* x = a.x + r * a.cols;
     T* y = a.y + r * a.cols;
-    int64_t c = 0;
-    for (; c + A::W <= a.cols; c += A::W) {
+    int64_t c = cb;
+    for (; c + A::W <= ce; c += A::W) {
       const auto h = A::load(hi + c), s = A::load(scale + c), b = A::load(shift + c);
 #pragma GCC unroll 8
       for (int rr = 0; rr < R; ++rr) {
@@ -254,21 +295,32 @@ struct ForwardApplyRows {
         else A::store(y + rr * a.cols + c, v);
       }
     }
-    if (c < a.cols) {
-      const auto m = A::first(static_cast<int>(a.cols - c));
+    if (c < ce) {
+      const auto m = A::first(static_cast<int>(ce - c));
       const auto h = A::load(m, hi + c), s = A::load(m, scale + c), b = A::load(m, shift + c);
       for (int rr = 0; rr < R; ++rr)
         A::store(y + rr * a.cols + c, m, A::fmadd(A::sub(A::load(m, x + rr * a.cols + c), h), s, b));
     }
   }
 
-  static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t r0, int64_t count) {
-    const bool stream = streamable(a.y, a.cols, a.stream);
+  static FASTNN_TARGET_AVX512 void span_avx512(const Args& a, int64_t r0, int64_t count, int64_t cb, int64_t ce) {
+    const bool stream = streamable(a.y + cb, a.cols, a.stream);
     int64_t r = r0;
-    if (3 * a.cols * static_cast<int64_t>(sizeof(T)) > kCoefBytesPerRow)
-      for (; r + kApplyRows <= r0 + count; r += kApplyRows) rows_avx512<kApplyRows>(a, r, stream);
-    for (; r < r0 + count; ++r) rows_avx512<1>(a, r, stream);
+    if (a.block) {  // one-read path: one row at a time (its coefficients fit L1), prefetched
+      constexpr int64_t d = kBlockApplyPrefetchRows;
+      for (; r < r0 + count; ++r) {
+        if (r + d < r0 + count)
+          for (int64_t c = cb; c < ce; c += 64 / sizeof(T)) __builtin_prefetch(a.x + (r + d) * a.cols + c, 0, 3);
+        rows_avx512<1>(a, r, cb, ce, stream);
+      }
+    }
+    if (3 * (ce - cb) * static_cast<int64_t>(sizeof(T)) > kCoefBytesPerRow)
+      for (; r + kApplyRows <= r0 + count; r += kApplyRows) rows_avx512<kApplyRows>(a, r, cb, ce, stream);
+    for (; r < r0 + count; ++r) rows_avx512<1>(a, r, cb, ce, stream);
     if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
+  }
+  static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t r0, int64_t count) {
+    span_avx512(a, r0, count, 0, a.cols);
   }
 #endif
 };
@@ -327,9 +379,10 @@ struct BackwardTrainStrip {
     for (; n + kRowBlock <= a.rows; n += kRowBlock) {
       const T* row = a.x + n * a.cols + c0;
       const T* g = a.dy + n * a.cols + c0;
-      over_lines<T>(w, a.prefetch && n + 2 * kRowBlock <= a.rows, [&](int64_t c) FASTNN_ALWAYS_INLINE {
-        prefetch_block(row + kRowBlock * a.cols + c, a.cols);
-        prefetch_block(g + kRowBlock * a.cols + c, a.cols);
+      const int64_t d = a.block ? kBlockStatsPrefetchRows : kRowBlock;
+      over_lines<T>(w, a.prefetch && n + kRowBlock + d <= a.rows, [&](int64_t c) FASTNN_ALWAYS_INLINE {
+        prefetch_block(row + d * a.cols + c, a.cols);
+        prefetch_block(g + d * a.cols + c, a.cols);
       }, [&](int64_t begin, int64_t end) FASTNN_ALWAYS_INLINE {
         block(row, g, a.cols, hi, sum_u, sum_dy, sum_dy_u, sum_u2, sum_dy2, begin, end);
       });
@@ -375,6 +428,26 @@ struct BackwardTrainStrip {
   }
 };
 
+// A one-read block's columns [b, end) as runs of kExactGroup-column groups that are all exact (a
+// column of the group has dx cancelling: formed in double) or all not.
+struct ExactSegments {
+  static constexpr int kMax = static_cast<int>(kStrip / kExactGroup) + 1;
+  int count = 0;
+  int64_t begin[kMax + 1];  // segment i is [begin[i], begin[i + 1])
+  bool exact[kMax];
+  ExactSegments(const double* column_exact, int64_t b, int64_t end) {
+    for (int64_t g = b; g < end; g += kExactGroup) {
+      bool e = false;
+      for (int64_t c = g; c < std::min(end, g + kExactGroup); ++c) e = e || column_exact[c] != 0.0;
+      if (count == 0 || e != exact[count - 1]) {
+        begin[count] = g;
+        exact[count++] = e;
+      }
+    }
+    begin[count] = end;
+  }
+};
+
 // dx over rows [r0, r0 + count) from BackwardTrainStrip's coefficients: in double for segments
 // with a column whose dx cancels, else in T.
 template <class T>
@@ -395,73 +468,141 @@ struct BackwardApplyRows {
     }
   }
 
+  // Row r's columns [c0, end) in T, or in double where `exact`.
+  static FASTNN_FORCE_INLINE void segment(const Args& a, int64_t r, int64_t c0, int64_t end, bool exact) {
+    if (exact) return exact_segment(a, r, c0, end - c0);
+    const T* x = a.x + r * a.cols;
+    const T* g = a.dy + r * a.cols;
+    T* out = a.dx + r * a.cols;
+    const T *hi = a.coef, *f_dy = a.coef + a.cols, *f_x = a.coef + 2 * a.cols, *f_0 = a.coef + 3 * a.cols;
+    for (int64_t c = c0; c < end; ++c) out[c] = f_dy[c] * g[c] + f_x[c] * (x[c] - hi[c]) + f_0[c];
+  }
+
+  // Rows [r0, r0 + count), every column, each kApplyChunk segment exact as chunk_exact says.
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) {
-    for (int64_t r = r0; r < r0 + count; ++r) {
-      for (int64_t c0 = 0, chunk = 0; c0 < a.cols; c0 += kApplyChunk, ++chunk) {
-        const int64_t w = std::min(kApplyChunk, a.cols - c0);
-        if (a.chunk_exact[chunk] != 0.0) {
-          exact_segment(a, r, c0, w);
-        } else {
-          const T* x = a.x + r * a.cols + c0;
-          const T* g = a.dy + r * a.cols + c0;
-          T* out = a.dx + r * a.cols + c0;
-          const T* hi = a.coef + c0;
-          const T* f_dy = a.coef + a.cols + c0;
-          const T* f_x = a.coef + 2 * a.cols + c0;
-          const T* f_0 = a.coef + 3 * a.cols + c0;
-          for (int64_t c = 0; c < w; ++c) out[c] = f_dy[c] * g[c] + f_x[c] * (x[c] - hi[c]) + f_0[c];
-        }
-      }
-    }
+    for (int64_t r = r0; r < r0 + count; ++r)
+      for (int64_t c0 = 0, chunk = 0; c0 < a.cols; c0 += kApplyChunk, ++chunk)
+        segment(a, r, c0, std::min(a.cols, c0 + kApplyChunk), a.chunk_exact[chunk] != 0.0);
+  }
+  // Rows [r0, r0 + count) of a block's segments.
+  static FASTNN_FORCE_INLINE void span(const Args& a, int64_t r0, int64_t count, const ExactSegments& segs) {
+    for (int64_t r = r0; r < r0 + count; ++r)
+      for (int i = 0; i < segs.count; ++i) segment(a, r, segs.begin[i], segs.begin[i + 1], segs.exact[i]);
   }
 #if defined(__x86_64__)
-  // Rows [r, r + R): each vector of coefficients serves R rows. For double the exact coefficients
-  // are the T ones (lo = 0), so every segment takes the vector body; float segments where dx
-  // cancels keep the double loop.
+  // Rows [r, r + R), columns [c0, end): each vector of coefficients serves R rows. For double the
+  // exact coefficients are the T ones (lo = 0), so every segment takes the vector body; float
+  // segments where dx cancels keep the double loop.
   template <int R>
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void rows_avx512(const Args& a, int64_t r, bool stream) {
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void rows_avx512(const Args& a, int64_t r, int64_t c0, int64_t end,
+                                                                   bool exact, bool stream) {
     using A = simd::Zmm<T>;
     constexpr bool kFloat = sizeof(T) < sizeof(double);
+    if (kFloat && exact) {
+      for (int rr = 0; rr < R; ++rr) exact_segment(a, r + rr, c0, end - c0);
+      return;
+    }
     const T *hi = a.coef, *f_dy = a.coef + a.cols, *f_x = a.coef + 2 * a.cols, *f_0 = a.coef + 3 * a.cols;
     const T* x = a.x + r * a.cols;
     const T* g = a.dy + r * a.cols;
     T* dx = a.dx + r * a.cols;
-    for (int64_t c0 = 0, chunk = 0; c0 < a.cols; c0 += kApplyChunk, ++chunk) {
-      const int64_t end = std::min(a.cols, c0 + kApplyChunk);
-      if (kFloat && a.chunk_exact[chunk] != 0.0) {
-        for (int rr = 0; rr < R; ++rr) exact_segment(a, r + rr, c0, end - c0);
-        continue;
-      }
-      int64_t c = c0;
-      for (; c + A::W <= end; c += A::W) {
-        const auto h = A::load(hi + c), k_dy = A::load(f_dy + c), k_x = A::load(f_x + c), k_0 = A::load(f_0 + c);
+    int64_t c = c0;
+    for (; c + A::W <= end; c += A::W) {
+      const auto h = A::load(hi + c), k_dy = A::load(f_dy + c), k_x = A::load(f_x + c), k_0 = A::load(f_0 + c);
 #pragma GCC unroll 8
-        for (int rr = 0; rr < R; ++rr) {
-          const int64_t i = rr * a.cols + c;
-          const auto v = A::fmadd(k_dy, A::load(g + i), A::fmadd(k_x, A::sub(A::load(x + i), h), k_0));
-          if (stream) A::stream(dx + i, v);
-          else A::store(dx + i, v);
-        }
-      }
-      if (c < end) {
-        const auto m = A::first(static_cast<int>(end - c));
-        const auto h = A::load(m, hi + c), k_dy = A::load(m, f_dy + c), k_x = A::load(m, f_x + c),
-                   k_0 = A::load(m, f_0 + c);
-        for (int rr = 0; rr < R; ++rr) {
-          const int64_t i = rr * a.cols + c;
-          A::store(dx + i, m, A::fmadd(k_dy, A::load(m, g + i), A::fmadd(k_x, A::sub(A::load(m, x + i), h), k_0)));
-        }
+      for (int rr = 0; rr < R; ++rr) {
+        const int64_t i = rr * a.cols + c;
+        const auto v = A::fmadd(k_dy, A::load(g + i), A::fmadd(k_x, A::sub(A::load(x + i), h), k_0));
+        if (stream) A::stream(dx + i, v);
+        else A::store(dx + i, v);
       }
     }
+    if (c < end) {
+      const auto m = A::first(static_cast<int>(end - c));
+      const auto h = A::load(m, hi + c), k_dy = A::load(m, f_dy + c), k_x = A::load(m, f_x + c),
+                 k_0 = A::load(m, f_0 + c);
+      for (int rr = 0; rr < R; ++rr) {
+        const int64_t i = rr * a.cols + c;
+        A::store(dx + i, m, A::fmadd(k_dy, A::load(m, g + i), A::fmadd(k_x, A::sub(A::load(m, x + i), h), k_0)));
+      }
+    }
+  }
+
+  template <int R>
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void all_chunks_avx512(const Args& a, int64_t r, bool stream) {
+    for (int64_t c0 = 0, chunk = 0; c0 < a.cols; c0 += kApplyChunk, ++chunk)
+      rows_avx512<R>(a, r, c0, std::min(a.cols, c0 + kApplyChunk), a.chunk_exact[chunk] != 0.0, stream);
   }
 
   static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t r0, int64_t count) {
     const bool stream = streamable(a.dx, a.cols, a.stream);
     int64_t r = r0;
     if (4 * a.cols * static_cast<int64_t>(sizeof(T)) > kCoefBytesPerRow)
-      for (; r + kApplyRows <= r0 + count; r += kApplyRows) rows_avx512<kApplyRows>(a, r, stream);
-    for (; r < r0 + count; ++r) rows_avx512<1>(a, r, stream);
+      for (; r + kApplyRows <= r0 + count; r += kApplyRows) all_chunks_avx512<kApplyRows>(a, r, stream);
+    for (; r < r0 + count; ++r) all_chunks_avx512<1>(a, r, stream);
     if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
+  }
+
+  // The one-read path's rows [r0, r0 + count) of a block's segments: one row at a time (its
+  // coefficients fit L1), prefetched (kBlockApplyPrefetchRows).
+  static FASTNN_TARGET_AVX512 void span_avx512(const Args& a, int64_t r0, int64_t count, const ExactSegments& segs) {
+    const int64_t cb = segs.begin[0], ce = segs.begin[segs.count];
+    const bool stream = streamable(a.dx + cb, a.cols, a.stream);
+    constexpr int64_t d = kBlockApplyPrefetchRows;
+    for (int64_t r = r0; r < r0 + count; ++r) {
+      if (r + d < r0 + count)
+        for (int64_t c = cb; c < ce; c += 64 / sizeof(T)) {
+          __builtin_prefetch(a.x + (r + d) * a.cols + c, 0, 3);
+          __builtin_prefetch(a.dy + (r + d) * a.cols + c, 0, 3);
+        }
+      for (int i = 0; i < segs.count; ++i)
+        rows_avx512<1>(a, r, segs.begin[i], segs.begin[i + 1], segs.exact[i], stream);
+    }
+    if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
+  }
+#endif
+};
+
+// The one-read training path (see kOneReadAboveBytes): a thread's columns [c0, c0 + w) in blocks
+// of a.block columns, each block's statistics followed at once by its elementwise pass.
+template <class T>
+struct ForwardTrainBlocks {
+  using Args = ForwardArgs<T>;
+  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
+    for (int64_t b = c0; b < c0 + w; b += a.block) {
+      const int64_t end = std::min(b + a.block, c0 + w);
+      ForwardTrainStrip<T>::run(a, b, end - b);
+      ForwardApplyRows<T>::span(a, 0, a.rows, b, end);
+    }
+  }
+#if defined(__x86_64__)
+  static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t c0, int64_t w) {
+    for (int64_t b = c0; b < c0 + w; b += a.block) {
+      const int64_t end = std::min(b + a.block, c0 + w);
+      ForwardTrainStrip<T>::run(a, b, end - b);
+      ForwardApplyRows<T>::span_avx512(a, 0, a.rows, b, end);
+    }
+  }
+#endif
+};
+
+template <class T>
+struct BackwardTrainBlocks {
+  using Args = BackwardArgs<T>;
+  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
+    for (int64_t b = c0; b < c0 + w; b += a.block) {
+      const int64_t end = std::min(b + a.block, c0 + w);
+      BackwardTrainStrip<T>::run(a, b, end - b);
+      BackwardApplyRows<T>::span(a, 0, a.rows, ExactSegments(a.exact, b, end));
+    }
+  }
+#if defined(__x86_64__)
+  static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t c0, int64_t w) {
+    for (int64_t b = c0; b < c0 + w; b += a.block) {
+      const int64_t end = std::min(b + a.block, c0 + w);
+      BackwardTrainStrip<T>::run(a, b, end - b);
+      BackwardApplyRows<T>::span_avx512(a, 0, a.rows, ExactSegments(a.exact, b, end));
+    }
   }
 #endif
 };
@@ -538,6 +679,17 @@ void over_column_strips(const typename Kernel::Args& a, int64_t rows, int64_t co
   }, 16);
 }
 
+// Runs a block kernel (ForwardTrainBlocks, BackwardTrainBlocks) over all columns: threads take
+// contiguous column ranges, whole blocks where the columns allow.
+template <class Kernel>
+void over_column_blocks(const typename Kernel::Args& a, int64_t cols) {
+  auto* kernel = isa_variant<Kernel>();
+#if defined(__x86_64__)
+  if (cpu_isa() == CpuIsa::avx512) kernel = &Kernel::run_avx512;
+#endif
+  parallel_for(cols, a.block, [&](int64_t begin, int64_t end) { kernel(a, begin, end - begin); }, 16);
+}
+
 // Runs a row kernel over all rows: threads take contiguous row ranges.
 template <class Kernel>
 void over_rows(const typename Kernel::Args& a, int64_t rows, int64_t cols) {
@@ -569,7 +721,12 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
                      running_var.defined() ? running_var.data<T>() : nullptr,
                      momentum, eps, save_mean.data<double>(), save_invstd.data<double>(), coef.data<T>(),
                      x.numel() * static_cast<int64_t>(sizeof(T)) > kPrefetchBytes,
-                     2 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes};
+                     2 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes,
+                     training ? one_read_block<T>(rows, cols, 1) : 0};
+    if (a.block) {
+      over_column_blocks<ForwardTrainBlocks<T>>(a, cols);
+      return;
+    }
     if (training) {
       over_column_strips<ForwardTrainStrip<T>>(a, rows, cols);
     } else {
@@ -598,7 +755,8 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                       dbias.defined() ? dbias.data<T>() : nullptr, accumulate,
                       nullptr, nullptr, nullptr, nullptr,
                       2 * x.numel() * static_cast<int64_t>(sizeof(T)) > kPrefetchBytes,
-                      3 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes};
+                      3 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes,
+                      training ? one_read_block<T>(rows, cols, 2) : 0};
     if (!training) {
       over_column_strips<BackwardEvalStrip<T>>(a, rows, cols);
       return;
@@ -610,6 +768,10 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
     a.coef64 = coef64.data<double>();
     a.exact = a.coef64 + 4 * cols;
     a.chunk_exact = a.exact + cols;
+    if (a.block) {
+      over_column_blocks<BackwardTrainBlocks<T>>(a, cols);
+      return;
+    }
     over_column_strips<BackwardTrainStrip<T>>(a, rows, cols);
     for (int64_t j = 0; j < chunks; ++j) {
       a.chunk_exact[j] = 0.0;
