@@ -299,37 +299,41 @@ def copy(a):
 @pytest.mark.parametrize("shape", BN_SHAPES)
 def test_batchnorm_training_matches_torch_and_cpu(shape, dtype, rng):
     for affine, tracked in [(True, True), (False, False), (True, False), (False, True)]:
-        x, w, b, rm, rv, dy = bn_inputs(rng, shape, dtype, affine, tracked)
-        ry, rdx, rdw, rdb, rrm, rrv = bn_reference(x, w, b, copy(rm), copy(rv), True, 0.1, 1e-5, dy)
-        what = f"{shape} affine={affine} tracked={tracked}"
-        rm_cu, rv_cu = cu(rm), cu(rv)
-        y, save_mean, save_invstd = _C.batchnorm_forward(cu(x), cu(w), cu(b), rm_cu, rv_cu, True)
-        assert save_mean.dtype == np.float64 and save_invstd.dtype == np.float64
-        assert_close(host(y), ry, dtype, what="y " + what)
-        x64 = x.astype(np.float64)
-        assert_close(host(save_mean), x64.mean(0), "float64", what="save_mean " + what)
-        assert_close(host(save_invstd), 1 / np.sqrt(x64.var(0) + 1e-5), "float64", what="save_invstd " + what)
-        if tracked:
-            assert_close(host(rm_cu), rrm, dtype, what="running_mean " + what)
-            assert_close(host(rv_cu), rrv, dtype, what="running_var " + what)
+        check_batchnorm_training(shape, dtype, rng, affine, tracked)
 
-        rm_cpu, rv_cpu = copy(rm), copy(rv)
-        y_cpu, sm_cpu, si_cpu = _C.batchnorm_forward(x, w, b, rm_cpu, rv_cpu, True)
-        assert_close(host(y), y_cpu, dtype, what="y vs CPU " + what)
-        assert_close(host(save_mean), sm_cpu, "float64", what="save_mean vs CPU " + what)
-        if tracked:
-            assert_close(host(rv_cu), rv_cpu, dtype, what="running_var vs CPU " + what)
 
-        dx, dw, db = _C.batchnorm_backward(cu(x), cu(dy), cu(w), save_mean, save_invstd, True)
-        assert_close(host(dx), rdx, dtype, what="dx " + what)
-        cdx, cdw, cdb = _C.batchnorm_backward(x, dy, w, sm_cpu, si_cpu, True)
-        assert_close(host(dx), cdx, dtype, what="dx vs CPU " + what)
-        if affine:
-            assert_close(host(dw), rdw, dtype, rtol_for(dtype, shape[0]), what="dweight " + what)
-            assert_close(host(db), rdb, dtype, rtol_for(dtype, shape[0]), what="dbias " + what)
-            assert_close(host(dw), cdw, dtype, rtol_for(dtype, shape[0]), what="dweight vs CPU " + what)
-        else:
-            assert dw is None and db is None
+def check_batchnorm_training(shape, dtype, rng, affine, tracked):
+    x, w, b, rm, rv, dy = bn_inputs(rng, shape, dtype, affine, tracked)
+    ry, rdx, rdw, rdb, rrm, rrv = bn_reference(x, w, b, copy(rm), copy(rv), True, 0.1, 1e-5, dy)
+    what = f"{shape} affine={affine} tracked={tracked}"
+    rm_cu, rv_cu = cu(rm), cu(rv)
+    y, save_mean, save_invstd = _C.batchnorm_forward(cu(x), cu(w), cu(b), rm_cu, rv_cu, True)
+    assert save_mean.dtype == np.float64 and save_invstd.dtype == np.float64
+    assert_close(host(y), ry, dtype, what="y " + what)
+    x64 = x.astype(np.float64)
+    assert_close(host(save_mean), x64.mean(0), "float64", what="save_mean " + what)
+    assert_close(host(save_invstd), 1 / np.sqrt(x64.var(0) + 1e-5), "float64", what="save_invstd " + what)
+    if tracked:
+        assert_close(host(rm_cu), rrm, dtype, what="running_mean " + what)
+        assert_close(host(rv_cu), rrv, dtype, what="running_var " + what)
+
+    rm_cpu, rv_cpu = copy(rm), copy(rv)
+    y_cpu, sm_cpu, si_cpu = _C.batchnorm_forward(x, w, b, rm_cpu, rv_cpu, True)
+    assert_close(host(y), y_cpu, dtype, what="y vs CPU " + what)
+    assert_close(host(save_mean), sm_cpu, "float64", what="save_mean vs CPU " + what)
+    if tracked:
+        assert_close(host(rv_cu), rv_cpu, dtype, what="running_var vs CPU " + what)
+
+    dx, dw, db = _C.batchnorm_backward(cu(x), cu(dy), cu(w), save_mean, save_invstd, True)
+    assert_close(host(dx), rdx, dtype, what="dx " + what)
+    cdx, cdw, cdb = _C.batchnorm_backward(x, dy, w, sm_cpu, si_cpu, True)
+    assert_close(host(dx), cdx, dtype, what="dx vs CPU " + what)
+    if affine:
+        assert_close(host(dw), rdw, dtype, rtol_for(dtype, shape[0]), what="dweight " + what)
+        assert_close(host(db), rdb, dtype, rtol_for(dtype, shape[0]), what="dbias " + what)
+        assert_close(host(dw), cdw, dtype, rtol_for(dtype, shape[0]), what="dweight vs CPU " + what)
+    else:
+        assert dw is None and db is None
 
 
 @pytest.mark.parametrize("shape", [(2, 7), (33, 40), (1100, 5), (1, 5), (0, 5)])
@@ -449,6 +453,84 @@ def test_batchnorm_is_deterministic(rng):
             runs.append([host(y), host(sm), host(si)] +
                         [host(t) for t in _C.batchnorm_backward(cu(x), cu(dy), cu(w), sm, si, True)])
         assert all(same_bits(a, b) for a, b in zip(*runs)), shape
+
+
+# ---- BatchNorm's one-read pipeline ----------------------------------------------------------------
+#
+# Training inputs larger than L2 take one persistent launch (batchnorm_kernels.cuh): slabs of 128
+# float32 / 64 float64 columns, 128-row items from a ticket, each slab finished by its last
+# statistics item and applied after its flag. FASTNN_BN_PIPELINE_ABOVE=0 sends every input of
+# whole 16-byte vectors there, and FASTNN_BN_PIPELINE_LOOKAHEAD=2 makes a slab's apply items wait
+# two slabs' statistics (these slabs are so small that every one would fit the L2 budget). Shapes:
+# one slab and one chunk (7 rows); partial last slabs of 4 columns (132, 260); 9 chunks, the last
+# of 76 rows (1100); 20 / 40 slabs of 2 chunks (2560 columns): statistics and apply items
+# alternate for most of the launch.
+PIPE_SHAPES = [(7, 4), (300, 132), (1100, 260), (129, 2560)]
+
+
+@pytest.fixture
+def bn_pipeline(monkeypatch):
+    monkeypatch.setenv("FASTNN_BN_PIPELINE_ABOVE", "0")
+    monkeypatch.setenv("FASTNN_BN_PIPELINE_LOOKAHEAD", "2")
+
+
+@pytest.mark.parametrize("shape", PIPE_SHAPES)
+def test_batchnorm_pipeline_matches_torch_and_cpu(bn_pipeline, shape, dtype, rng):
+    for affine, tracked in [(True, True), (False, False)]:
+        check_batchnorm_training(shape, dtype, rng, affine, tracked)
+
+
+def test_batchnorm_pipeline_is_taken(monkeypatch, rng):
+    """The hook routes there: the pipeline's 128-row chunks are not the chunked path's, so float64
+    sums round differently (a proxy; both are deterministic, so this never flakes)."""
+    x = randn(rng, (1100, 260), "float64", 3.0) + 1.0
+    sm = {}
+    for above in ("0", str(1 << 60)):
+        monkeypatch.setenv("FASTNN_BN_PIPELINE_ABOVE", above)
+        sm[above] = host(_C.batchnorm_forward(cu(x), None, None, None, None, True)[1])
+    assert not same_bits(sm["0"], sm[str(1 << 60)])
+
+
+@pytest.mark.parametrize("shape", [(300, 132), (1100, 260)])
+def test_batchnorm_pipeline_in_place(bn_pipeline, shape, dtype, rng):
+    """y over x and dx over dy: a slab's apply items write only its own columns, after every
+    statistics item of the slab has read them."""
+    x, w, b, _, _, dy = bn_inputs(rng, shape, dtype)
+    ry, rdx, _, _, _, _ = bn_reference(x, w, b, None, None, True, 0.1, 1e-5, dy)
+    x_cu, dy_cu = cu(x), cu(dy)
+    _, sm, si = _C.batchnorm_forward(x_cu, cu(w), cu(b), None, None, True, out=x_cu)
+    assert_close(host(x_cu), ry, dtype, what="y written over x")
+    _C.batchnorm_backward(cu(x), dy_cu, cu(w), sm, si, True, dx=dy_cu)
+    assert_close(host(dy_cu), rdx, dtype, what="dx written over dy")
+
+
+def test_batchnorm_pipeline_is_deterministic_and_cancels(bn_pipeline, dtype, rng):
+    """Run to run the same bits; columns whose dx cancels (constant dy) stay at rounding noise."""
+    shape = (1100, 260)
+    x, w, b, _, _, dy = bn_inputs(rng, shape, dtype)
+    for col in (3, 131, 259):
+        dy[:, col] = dy[0, col]
+    runs = []
+    for _ in range(2):
+        y, sm, si = _C.batchnorm_forward(cu(x), cu(w), cu(b), None, None, True)
+        runs.append([host(y), host(sm), host(si)] + [host(t) for t in _C.batchnorm_backward(cu(x), cu(dy), cu(w), sm, si, True)])
+    assert all(same_bits(a, b_) for a, b_ in zip(*runs))
+    dx = runs[0][3]
+    for col in (3, 131, 259):
+        assert np.max(np.abs(dx[:, col])) <= 1e-5 * np.max(np.abs(dy[:, col] * w[col]))
+
+
+@pytest.mark.parametrize("shape", [(300, 130), (33, 6)])
+def test_batchnorm_pipeline_falls_back_without_whole_vectors(bn_pipeline, shape, dtype, rng):
+    """Rows not of whole 16-byte vectors (130 float32 columns; whole in float64, which takes the
+    pipeline, as 6 columns do in both) or misaligned inputs keep the chunked paths."""
+    check_batchnorm_training(shape, dtype, rng, True, True)
+    x, w, b, _, _, dy = bn_inputs(rng, shape, dtype)
+    ry, rdx, _, _, _, _ = bn_reference(x, w, b, None, None, True, 0.1, 1e-5, dy)
+    y, sm, si = _C.batchnorm_forward(misaligned(x), cu(w), cu(b), None, None, True)
+    assert_close(host(y), ry, dtype, what="y (misaligned)")
+    dx, _, _ = _C.batchnorm_backward(cu(x), misaligned(dy), cu(w), sm, si, True)
+    assert_close(host(dx), rdx, dtype, what="dx (misaligned)")
 
 
 # ---- losses --------------------------------------------------------------------------------------

@@ -59,8 +59,12 @@ def gemms():
 
 def batchnorms():
     # one launch; chunked scalar; chunked 16-byte vectors (C a multiple of 4: statistics and apply
-    # passes; 132 columns leave one lane of a second column block)
-    for shape in [(33, 7), (1100, 5), (600, 40), (1030, 132)]:
+    # passes; 132 columns leave one lane of a second column block); then the one-read pipeline,
+    # which training inputs above L2 take (the hooks send these there, apply items two slabs behind)
+    for shape, pipeline in [((33, 7), False), ((1100, 5), False), ((600, 40), False), ((1030, 132), False),
+                            ((1030, 132), True), ((300, 2560), True)]:
+        os.environ["FASTNN_BN_PIPELINE_ABOVE"] = "0" if pipeline else str(1 << 60)
+        os.environ["FASTNN_BN_PIPELINE_LOOKAHEAD"] = "2"
         for dtype in (np.float32, np.float64):
             x, dy = randn(*shape, dtype=dtype) + 0.5, randn(*shape, dtype=dtype)
             w, b = randn(shape[1], dtype=dtype), randn(shape[1], dtype=dtype)
@@ -73,6 +77,8 @@ def batchnorms():
                 rdx, rdw, rdb = C.batchnorm_backward(x, dy, w, sm_ref, si_ref, training)
                 check(f"batchnorm bwd {shape} training={training}", host(dx), rdx.numpy())
                 check(f"batchnorm dweight {shape} training={training}", host(dw), rdw.numpy(), 1e-3)
+    for hook in ("FASTNN_BN_PIPELINE_ABOVE", "FASTNN_BN_PIPELINE_LOOKAHEAD"):
+        os.environ.pop(hook)
 
 
 def losses():

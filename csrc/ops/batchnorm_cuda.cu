@@ -1,5 +1,7 @@
-// Host side of the CUDA BatchNorm1d: picks one launch (few rows) or stats + finish + apply launches
-// (rows split into chunks), as described in batchnorm_kernels.cuh.
+// Host side of the CUDA BatchNorm1d: picks one launch (few rows), stats + finish + apply launches
+// (rows split into chunks) or, for training inputs larger than L2, the one-read pipeline launch,
+// as described in batchnorm_kernels.cuh.
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
@@ -68,6 +70,65 @@ reduce::ColumnGrid stats_vec_grid(const reduce::ColumnGrid& g, int64_t cols, std
   return v;
 }
 
+// Input bytes (x, or x and dy) above which training takes the one-read pipeline: larger than L2
+// (H100 50 MB, H200 60 MB), where the chunked path's second read comes from memory.
+// FASTNN_BN_PIPELINE_ABOVE (bytes) overrides it: a test hook (the emulated tests' shapes are far
+// smaller), read at each call so a test can switch it. The choice changes bits (its chunks are
+// not the chunked path's), never correctness.
+constexpr int64_t kPipelineAboveBytes = int64_t{64} << 20;
+// L2 bytes the pipeline's lookahead keeps between a slab's two reads: half an H100's L2, so the
+// ~17 MB its blocks have in flight and whatever else lives in L2 fit beside it.
+constexpr int64_t kPipelineL2Bytes = int64_t{24} << 20;
+
+inline int64_t pipeline_above_bytes() {
+  const char* v = std::getenv("FASTNN_BN_PIPELINE_ABOVE");
+  return v ? std::atoll(v) : kPipelineAboveBytes;
+}
+
+// The lookahead in slabs: what kPipelineL2Bytes holds, or FASTNN_BN_PIPELINE_LOOKAHEAD (a test
+// hook like the one above: the tests' slabs are so small that every slab would fit).
+inline int64_t pipeline_lookahead(int64_t slabs, int64_t slab_bytes) {
+  const char* v = std::getenv("FASTNN_BN_PIPELINE_LOOKAHEAD");
+  const int64_t d = v ? std::atoll(v) : kPipelineL2Bytes / slab_bytes - 1;
+  return std::max<int64_t>(1, std::min<int64_t>(slabs, d));
+}
+
+template <class T>
+bool use_pipeline(int64_t rows, int64_t cols, int inputs, std::initializer_list<const void*> bases) {
+  return rows > 0 && vectorisable<T>(cols, bases) &&
+         rows * cols * static_cast<int64_t>(sizeof(T)) * inputs > pipeline_above_bytes();
+}
+
+// The schedule of a pipeline launch over `inputs` arrays of (rows, cols) T, its counters zeroed
+// on the stream (a memset node under graph capture) in `counters`, which must outlive the launch.
+template <class T>
+batchnorm_detail::PipelineSchedule pipeline_schedule(int64_t rows, int64_t cols, int inputs, Device device,
+                                                     Tensor& counters) {
+  using namespace batchnorm_detail;
+  constexpr int64_t kSlabCols = kPipeLanes * kVecWidth<T>;
+  PipelineSchedule s{};
+  s.slabs = (cols + kSlabCols - 1) / kSlabCols;
+  s.chunks = (rows + kPipeChunkRows - 1) / kPipeChunkRows;
+  const int64_t slab_bytes = rows * kSlabCols * static_cast<int64_t>(sizeof(T)) * inputs;
+  s.lookahead = pipeline_lookahead(s.slabs, slab_bytes);
+  counters = Tensor::empty({1 + 2 * s.slabs}, DType::int32, device);
+  auto* c = reinterpret_cast<unsigned*>(counters.data<int32_t>());
+  FASTNN_CUDA_CHECK(cudaMemsetAsync(c, 0, sizeof(unsigned) * (1 + 2 * s.slabs), cuda_rt::current_stream()));
+  s.ticket = c;
+  s.arrived = c + 1;
+  s.ready = c + 1 + s.slabs;
+  return s;
+}
+
+template <class T, class Params>
+void launch_pipeline(const char* name, void (*kernel)(Params, batchnorm_detail::PipelineSchedule), const Params& p,
+                     const batchnorm_detail::PipelineSchedule& s) {
+  using namespace batchnorm_detail;
+  const int64_t most = static_cast<int64_t>(cuda_rt::multiprocessor_count()) * kPipeBlocksPerSm;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(s.items(), most));
+  cuda_rt::launch(name, kernel, dim3(grid), dim3(kPipeLanes, reduce::kReduceThreads / kPipeLanes), 0, p, s);
+}
+
 }  // namespace
 
 void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
@@ -90,6 +151,14 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
       return;
     }
     Tensor partials;
+    if (use_pipeline<T>(rows, cols, 1, {p.x, p.y})) {
+      Tensor counters;
+      const PipelineSchedule s = pipeline_schedule<T>(rows, cols, 1, x.device(), counters);
+      partials = Tensor::empty({s.chunks, cols, 3}, DType::float64, x.device());
+      p.partials = partials.data<double>();
+      launch_pipeline<T>("batchnorm_forward_pipeline", forward_pipeline_kernel<T>, p, s);
+      return;
+    }
     const reduce::ColumnGrid v = stats_vec_grid<T>(g, cols, {p.x, p.y});
     if (v.chunks > 1) {  // statistics in 16-byte vectors of columns, then the shared finish and apply
       partials = Tensor::empty({v.chunks, cols, 3}, DType::float64, x.device());
@@ -137,6 +206,16 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
       if (p.partials)
         cuda_rt::launch("batchnorm_backward_eval_finish", backward_eval_finish_kernel<T>, column_threads(cols),
                         threads, 0, p, g.chunks);
+      return;
+    }
+    if (use_pipeline<T>(rows, cols, 2, {p.x, p.dy, p.dx})) {
+      Tensor counters;
+      const PipelineSchedule s = pipeline_schedule<T>(rows, cols, 2, x.device(), counters);
+      partials = Tensor::empty({s.chunks, cols, kTrainSums<T>}, DType::float64, x.device());
+      coefs = Tensor::empty({cols, kCoefs}, DType::float64, x.device());
+      p.partials = partials.data<double>();
+      p.coefs = coefs.data<double>();
+      launch_pipeline<T>("batchnorm_backward_pipeline", backward_pipeline_kernel<T>, p, s);
       return;
     }
     const reduce::ColumnGrid v = stats_vec_grid<T>(g, cols, {p.x, p.dy, p.dx});

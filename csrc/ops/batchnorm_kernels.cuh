@@ -10,6 +10,8 @@
 //   - Several chunks: a stats launch writes each chunk's per-column states to a partials buffer, a
 //     finish launch combines them in chunk order (one thread per column), an apply launch writes y
 //     or dx. Deterministic either way; no atomics.
+//   - Training inputs larger than L2, in whole 16-byte vectors: the one-read pipeline (at the end of
+//     this file), one persistent launch whose slabs of columns are read from memory once.
 // As on the CPU: statistics accumulate in double for both dtypes (sums of x - k and its square, k
 // the column's first value: shifted_moments in ops/batchnorm.h), save_mean / save_invstd are
 // float64, running stats follow torch, and the per-column math shared with the CPU
@@ -138,9 +140,11 @@ template <class T>
 struct ColumnNormaliser {
   T hi, lo, scale, shift;
   ColumnNormaliser() = default;
-  __device__ __forceinline__ ColumnNormaliser(const ForwardParams<T>& p, int64_t col) {
-    split_hi_lo(p.save_mean[col], hi, lo);
-    scale = static_cast<T>(batchnorm_gain(p.save_invstd[col], p.weight, col));
+  __device__ __forceinline__ ColumnNormaliser(const ForwardParams<T>& p, int64_t col)
+      : ColumnNormaliser(p, col, p.save_mean[col], p.save_invstd[col]) {}
+  __device__ __forceinline__ ColumnNormaliser(const ForwardParams<T>& p, int64_t col, double mean, double invstd) {
+    split_hi_lo(mean, hi, lo);
+    scale = static_cast<T>(batchnorm_gain(invstd, p.weight, col));
     shift = batchnorm_shift(p.bias, col);
   }
   __device__ __forceinline__ T operator()(T x) const { return ((x - hi) - lo) * scale + shift; }
@@ -433,19 +437,15 @@ inline reduce::ColumnGrid vec_grid(int64_t rows, int64_t vec_cols) {
   return reduce::column_grid(rows, vec_cols, kVecChunkRows, kVecTargetBlocks, /*one_chunk_below=*/0);
 }
 
-// The thread's vector of columns (the first column of it; none past `cols`) and its rows, in a
-// vec_grid launch: out[r][col..] = f(u, &in_x[r][col..], &in_g[r][col..]) element u by element,
-// kVecUnroll rows' vectors loaded before any is stored (out may alias an input). in_g: null for
-// one input. Chunks are taken last rows first: the statistics launch just before read the rows in
-// block order, so the last of them are the ones still in L2 (tens of MB of a pass over 128+ MB)
-// when the first blocks of this launch start. Nothing is reduced here: the order changes no bits.
+// The thread's vector of columns (the first column of it; none past `cols`) over rows
+// [chunk_begin, r_end), the block's rows split by threadIdx.y: out[r][col..] = f(u, &in_x[r][col..],
+// &in_g[r][col..]) element u by element, kVecUnroll rows' vectors loaded before any is stored (out
+// may alias an input). in_g: null for one input.
 template <class T, class F>
-__device__ __forceinline__ void vec_rows(int64_t rows, int64_t cols, int64_t rows_per_chunk, int64_t col,
+__device__ __forceinline__ void vec_rows(int64_t cols, int64_t col, int64_t chunk_begin, int64_t r_end,
                                          const T* in_x, const T* in_g, T* out, F f) {
   using V = typename cuda_rt::Vec16<T>::type;
   constexpr int VW = kVecWidth<T>;
-  const int64_t chunk_begin = static_cast<int64_t>(gridDim.y - 1 - blockIdx.y) * rows_per_chunk;
-  const int64_t r_end = chunk_begin + rows_per_chunk < rows ? chunk_begin + rows_per_chunk : rows;
   const int step = static_cast<int>(blockDim.y);
   const int64_t stride = step * cols;
   for (int64_t r0 = chunk_begin + threadIdx.y; r0 < r_end; r0 += kVecUnroll * step) {
@@ -473,6 +473,15 @@ __device__ __forceinline__ int64_t vec_column(int width) {
   return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * width;
 }
 
+// A vec_grid launch's chunk of rows for this block, [begin, end), taken last rows first: the
+// statistics launch just before read the rows in block order, so the last of them are the ones
+// still in L2 (tens of MB of a pass over 128+ MB) when the first blocks of this launch start.
+// Nothing is reduced in the apply passes: the order changes no bits.
+__device__ __forceinline__ void reverse_vec_chunk(int64_t rows, int64_t rows_per_chunk, int64_t& begin, int64_t& end) {
+  begin = static_cast<int64_t>(gridDim.y - 1 - blockIdx.y) * rows_per_chunk;
+  end = begin + rows_per_chunk < rows ? begin + rows_per_chunk : rows;
+}
+
 // y = ((x - hi) - lo) * scale + shift, as normalise(), a vector of columns per thread.
 template <class T>
 __global__ void __launch_bounds__(reduce::kReduceThreads) normalise_vec_kernel(ForwardParams<T> p, int64_t rows_per_chunk) {
@@ -482,8 +491,9 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) normalise_vec_kernel(F
   ColumnNormaliser<T> y[VW];
 #pragma unroll
   for (int v = 0; v < VW; ++v) y[v] = ColumnNormaliser<T>(p, col + v);
-  vec_rows(p.rows, p.cols, rows_per_chunk, col, p.x, static_cast<const T*>(nullptr), p.y,
-           [&](int v, T x, T) { return y[v](x); });
+  int64_t begin, end;
+  reverse_vec_chunk(p.rows, rows_per_chunk, begin, end);
+  vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, [&](int v, T x, T) { return y[v](x); });
 }
 
 // dx from the per-column coefficients (p.coefs), as write_dx(), a vector of columns per thread.
@@ -495,7 +505,9 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_dx_vec_kernel
   ColumnDx<T> dx[VW];
 #pragma unroll
   for (int v = 0; v < VW; ++v) dx[v] = ColumnDx<T>(p.coefs + (col + v) * kCoefs);
-  vec_rows(p.rows, p.cols, rows_per_chunk, col, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); });
+  int64_t begin, end;
+  reverse_vec_chunk(p.rows, rows_per_chunk, begin, end);
+  vec_rows(p.cols, col, begin, end, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); });
 }
 
 // ---- 16-byte statistics passes ----------------------------------------------------------------
@@ -554,14 +566,13 @@ static_assert(kVecRowUnroll == kRowUnroll, "the forward's row groups decide its 
 // Training forward statistics, several chunks: this chunk's states of the thread's columns into
 // p.partials (add_shifted_group over groups of kVecRowUnroll rows; per column of
 // the vector).
+// The thread's states of its vector of columns at col over its rows of [chunk_begin, r_end); the
+// block's column_reduce then combines them.
 template <class T>
-__global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) forward_stats_vec_kernel(ForwardParams<T> p) {
+__device__ __forceinline__ void forward_vec_states(const ForwardParams<T>& p, int64_t col, int64_t chunk_begin,
+                                                   int64_t r_end, double (&st)[3 * kVecWidth<T>]) {
   constexpr int VW = kVecWidth<T>;
-  const int64_t col = vec_column(VW);
   const int step = static_cast<int>(blockDim.y);
-  int64_t chunk_begin, r_end;
-  vec_chunk(p.rows, p.rows_per_chunk, chunk_begin, r_end);
-  double st[3 * VW];
 #pragma unroll
   for (int k = 0; k < 3 * VW; ++k) st[k] = 0.0;
   if (col < p.cols) {
@@ -579,6 +590,16 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) 
       }
     }
   }
+}
+
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) forward_stats_vec_kernel(ForwardParams<T> p) {
+  constexpr int VW = kVecWidth<T>;
+  const int64_t col = vec_column(VW);
+  int64_t chunk_begin, r_end;
+  vec_chunk(p.rows, p.rows_per_chunk, chunk_begin, r_end);
+  double st[3 * VW];
+  forward_vec_states(p, col, chunk_begin, r_end, st);
   reduce::column_reduce<3 * VW, reduce::Add>(st);
   if (threadIdx.y == 0 && col < p.cols) {
     double* out = p.partials + (static_cast<int64_t>(blockIdx.y) * p.cols + col) * 3;
@@ -589,15 +610,13 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) 
 
 // Training backward sums, several chunks: this chunk's sums of the thread's columns into p.partials
 // (backward_train_kernel's, per column of the vector; sums of column e at [e * NS, e * NS + NS)).
+// The thread's sums of its vector of columns at col over its rows of [chunk_begin, r_end).
 template <class T>
-__global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) backward_stats_vec_kernel(BackwardParams<T> p) {
+__device__ __forceinline__ void backward_vec_sums(const BackwardParams<T>& p, int64_t col, int64_t chunk_begin,
+                                                  int64_t r_end, double (&sums)[kTrainSums<T> * kVecWidth<T>]) {
   constexpr int VW = kVecWidth<T>;
   constexpr int NS = kTrainSums<T>;
-  const int64_t col = vec_column(VW);
   const int step = static_cast<int>(blockDim.y);
-  int64_t chunk_begin, r_end;
-  vec_chunk(p.rows, p.rows_per_chunk, chunk_begin, r_end);
-  double sums[NS * VW];
 #pragma unroll
   for (int k = 0; k < NS * VW; ++k) sums[k] = 0.0;
   if (col < p.cols) {
@@ -618,11 +637,244 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) 
       }
     }
   }
+}
+
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) backward_stats_vec_kernel(BackwardParams<T> p) {
+  constexpr int VW = kVecWidth<T>;
+  constexpr int NS = kTrainSums<T>;
+  const int64_t col = vec_column(VW);
+  int64_t chunk_begin, r_end;
+  vec_chunk(p.rows, p.rows_per_chunk, chunk_begin, r_end);
+  double sums[NS * VW];
+  backward_vec_sums(p, col, chunk_begin, r_end, sums);
   reduce::column_reduce<NS * VW, reduce::Add>(sums);
   if (threadIdx.y == 0 && col < p.cols) {
     double* out = p.partials + (static_cast<int64_t>(blockIdx.y) * p.cols + col) * NS;
 #pragma unroll
     for (int k = 0; k < NS * VW; ++k) out[k] = sums[k];
+  }
+}
+
+// ---- One-read pipeline (training, inputs larger than L2) -----------------------------------------
+//
+// The several-chunk path reads its input from memory twice when it outgrows L2 (8192 x 4096
+// float32, 128 MB, against an H100's 50 MB or an H200's 60 MB): statistics launch, then the apply
+// launch, which finds only the last tens of MB still in L2. Here one persistent launch walks the
+// columns in slabs of kPipeLanes 16-byte vectors (128 floats / 64 doubles, 512-byte row
+// segments), and its blocks take work items from a ticket, in this order:
+//   statistics of slabs 0 .. D-1, then statistics of slab s + D and the apply items of slab s
+//   alternately, then the last D slabs' apply items (D = lookahead slabs),
+// each item kPipeChunkRows rows of one slab. A slab's statistics items leave per-chunk states (the
+// several-chunk path's layout); the last of them to arrive combines them in chunk order, finishes
+// the slab's columns and raises the slab's flag; its apply items wait for the flag, then read the
+// slab again, normally from L2: the lookahead keeps D + 1 slabs (a few tens of MB) between a
+// slab's two reads. An item waits only on items with smaller tickets, taken by blocks already
+// running, so no placement of blocks can deadlock, and the result does not depend on which block
+// takes which item: states are combined in chunk order, so the bits are fixed by the shape.
+
+constexpr int kPipeLanes = 32;             // blockDim.x: a warp per row of a slab
+constexpr int64_t kPipeChunkRows = 128;    // rows per item: a block's item is 64 KB of float32 x
+constexpr int kPipeBlocksPerSm = kVecStatsBlocksPerSm;
+
+// The launch's schedule and its counters (zeroed by the host before each launch).
+struct PipelineSchedule {
+  int64_t slabs, chunks, lookahead;
+  unsigned* ticket;   // the next item
+  unsigned* arrived;  // per slab: statistics items done
+  unsigned* ready;    // per slab: nonzero once its columns are finished
+  __host__ __device__ int64_t items() const { return 2 * slabs * chunks; }
+};
+
+struct PipelineItem {
+  int64_t slab, chunk;
+  bool apply;
+};
+
+__host__ __device__ inline PipelineItem pipeline_item(const PipelineSchedule& s, int64_t ticket) {
+  const int64_t group = ticket / s.chunks, chunk = ticket % s.chunks, d = s.lookahead;
+  if (group < d) return {group, chunk, false};
+  if (group < 2 * s.slabs - d) {
+    const int64_t j = group - d;
+    return j % 2 == 0 ? PipelineItem{d + j / 2, chunk, false} : PipelineItem{j / 2, chunk, true};
+  }
+  return {group - s.slabs, chunk, true};
+}
+
+template <class T>
+__device__ __forceinline__ T load_bypassing_l1(const T* p) {
+#ifdef __CUDA_ARCH__
+  return __ldcg(p);  // written by another SM in this launch: L2 holds it, this SM's L1 may not
+#else
+  return *p;
+#endif
+}
+
+// The next item's ticket, the same in every thread of the block.
+__device__ __forceinline__ int64_t next_ticket(const PipelineSchedule& s) {
+  __shared__ unsigned ticket;
+  __syncthreads();  // every thread has read the previous ticket
+  if (threadIdx.x == 0 && threadIdx.y == 0) ticket = atomicAdd(s.ticket, 1u);
+  __syncthreads();
+  return ticket;
+}
+
+// Called by every thread after a statistics item's states are stored: true in every thread of the
+// block whose item was the slab's last to arrive (whose loads below then see every item's states).
+__device__ __forceinline__ bool last_of_slab(const PipelineSchedule& s, int64_t slab) {
+  __shared__ bool last;
+  __threadfence();  // this item's states are visible device-wide before it counts as arrived
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(s.arrived + slab, 1u) + 1 == s.chunks;
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+// The combining threads of a finish: parts of the block per column of the slab, each adding its
+// share of the chunks in order; part 0 then adds the later parts in order. Returns the column's
+// combined NV values in part 0's threads (part == 0, col < cols).
+template <int NV, int Columns>
+__device__ __forceinline__ void combine_chunks(const double* partials, int64_t chunks, int64_t cols, int64_t first_col,
+                                               int& part, int64_t& col, double (&v)[NV]) {
+  constexpr int kParts = reduce::kReduceThreads / Columns;
+  // parts 1.. only: with column_reduce's 40 KB (float32 backward) all of them passed 48 KB
+  __shared__ double part_states[kParts - 1][Columns][NV];
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+  part = tid / Columns;
+  col = first_col + tid % Columns;
+  const int64_t per_part = (chunks + kParts - 1) / kParts;
+  const int64_t c0 = part * per_part, c1 = c0 + per_part < chunks ? c0 + per_part : chunks;
+#pragma unroll
+  for (int k = 0; k < NV; ++k) v[k] = 0.0;
+  if (col < cols) {
+#pragma unroll 8  // the chunks' loads in flight together
+    for (int64_t c = c0; c < c1; ++c)
+#pragma unroll
+      for (int k = 0; k < NV; ++k) v[k] += load_bypassing_l1(partials + (c * cols + col) * NV + k);
+  }
+  if (part > 0)
+#pragma unroll
+    for (int k = 0; k < NV; ++k) part_states[part - 1][tid % Columns][k] = v[k];
+  __syncthreads();
+  if (part == 0)
+    for (int q = 1; q < kParts; ++q)
+#pragma unroll
+      for (int k = 0; k < NV; ++k) v[k] += part_states[q - 1][tid % Columns][k];
+}
+
+// Raises the slab's flag once every thread's finish is stored.
+__device__ __forceinline__ void raise_ready(const PipelineSchedule& s, int64_t slab) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0) atomicExch(s.ready + slab, 1u);
+}
+
+__device__ __forceinline__ void wait_ready(const PipelineSchedule& s, int64_t slab) {
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    while (atomicAdd(s.ready + slab, 0u) == 0u) {
+#ifdef __CUDA_ARCH__
+      __nanosleep(128);  // fewer atomics on the flag's L2 slice while the slab's last items finish
+#endif
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// Training forward over a pipeline schedule: block (kPipeLanes, kReduceThreads / kPipeLanes).
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
+    forward_pipeline_kernel(ForwardParams<T> p, PipelineSchedule s) {
+  constexpr int VW = kVecWidth<T>;
+  constexpr int kSlabCols = kPipeLanes * VW;
+  for (;;) {
+    const int64_t ticket = next_ticket(s);
+    if (ticket >= s.items()) return;
+    const PipelineItem it = pipeline_item(s, ticket);
+    const int64_t col = (it.slab * kPipeLanes + threadIdx.x) * VW;
+    const int64_t begin = it.chunk * kPipeChunkRows, end = begin + kPipeChunkRows < p.rows ? begin + kPipeChunkRows : p.rows;
+    if (!it.apply) {
+      double st[3 * VW];
+      forward_vec_states(p, col, begin, end, st);
+      reduce::column_reduce<3 * VW, reduce::Add>(st);
+      if (threadIdx.y == 0 && col < p.cols) {
+        double* out = p.partials + (it.chunk * p.cols + col) * 3;
+#pragma unroll
+        for (int k = 0; k < 3 * VW; ++k) out[k] = st[k];
+      }
+      if (last_of_slab(s, it.slab)) {
+        int part;
+        int64_t c;
+        double total[3];
+        combine_chunks<3, kSlabCols>(p.partials, s.chunks, p.cols, it.slab * kSlabCols, part, c, total);
+        if (part == 0 && c < p.cols) finish_forward(p, c, total);
+        raise_ready(s, it.slab);
+      }
+    } else {
+      wait_ready(s, it.slab);
+      if (col < p.cols) {
+        ColumnNormaliser<T> y[VW];
+#pragma unroll
+        for (int v = 0; v < VW; ++v)
+          y[v] = ColumnNormaliser<T>(p, col + v, load_bypassing_l1(p.save_mean + col + v),
+                                     load_bypassing_l1(p.save_invstd + col + v));
+        vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, [&](int v, T x, T) { return y[v](x); });
+      }
+    }
+  }
+}
+
+// Training backward over a pipeline schedule: sums, then dx (p.coefs holds the slab's coefficients
+// between the two).
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
+    backward_pipeline_kernel(BackwardParams<T> p, PipelineSchedule s) {
+  constexpr int VW = kVecWidth<T>;
+  constexpr int NS = kTrainSums<T>;
+  constexpr int kSlabCols = kPipeLanes * VW;
+  for (;;) {
+    const int64_t ticket = next_ticket(s);
+    if (ticket >= s.items()) return;
+    const PipelineItem it = pipeline_item(s, ticket);
+    const int64_t col = (it.slab * kPipeLanes + threadIdx.x) * VW;
+    const int64_t begin = it.chunk * kPipeChunkRows, end = begin + kPipeChunkRows < p.rows ? begin + kPipeChunkRows : p.rows;
+    if (!it.apply) {
+      double sums[NS * VW];
+      backward_vec_sums(p, col, begin, end, sums);
+      reduce::column_reduce<NS * VW, reduce::Add>(sums);
+      if (threadIdx.y == 0 && col < p.cols) {
+        double* out = p.partials + (it.chunk * p.cols + col) * NS;
+#pragma unroll
+        for (int k = 0; k < NS * VW; ++k) out[k] = sums[k];
+      }
+      if (last_of_slab(s, it.slab)) {
+        int part;
+        int64_t c;
+        double total[NS];
+        combine_chunks<NS, kSlabCols>(p.partials, s.chunks, p.cols, it.slab * kSlabCols, part, c, total);
+        if (part == 0 && c < p.cols) {
+          double coef[kCoefs];
+          finish_backward(p, c, total, coef);
+#pragma unroll
+          for (int k = 0; k < kCoefs; ++k) p.coefs[c * kCoefs + k] = coef[k];
+        }
+        raise_ready(s, it.slab);
+      }
+    } else {
+      wait_ready(s, it.slab);
+      if (col < p.cols) {
+        ColumnDx<T> dx[VW];
+#pragma unroll
+        for (int v = 0; v < VW; ++v) {
+          double coef[kCoefs];
+#pragma unroll
+          for (int k = 0; k < kCoefs; ++k) coef[k] = load_bypassing_l1(p.coefs + (col + v) * kCoefs + k);
+          dx[v] = ColumnDx<T>(coef);
+        }
+        vec_rows(p.cols, col, begin, end, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); });
+      }
+    }
   }
 }
 
