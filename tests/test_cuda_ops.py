@@ -171,6 +171,60 @@ def test_gemm_nan_propagates(dtype, rng):
     assert np.isnan(out[5]).all() and np.isfinite(np.delete(out, 5, axis=0)).all()
 
 
+# Stream-K (gemm_streamk.cuh): with FASTNN_GEMM_STREAMK=1 it replaces the K split at the one-wave
+# float32 shapes (96-119 tiles of 128 x 64; too large to emulate); `always` sends every float32
+# GEMM with K > 0 there, so these shapes check its ranges (one block per SM of the emulated GPU's
+# 4 SMs x 2: ranges that start and end inside tiles, tiles shared by several blocks, ragged K)
+# and its epilogue (alpha, beta, NaN in a beta = 0 C, bias and ReLU) against torch.
+STREAMK_SHAPES = [(1, 7, 33), (7, 33, 70), (130, 260, 70), (64, 128, 32), (200, 70, 300)]
+
+
+@pytest.fixture
+def streamk_always(monkeypatch):
+    monkeypatch.setenv("FASTNN_GEMM_STREAMK", "always")
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_streamk_matches_torch(streamk_always, ta, tb, rng):
+    for (m, n, k), (alpha, beta) in zip(STREAMK_SHAPES, [(1.0, 0.0), (0.5, 2.0), (-1.5, 1.0), (2.0, -0.25), (1.0, 0.0)]):
+        a, b = gemm_operands(rng, m, n, k, ta, tb, "float32")
+        c0 = randn(rng, (m, n), "float32")
+        if beta == 0.0:
+            c0[:] = np.nan  # never read
+        c = cu(c0)
+        _C.gemm(cu(a), cu(b), c, alpha=alpha, beta=beta, trans_a=ta, trans_b=tb)
+        what = f"stream-K gemm {m}x{n}x{k} ta={ta} tb={tb} alpha={alpha} beta={beta}"
+        ref = gemm_reference(a, b, ta, tb, alpha, beta, None if beta == 0.0 else c0)
+        assert_close(host(c), ref, "float32", rtol_for("float32", k), what=what)
+        again = cu(c0)
+        _C.gemm(cu(a), cu(b), again, alpha=alpha, beta=beta, trans_a=ta, trans_b=tb)
+        assert same_bits(host(again), host(c)), what + ": not deterministic"
+
+
+def test_linear_streamk_fuses_bias_and_relu(streamk_always, rng):
+    x, w, bias = randn(rng, (130, 300), "float32"), randn(rng, (70, 300), "float32"), randn(rng, (70,), "float32")
+    y = host(_C.linear_forward(cu(x), cu(w), cu(bias), "relu"))
+    ref = torch.relu(t64(x) @ t64(w).T + t64(bias))
+    assert_close(y, ref, "float32", rtol_for("float32", 300), what="stream-K linear 130x300->70 relu")
+
+
+def test_gemm_streamk_off_and_k_zero(monkeypatch, rng):
+    """`0` is off (the production tiles' bits, which stream-K's partial sums do not give), and a
+    K = 0 product still scales C under `always` (stream-K has no iterations: the tiles do it)."""
+    a, b = gemm_operands(rng, 200, 70, 300, False, True, "float32")
+    outs = {}
+    for mode in ("0", "always", ""):
+        monkeypatch.setenv("FASTNN_GEMM_STREAMK", mode)
+        outs[mode] = host(_C.gemm(cu(a), cu(b), trans_b=True))
+    assert same_bits(outs["0"], outs[""])
+    assert not same_bits(outs["0"], outs["always"])
+    monkeypatch.setenv("FASTNN_GEMM_STREAMK", "always")
+    c0 = randn(rng, (7, 33), "float32")
+    c = cu(c0)
+    _C.gemm(cu(np.zeros((7, 0), np.float32)), cu(np.zeros((0, 33), np.float32)), c, alpha=3.0, beta=-2.0)
+    assert_close(host(c), -2.0 * c0.astype(np.float64), "float32")
+
+
 # ---- Linear --------------------------------------------------------------------------------------
 
 # (N, in, out); N = 1100 splits the bias-gradient column sums into row chunks (a second launch).

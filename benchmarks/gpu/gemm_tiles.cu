@@ -26,7 +26,7 @@
 
 #include "core/cuda_launch.h"
 #include "gemm_async.cuh"
-#include "gemm_streamk.cuh"
+#include "ops/gemm_streamk.cuh"
 #include "ops/gemm_kernels.cuh"
 
 using namespace fastnn;

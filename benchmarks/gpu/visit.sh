@@ -11,7 +11,8 @@
 #   tests.log                the CUDA tests (-k cuda), then the rest of the suite (-k 'not cuda')
 #   bench.log                fastnn bench's progress lines
 #   bench/results.md, bench/results.json, bench/ratios.png
-#   gemm_tiles.md            the GEMM tile-shape sweep (benchmarks/gpu/gemm_tiles.cu), compiled
+#   gemm_tiles.md            the A/B runs of the switchable candidates (benchmarks/gpu/ab.py), the
+#                            GEMM tile-shape sweep (benchmarks/gpu/gemm_tiles.cu), compiled
 #                            beside the build and run after the bench, then Nsight Compute's
 #                            sections for the production kernel (gemm_tiles --profile)
 #   (tests.log also takes compute-sanitizer's memcheck and racecheck runs of
@@ -180,7 +181,7 @@ fi
 
 # -- benchmarks ------------------------------------------------------------------------------------
 if [ $built = 1 ]; then
-  bcap=$(cap 100000 120)  # 120 s stay for the tile sweep and compute-sanitizer
+  bcap=$(cap 100000 160)  # 160 s stay for the A/B runs, the tile sweep and compute-sanitizer
   # --time-limit (counted from after torch's import and CUDA start-up, ~15 s) stops the suite
   # starting rows in time to write its chart before the cap
   # shellcheck disable=SC2086
@@ -188,6 +189,14 @@ if [ $built = 1 ]; then
     --time-limit $((bcap > 120 ? bcap - 60 : bcap / 2)) ${FASTNN_VISIT_BENCH_ARGS:-}
 else
   PHASES+=("bench        skipped: no build")
+fi
+
+# -- A/B runs of the candidates behind environment switches -------------------------------------------
+# benchmarks/gpu/ab.py: BatchNorm's one-read pipeline against the chunked path, stream-K against the
+# K split at the one-wave GEMMs, each beside PyTorch, interleaved in one process; its table goes to
+# the head of gemm_tiles.md (the run tool returns 8 files).
+if [ $built = 1 ]; then
+  phase ab "$(cap 45 120)" "$OUT/gemm_tiles.md" "$ROOT/tests" "$PY" "$ROOT/benchmarks/gpu/ab.py"
 fi
 
 # -- GEMM tile sweep ---------------------------------------------------------------------------------

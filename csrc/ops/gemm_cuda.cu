@@ -1,10 +1,13 @@
 // Host side of the CUDA GEMM: picks the tile configuration and the kernel instance (transposes,
 // vector loads) and launches it on the current stream.
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/cuda_launch.h"
 #include "ops/gemm.h"
 #include "ops/gemm_kernels.cuh"
+#include "ops/gemm_streamk.cuh"
 
 namespace fastnn {
 namespace cuda {
@@ -73,6 +76,49 @@ void launch_config(const GemmProblem<typename Cfg::Elem>& p, const char* name, i
   }
 }
 
+// Stream-K (gemm_streamk.cuh) over Cfg's tiles: kStreamKBlocksPerSm blocks per SM share the
+// tiles' K loops equally, so a one-wave shape leaves no SM idle. Its workspace (a slot of BM x BN
+// sums per block, flags and the ticket) comes from the allocator per call, the flags and ticket
+// zeroed on the stream first: a memset node under graph capture, and safe beside other streams.
+constexpr int64_t kStreamKBlocksPerSm = 2;
+
+template <class Cfg>
+void launch_streamk(const GemmProblem<typename Cfg::Elem>& p, const char* name) {
+  using T = typename Cfg::Elem;
+  StreamKWork<T> w = streamk_work<Cfg>(p, kStreamKBlocksPerSm * cuda_rt::multiprocessor_count());
+  int device = 0;
+  FASTNN_CUDA_CHECK(cudaGetDevice(&device));
+  const Device dev{DeviceType::CUDA, device};
+  Tensor slots = Tensor::empty(Shape{w.blocks * Cfg::BM * Cfg::BN}, dtype_of<T>::value, dev);
+  Tensor sync = Tensor::empty(Shape{w.blocks + 1}, DType::int32, dev);
+  FASTNN_CUDA_CHECK(cudaMemsetAsync(sync.data<int32_t>(), 0, sizeof(int32_t) * (w.blocks + 1), cuda_rt::current_stream()));
+  w.slots = slots.data<T>();
+  w.flags = sync.data<int32_t>();
+  w.ticket = reinterpret_cast<unsigned*>(w.flags + w.blocks);
+  const bool vec = operands_vectorisable(p);
+  const bool c_vec = cuda_rt::aligned16(p.c) && p.ldc % (16 / sizeof(T)) == 0;
+  const dim3 grid(static_cast<unsigned>(w.blocks)), block(Cfg::kThreads);
+  switch ((p.trans_a ? 2 : 0) + (p.trans_b ? 1 : 0)) {
+    case 0: cuda_rt::launch(name, gemm_streamk_kernel<Cfg, false, false>, grid, block, 0, p, vec, c_vec, w); break;
+    case 1: cuda_rt::launch(name, gemm_streamk_kernel<Cfg, false, true>, grid, block, 0, p, vec, c_vec, w); break;
+    case 2: cuda_rt::launch(name, gemm_streamk_kernel<Cfg, true, false>, grid, block, 0, p, vec, c_vec, w); break;
+    default: cuda_rt::launch(name, gemm_streamk_kernel<Cfg, true, true>, grid, block, 0, p, vec, c_vec, w); break;
+  }
+}
+
+// FASTNN_GEMM_STREAMK: unset or 0, off; 1, stream-K over the Wide tile replaces the K split at the
+// one-wave shapes (96-119 tiles of 128 x 64, K >= kWideSplitMinK: dY W and dY^T X at 784 features,
+// batch 1024), not yet the default: predicted ~0.9x cuBLAS at dY W 784 against the split's 0.74x,
+// unmeasured (benchmarks/gpu/NOTES.md); `always`, every float32 GEMM (a test hook: the emulated
+// tests' shapes are far from one wave). Read at each call (one getenv) so an A/B run
+// (benchmarks/gpu/ab.py) can switch it between calls.
+enum class StreamKUse { off, one_wave, always };
+inline StreamKUse streamk_use() {
+  const char* v = std::getenv("FASTNN_GEMM_STREAMK");
+  if (!v || !*v || std::strcmp(v, "0") == 0) return StreamKUse::off;
+  return std::strcmp(v, "always") == 0 ? StreamKUse::always : StreamKUse::one_wave;
+}
+
 // Larger tiles do more FMAs per byte moved, but only pay while there are enough of them to fill
 // the GPU (~130 SMs on an H100): the largest configuration that still gives kTilesPerWave blocks
 // wins. The choice depends on the shape only, and every configuration sums each element of C in
@@ -125,10 +171,13 @@ template <class T>
 void launch_gemm(const GemmProblem<T>& p) {
   if (p.m <= 0 || p.n <= 0) return;
   if constexpr (sizeof(T) == sizeof(float)) {
+    const StreamKUse streamk = streamk_use();
+    if (streamk == StreamKUse::always && p.k > 0) return launch_streamk<ConfigF32Wide>(p, "gemm_f32_128x64_stream_k");
     if (tiles(p.m, p.n, 128) >= kTilesPerWave) launch_config<ConfigF32Large>(p, "gemm_f32_128x128");
     else if (const int64_t wide = tiles(p.m, p.n, 128, 64);
              wide >= kWideFullWave || (wide >= kWideTiles && p.k >= kWideSplitMinK)) {
       if (wide >= kWideFullWave) launch_config<ConfigF32Wide>(p, "gemm_f32_128x64");
+      else if (streamk == StreamKUse::one_wave) launch_streamk<ConfigF32Wide>(p, "gemm_f32_128x64_stream_k");
       else if (p.trans_a && !p.trans_b)
         launch_config<ConfigF32Large>(p, "gemm_f32_128x128_split_k", kLargeSplitsForDw);
       else launch_config<ConfigF32Wide>(p, "gemm_f32_128x64_split_k", 2);

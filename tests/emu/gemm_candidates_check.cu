@@ -16,7 +16,7 @@
 #include "core/cuda_launch.h"
 #include "emu_check.h"
 #include "gemm_async.cuh"
-#include "gemm_streamk.cuh"
+#include "ops/gemm_streamk.cuh"
 
 using namespace fastnn;
 using namespace fastnn::cuda::gemm_detail;

@@ -1,5 +1,6 @@
-// A stream-K candidate for the GPU tile sweep (benchmarks/gpu/gemm_tiles.cu): the one-wave GEMMs
-// of an MLP at batch 1024 lose to wave quantisation. dY W at 784 outputs makes 104 tiles of
+// Stream-K, a candidate in the GPU tile sweep (benchmarks/gpu/gemm_tiles.cu) and, behind
+// FASTNN_GEMM_STREAMK (gemm_cuda.cu), in production: the one-wave GEMMs of an MLP at batch 1024
+// lose to wave quantisation. dY W at 784 outputs makes 104 tiles of
 // 128 x 64 for 132 SMs: every tile shape and K split tried ran 68.6-71 us on an H200, where the
 // 128-tile shapes of the same FLOPs per tile ran at the rate that would give ~52 us, and cuBLAS
 // took 50.5 (benchmarks/results/2026-11-26-h200-539216d/gemm_tiles.md).
