@@ -534,15 +534,20 @@ def test_batchnorm_pipeline_matches_torch_and_cpu(bn_pipeline, shape, dtype, rng
         check_batchnorm_training(shape, dtype, rng, affine, tracked)
 
 
-def test_batchnorm_pipeline_is_taken(monkeypatch, rng):
-    """The hook routes there: the pipeline's 128-row chunks are not the chunked path's, so float64
-    sums round differently (a proxy; both are deterministic, so this never flakes)."""
+def test_batchnorm_pipeline_is_taken_only_when_asked(monkeypatch, rng):
+    """The switch routes there, and only there: the pipeline's 128-row chunks are not the chunked
+    path's, so float64 sums round differently (a proxy; both are deterministic, so this never
+    flakes). Unset or empty, it is off (until a GPU has measured it); 1e12 bytes is above this input."""
     x = randn(rng, (1100, 260), "float64", 3.0) + 1.0
     sm = {}
-    for above in ("0", str(1 << 60)):
-        monkeypatch.setenv("FASTNN_BN_PIPELINE_ABOVE", above)
+    for above in ("0", "", "1000000000000", None):
+        if above is None:
+            monkeypatch.delenv("FASTNN_BN_PIPELINE_ABOVE", raising=False)
+        else:
+            monkeypatch.setenv("FASTNN_BN_PIPELINE_ABOVE", above)
         sm[above] = host(_C.batchnorm_forward(cu(x), None, None, None, None, True)[1])
-    assert not same_bits(sm["0"], sm[str(1 << 60)])
+    assert not same_bits(sm["0"], sm[None])
+    assert same_bits(sm[""], sm[None]) and same_bits(sm["1000000000000"], sm[None])
 
 
 @pytest.mark.parametrize("shape", [(300, 132), (1100, 260)])

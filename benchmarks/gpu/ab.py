@@ -1,8 +1,8 @@
 """A/B runs of the GPU candidates that sit behind environment switches, in one process.
 
 Each candidate is production code that a variable turns on or off at every call (read per call):
-    FASTNN_BN_PIPELINE_ABOVE   BatchNorm's one-read pipeline (on above 64 MB by default; a huge
-                               value turns it off: the chunked path)
+    FASTNN_BN_PIPELINE_ABOVE   BatchNorm's one-read pipeline for inputs above this many bytes
+                               (unset: off, the chunked path; run here at 64 MB, about L2)
     FASTNN_GEMM_STREAMK=1      stream-K instead of the K split at the one-wave GEMM shapes
 For each row the two settings and PyTorch (cuBLAS with TF32 off, or F.batch_norm) run interleaved
 in random order, round after round, each block of calls bracketed by device synchronizes; the
@@ -84,8 +84,8 @@ def rows(torch, tiny):
     dx = fastnn.zeros([n, c], "float32", "cuda")
     _, mean, invstd = _C.batchnorm_forward(x, w, b, None, None, True)
     dw, db = fastnn.zeros([c], "float32", "cuda"), fastnn.zeros([c], "float32", "cuda")
-    above = "0" if tiny else None  # tiny shapes reach the pipeline only with the hook
-    off = str(1 << 60)
+    above = "0" if tiny else str(64 << 20)  # the intended threshold; tiny shapes need 0
+    off = None
     bn_ref = bn_bwd_ref = None
     if torch is not None:
         import torch.nn.functional as F

@@ -2,6 +2,7 @@
 // (rows split into chunks) or, for training inputs larger than L2, the one-read pipeline launch,
 // as described in batchnorm_kernels.cuh.
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
@@ -70,19 +71,20 @@ reduce::ColumnGrid stats_vec_grid(const reduce::ColumnGrid& g, int64_t cols, std
   return v;
 }
 
-// Input bytes (x, or x and dy) above which training takes the one-read pipeline: larger than L2
-// (H100 50 MB, H200 60 MB), where the chunked path's second read comes from memory.
-// FASTNN_BN_PIPELINE_ABOVE (bytes) overrides it: a test hook (the emulated tests' shapes are far
-// smaller), read at each call so a test can switch it. The choice changes bits (its chunks are
-// not the chunked path's), never correctness.
-constexpr int64_t kPipelineAboveBytes = int64_t{64} << 20;
+// FASTNN_BN_PIPELINE_ABOVE=<bytes>: training inputs (x, or x and dy) larger than this take the
+// one-read pipeline. Unset, it is off until a GPU has measured it against the chunked path:
+// benchmarks/gpu/ab.py runs it at 64 MB, about an H100's or H200's L2 (50 / 60 MB), above which
+// the chunked path's second read comes from memory (the prediction: benchmarks/gpu/NOTES.md).
+// Read at each call, so the tests (0: every whole-vector input) and the A/B run switch it between
+// calls. The choice changes bits (its chunks are not the chunked path's), never correctness.
+constexpr int64_t kPipelineOff = INT64_MAX;
 // L2 bytes the pipeline's lookahead keeps between a slab's two reads: half an H100's L2, so the
 // ~17 MB its blocks have in flight and whatever else lives in L2 fit beside it.
 constexpr int64_t kPipelineL2Bytes = int64_t{24} << 20;
 
 inline int64_t pipeline_above_bytes() {
   const char* v = std::getenv("FASTNN_BN_PIPELINE_ABOVE");
-  return v ? std::atoll(v) : kPipelineAboveBytes;
+  return v && *v ? std::atoll(v) : kPipelineOff;
 }
 
 // The lookahead in slabs: what kPipelineL2Bytes holds, or FASTNN_BN_PIPELINE_LOOKAHEAD (a test
