@@ -190,3 +190,30 @@ def test_cpu_memory_rows_take_their_copy_rate_from_their_own_rounds():
     assert flops.copy_gbps is None and flops.peak_fraction == pytest.approx(flops.rate / b.peak)
     md = to_markdown(Machine(cpu="x", threads=1, peak_gflops=b.peak, copy_gbps=b.copy), [mem, flops])
     assert f"of {mem.copy_gbps:.0f} GB/s" in md and "measured in the same rounds" in md
+
+
+def test_commit_is_fastnns_own_or_given(tmp_path, monkeypatch):
+    """A git repository that holds an installed fastnn (pyenv's checkout holds site-packages) is not
+    fastnn's: its commit never heads a results table; $FASTNN_COMMIT, else "unknown", does."""
+    from fastnn.bench.harness import git_commit
+
+    foreign = tmp_path / "pyenv"
+    (foreign / "site-packages" / "fastnn" / "bench").mkdir(parents=True)
+    harness = foreign / "site-packages" / "fastnn" / "bench" / "harness.py"
+    harness.write_text("# installed copy\n")
+    git = ["git", "-C", str(foreign), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "other project"], check=True)
+    monkeypatch.setenv("FASTNN_COMMIT", "abc1234")
+    assert git_commit(harness) == "abc1234"
+    monkeypatch.delenv("FASTNN_COMMIT")
+    assert git_commit(harness) == "unknown"
+    # a fastnn checkout whose own harness.py this is: its commit
+    (foreign / "fastnn" / "bench").mkdir(parents=True)
+    own = foreign / "fastnn" / "bench" / "harness.py"
+    own.write_text("# checkout\n")
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "fastnn"], check=True)
+    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit(own) == head

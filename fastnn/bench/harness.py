@@ -70,14 +70,26 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str:
-    """The checkout's commit, else $FASTNN_COMMIT (a tree copied without .git, e.g. to a lent GPU machine)."""
-    env = os.environ.get("FASTNN_COMMIT", "").strip()
+def git_commit(here: Path | None = None) -> str:
+    """The commit of the fastnn checkout this module runs from, else $FASTNN_COMMIT (an installed
+    package, or a tree copied without .git, e.g. to a lent GPU machine), else "unknown".
+
+    A git repository that merely contains the installed package is not fastnn's: pyenv's own
+    checkout holds site-packages, and its commit once headed a results table. The checkout counts
+    only when this very file is its fastnn/bench/harness.py.
+    """
+    env = os.environ.get("FASTNN_COMMIT", "").strip() or "unknown"
+    here = (here or Path(__file__)).resolve()
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=here.parent, capture_output=True, text=True, timeout=10)
+
     try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or (Path(top.stdout.strip()) / "fastnn" / "bench" / "harness.py").resolve() != here:
+            return env
+        out = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else env
     except (OSError, subprocess.SubprocessError):
         return env
