@@ -563,25 +563,29 @@ struct BackwardApplyRows {
 #endif
 };
 
-// The one-read training path (see kOneReadAboveBytes): a thread's columns [c0, c0 + w) in blocks
-// of a.block columns, each block's statistics followed at once by its elementwise pass.
+// The one-read training path (see kOneReadAboveBytes): f(b, end) for each block [b, end) of a
+// thread's columns [c0, c0 + w), a.block columns at most: the block's statistics, then at once its
+// elementwise pass.
+template <class Args, class F>
+FASTNN_FORCE_INLINE void for_each_block(const Args& a, int64_t c0, int64_t w, F f) {
+  for (int64_t b = c0; b < c0 + w; b += a.block) f(b, std::min(b + a.block, c0 + w));
+}
+
 template <class T>
 struct ForwardTrainBlocks {
   using Args = ForwardArgs<T>;
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
-    for (int64_t b = c0; b < c0 + w; b += a.block) {
-      const int64_t end = std::min(b + a.block, c0 + w);
+    for_each_block(a, c0, w, [&](int64_t b, int64_t end) FASTNN_ALWAYS_INLINE {
       ForwardTrainStrip<T>::run(a, b, end - b);
       ForwardApplyRows<T>::span(a, 0, a.rows, b, end);
-    }
+    });
   }
 #if defined(__x86_64__)
   static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t c0, int64_t w) {
-    for (int64_t b = c0; b < c0 + w; b += a.block) {
-      const int64_t end = std::min(b + a.block, c0 + w);
+    for_each_block(a, c0, w, [&](int64_t b, int64_t end) FASTNN_ALWAYS_INLINE {
       ForwardTrainStrip<T>::run(a, b, end - b);
       ForwardApplyRows<T>::span_avx512(a, 0, a.rows, b, end);
-    }
+    });
   }
 #endif
 };
@@ -590,19 +594,17 @@ template <class T>
 struct BackwardTrainBlocks {
   using Args = BackwardArgs<T>;
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
-    for (int64_t b = c0; b < c0 + w; b += a.block) {
-      const int64_t end = std::min(b + a.block, c0 + w);
+    for_each_block(a, c0, w, [&](int64_t b, int64_t end) FASTNN_ALWAYS_INLINE {
       BackwardTrainStrip<T>::run(a, b, end - b);
       BackwardApplyRows<T>::span(a, 0, a.rows, ExactSegments(a.exact, b, end));
-    }
+    });
   }
 #if defined(__x86_64__)
   static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t c0, int64_t w) {
-    for (int64_t b = c0; b < c0 + w; b += a.block) {
-      const int64_t end = std::min(b + a.block, c0 + w);
+    for_each_block(a, c0, w, [&](int64_t b, int64_t end) FASTNN_ALWAYS_INLINE {
       BackwardTrainStrip<T>::run(a, b, end - b);
       BackwardApplyRows<T>::span_avx512(a, 0, a.rows, ExactSegments(a.exact, b, end));
-    }
+    });
   }
 #endif
 };

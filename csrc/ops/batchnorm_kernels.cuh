@@ -22,6 +22,7 @@
 
 #include "core/cuda_elementwise.cuh"
 #include "core/cuda_runtime.h"
+#include "core/cuda_sync.cuh"
 #include "ops/batchnorm.h"
 #include "ops/reduce_kernels.cuh"
 
@@ -701,15 +702,6 @@ __host__ __device__ inline PipelineItem pipeline_item(const PipelineSchedule& s,
   return {group - s.slabs, chunk, true};
 }
 
-template <class T>
-__device__ __forceinline__ T load_bypassing_l1(const T* p) {
-#ifdef __CUDA_ARCH__
-  return __ldcg(p);  // written by another SM in this launch: L2 holds it, this SM's L1 may not
-#else
-  return *p;
-#endif
-}
-
 // The next item's ticket, the same in every thread of the block.
 __device__ __forceinline__ int64_t next_ticket(const PipelineSchedule& s) {
   __shared__ unsigned ticket;
@@ -751,7 +743,7 @@ __device__ __forceinline__ void combine_chunks(const double* partials, int64_t c
 #pragma unroll 8  // the chunks' loads in flight together
     for (int64_t c = c0; c < c1; ++c)
 #pragma unroll
-      for (int k = 0; k < NV; ++k) v[k] += load_bypassing_l1(partials + (c * cols + col) * NV + k);
+      for (int k = 0; k < NV; ++k) v[k] += cuda_rt::load_bypassing_l1(partials + (c * cols + col) * NV + k);
   }
   if (part > 0)
 #pragma unroll
@@ -782,47 +774,62 @@ __device__ __forceinline__ void wait_ready(const PipelineSchedule& s, int64_t sl
   __syncthreads();
 }
 
-// Training forward over a pipeline schedule: block (kPipeLanes, kReduceThreads / kPipeLanes).
-template <class T>
-__global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
-    forward_pipeline_kernel(ForwardParams<T> p, PipelineSchedule s) {
-  constexpr int VW = kVecWidth<T>;
+// The pipeline's loop, shared by the forward and backward kernels: items until none are left.
+// states(col, begin, end, st) fills the thread's NV states per column of its vector at col over
+// its rows of [begin, end) (before the block's column_reduce); finish(col, total) finishes a column
+// from its states combined over every chunk; apply(col, begin, end) writes the thread's vector of
+// columns over those rows.
+template <int VW, int NV, class States, class Finish, class Apply>
+__device__ __forceinline__ void run_pipeline(const PipelineSchedule& s, int64_t rows, int64_t cols, double* partials,
+                                             States states, Finish finish, Apply apply) {
   constexpr int kSlabCols = kPipeLanes * VW;
   for (;;) {
     const int64_t ticket = next_ticket(s);
     if (ticket >= s.items()) return;
     const PipelineItem it = pipeline_item(s, ticket);
     const int64_t col = (it.slab * kPipeLanes + threadIdx.x) * VW;
-    const int64_t begin = it.chunk * kPipeChunkRows, end = begin + kPipeChunkRows < p.rows ? begin + kPipeChunkRows : p.rows;
+    const int64_t begin = it.chunk * kPipeChunkRows, end = begin + kPipeChunkRows < rows ? begin + kPipeChunkRows : rows;
     if (!it.apply) {
-      double st[3 * VW];
-      forward_vec_states(p, col, begin, end, st);
-      reduce::column_reduce<3 * VW, reduce::Add>(st);
-      if (threadIdx.y == 0 && col < p.cols) {
-        double* out = p.partials + (it.chunk * p.cols + col) * 3;
+      double st[NV * VW];
+      states(col, begin, end, st);
+      reduce::column_reduce<NV * VW, reduce::Add>(st);
+      if (threadIdx.y == 0 && col < cols) {
+        double* out = partials + (it.chunk * cols + col) * NV;
 #pragma unroll
-        for (int k = 0; k < 3 * VW; ++k) out[k] = st[k];
+        for (int k = 0; k < NV * VW; ++k) out[k] = st[k];
       }
       if (last_of_slab(s, it.slab)) {
         int part;
         int64_t c;
-        double total[3];
-        combine_chunks<3, kSlabCols>(p.partials, s.chunks, p.cols, it.slab * kSlabCols, part, c, total);
-        if (part == 0 && c < p.cols) finish_forward(p, c, total);
+        double total[NV];
+        combine_chunks<NV, kSlabCols>(partials, s.chunks, cols, it.slab * kSlabCols, part, c, total);
+        if (part == 0 && c < cols) finish(c, total);
         raise_ready(s, it.slab);
       }
     } else {
       wait_ready(s, it.slab);
-      if (col < p.cols) {
+      if (col < cols) apply(col, begin, end);
+    }
+  }
+}
+
+// Training forward over a pipeline schedule: block (kPipeLanes, kReduceThreads / kPipeLanes).
+template <class T>
+__global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
+    forward_pipeline_kernel(ForwardParams<T> p, PipelineSchedule s) {
+  constexpr int VW = kVecWidth<T>;
+  run_pipeline<VW, 3>(
+      s, p.rows, p.cols, p.partials,
+      [&](int64_t col, int64_t begin, int64_t end, double (&st)[3 * VW]) { forward_vec_states(p, col, begin, end, st); },
+      [&](int64_t col, const double (&total)[3]) { finish_forward(p, col, total); },
+      [&](int64_t col, int64_t begin, int64_t end) {
         ColumnNormaliser<T> y[VW];
 #pragma unroll
         for (int v = 0; v < VW; ++v)
-          y[v] = ColumnNormaliser<T>(p, col + v, load_bypassing_l1(p.save_mean + col + v),
-                                     load_bypassing_l1(p.save_invstd + col + v));
+          y[v] = ColumnNormaliser<T>(p, col + v, cuda_rt::load_bypassing_l1(p.save_mean + col + v),
+                                     cuda_rt::load_bypassing_l1(p.save_invstd + col + v));
         vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, [&](int v, T x, T) { return y[v](x); });
-      }
-    }
-  }
+      });
 }
 
 // Training backward over a pipeline schedule: sums, then dx (p.coefs holds the slab's coefficients
@@ -832,50 +839,26 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
     backward_pipeline_kernel(BackwardParams<T> p, PipelineSchedule s) {
   constexpr int VW = kVecWidth<T>;
   constexpr int NS = kTrainSums<T>;
-  constexpr int kSlabCols = kPipeLanes * VW;
-  for (;;) {
-    const int64_t ticket = next_ticket(s);
-    if (ticket >= s.items()) return;
-    const PipelineItem it = pipeline_item(s, ticket);
-    const int64_t col = (it.slab * kPipeLanes + threadIdx.x) * VW;
-    const int64_t begin = it.chunk * kPipeChunkRows, end = begin + kPipeChunkRows < p.rows ? begin + kPipeChunkRows : p.rows;
-    if (!it.apply) {
-      double sums[NS * VW];
-      backward_vec_sums(p, col, begin, end, sums);
-      reduce::column_reduce<NS * VW, reduce::Add>(sums);
-      if (threadIdx.y == 0 && col < p.cols) {
-        double* out = p.partials + (it.chunk * p.cols + col) * NS;
+  run_pipeline<VW, NS>(
+      s, p.rows, p.cols, p.partials,
+      [&](int64_t col, int64_t begin, int64_t end, double (&sums)[NS * VW]) { backward_vec_sums(p, col, begin, end, sums); },
+      [&](int64_t col, const double (&total)[NS]) {
+        double coef[kCoefs];
+        finish_backward(p, col, total, coef);
 #pragma unroll
-        for (int k = 0; k < NS * VW; ++k) out[k] = sums[k];
-      }
-      if (last_of_slab(s, it.slab)) {
-        int part;
-        int64_t c;
-        double total[NS];
-        combine_chunks<NS, kSlabCols>(p.partials, s.chunks, p.cols, it.slab * kSlabCols, part, c, total);
-        if (part == 0 && c < p.cols) {
-          double coef[kCoefs];
-          finish_backward(p, c, total, coef);
-#pragma unroll
-          for (int k = 0; k < kCoefs; ++k) p.coefs[c * kCoefs + k] = coef[k];
-        }
-        raise_ready(s, it.slab);
-      }
-    } else {
-      wait_ready(s, it.slab);
-      if (col < p.cols) {
+        for (int k = 0; k < kCoefs; ++k) p.coefs[col * kCoefs + k] = coef[k];
+      },
+      [&](int64_t col, int64_t begin, int64_t end) {
         ColumnDx<T> dx[VW];
 #pragma unroll
         for (int v = 0; v < VW; ++v) {
           double coef[kCoefs];
 #pragma unroll
-          for (int k = 0; k < kCoefs; ++k) coef[k] = load_bypassing_l1(p.coefs + (col + v) * kCoefs + k);
+          for (int k = 0; k < kCoefs; ++k) coef[k] = cuda_rt::load_bypassing_l1(p.coefs + (col + v) * kCoefs + k);
           dx[v] = ColumnDx<T>(coef);
         }
         vec_rows(p.cols, col, begin, end, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); });
-      }
-    }
-  }
+      });
 }
 
 }  // namespace fastnn::cuda::batchnorm_detail

@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "ops/gemm_kernels.cuh"
+#include "core/cuda_sync.cuh"
 
 namespace fastnn::cuda::gemm_detail {
 
@@ -56,15 +57,6 @@ __host__ __device__ inline int64_t streamk_range_begin(int64_t b, int64_t iterat
 // The block whose range holds iteration i: the largest b with range_begin(b) <= i.
 __device__ inline int64_t streamk_block_of(int64_t i, int64_t iterations, int64_t blocks) {
   return ((i + 1) * blocks - 1) / iterations;
-}
-
-template <class T>
-__device__ __forceinline__ T load_bypassing_l1(const T* p) {
-#ifdef __CUDA_ARCH__
-  return __ldcg(p);  // written by another SM in this launch: L2 holds it, this SM's L1 may not
-#else
-  return *p;
-#endif
 }
 
 template <class Cfg, bool TRANS_A, bool TRANS_B>
@@ -126,7 +118,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
           for (int i = 0; i < TM; ++i)
 #pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] += load_bypassing_l1(slot + (i * TN + j) * Cfg::kThreads + tid);
+            for (int j = 0; j < TN; ++j) acc[i][j] += cuda_rt::load_bypassing_l1(slot + (i * TN + j) * Cfg::kThreads + tid);
         }
       }
       store_tile<Cfg, false>(p, acc, m0, n0, tx, ty, c_vec, nullptr);
