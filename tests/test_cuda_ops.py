@@ -225,6 +225,22 @@ def test_gemm_streamk_off_and_k_zero(monkeypatch, rng):
     assert_close(host(c), -2.0 * c0.astype(np.float64), "float32")
 
 
+@pytest.mark.parametrize("var,value,call", [
+    ("FASTNN_GEMM_STREAMK", "off", "gemm"), ("FASTNN_GEMM_STREAMK", "2", "gemm"),
+    ("FASTNN_BN_PIPELINE_ABOVE", "off", "batchnorm"), ("FASTNN_BN_PIPELINE_ABOVE", "-1", "batchnorm"),
+    ("FASTNN_BN_PIPELINE_ABOVE", "64MB", "batchnorm"), ("FASTNN_BN_PIPELINE_LOOKAHEAD", "0", "batchnorm")])
+def test_candidate_switches_reject_values_they_do_not_take(monkeypatch, rng, var, value, call):
+    """A switch set to a value it does not take raises, naming it: a lenient parse would read 'off'
+    as 0, which for FASTNN_BN_PIPELINE_ABOVE means on for every input."""
+    monkeypatch.setenv("FASTNN_BN_PIPELINE_ABOVE", "0")  # so that the lookahead is read
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=var):
+        if call == "gemm":
+            _C.gemm(cu(randn(rng, (7, 5), "float32")), cu(randn(rng, (5, 3), "float32")))
+        else:
+            _C.batchnorm_forward(cu(randn(rng, (9, 8), "float32")), None, None, None, None, True)
+
+
 # ---- Linear --------------------------------------------------------------------------------------
 
 # (N, in, out); N = 1100 splits the bias-gradient column sums into row chunks (a second launch).

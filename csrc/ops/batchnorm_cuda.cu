@@ -8,6 +8,7 @@
 #include <initializer_list>
 
 #include "core/cuda_launch.h"
+#include "core/env.h"
 #include "ops/batchnorm.h"
 #include "ops/batchnorm_kernels.cuh"
 
@@ -83,15 +84,13 @@ constexpr int64_t kPipelineOff = INT64_MAX;
 constexpr int64_t kPipelineL2Bytes = int64_t{24} << 20;
 
 inline int64_t pipeline_above_bytes() {
-  const char* v = std::getenv("FASTNN_BN_PIPELINE_ABOVE");
-  return v && *v ? std::atoll(v) : kPipelineOff;
+  return env_int("FASTNN_BN_PIPELINE_ABOVE", 0).value_or(kPipelineOff);
 }
 
 // The lookahead in slabs: what kPipelineL2Bytes holds, or FASTNN_BN_PIPELINE_LOOKAHEAD (a test
 // hook like the one above: the tests' slabs are so small that every slab would fit).
 inline int64_t pipeline_lookahead(int64_t slabs, int64_t slab_bytes) {
-  const char* v = std::getenv("FASTNN_BN_PIPELINE_LOOKAHEAD");
-  const int64_t d = v ? std::atoll(v) : kPipelineL2Bytes / slab_bytes - 1;
+  const int64_t d = env_int("FASTNN_BN_PIPELINE_LOOKAHEAD", 1).value_or(kPipelineL2Bytes / slab_bytes - 1);
   return std::max<int64_t>(1, std::min<int64_t>(slabs, d));
 }
 

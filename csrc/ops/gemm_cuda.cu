@@ -1,10 +1,11 @@
 // Host side of the CUDA GEMM: picks the tile configuration and the kernel instance (transposes,
 // vector loads) and launches it on the current stream.
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
+#include <optional>
+#include <string>
 
 #include "core/cuda_launch.h"
+#include "core/env.h"
 #include "ops/gemm.h"
 #include "ops/gemm_kernels.cuh"
 #include "ops/gemm_streamk.cuh"
@@ -114,9 +115,11 @@ void launch_streamk(const GemmProblem<typename Cfg::Elem>& p, const char* name) 
 // (benchmarks/gpu/ab.py) can switch it between calls.
 enum class StreamKUse { off, one_wave, always };
 inline StreamKUse streamk_use() {
-  const char* v = std::getenv("FASTNN_GEMM_STREAMK");
-  if (!v || !*v || std::strcmp(v, "0") == 0) return StreamKUse::off;
-  return std::strcmp(v, "always") == 0 ? StreamKUse::always : StreamKUse::one_wave;
+  const std::optional<std::string> v = env_value("FASTNN_GEMM_STREAMK");
+  if (!v || *v == "0") return StreamKUse::off;
+  if (*v == "1") return StreamKUse::one_wave;
+  FASTNN_CHECK(*v == "always", ValueError, "FASTNN_GEMM_STREAMK: expected 0, 1 or always (or unset), got '", *v, "'");
+  return StreamKUse::always;
 }
 
 // Larger tiles do more FMAs per byte moved, but only pay while there are enough of them to fill
