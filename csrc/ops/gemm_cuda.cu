@@ -23,6 +23,19 @@ bool operands_vectorisable(const GemmProblem<T>& p) {
   return cuda_rt::aligned16(p.a) && cuda_rt::aligned16(p.b) && p.lda % vw == 0 && p.ldb % vw == 0;
 }
 
+// 16-byte stores of C: its base aligned and its rows whole vectors apart.
+template <class T>
+bool output_vectorisable(const GemmProblem<T>& p) {
+  return cuda_rt::aligned16(p.c) && p.ldc % (16 / sizeof(T)) == 0;
+}
+
+// A workspace of n elements on the current device, from the allocator.
+Tensor device_workspace(int64_t n, DType dtype) {
+  int device = 0;
+  FASTNN_CUDA_CHECK(cudaGetDevice(&device));
+  return Tensor::empty(Shape{n}, dtype, Device{DeviceType::CUDA, device});
+}
+
 template <class Cfg, bool TA, bool TB>
 void launch_instance(const GemmProblem<typename Cfg::Elem>& p, bool vec, bool c_vec, const char* name,
                      int64_t splits, int64_t k_chunk, typename Cfg::Elem* partials) {
@@ -51,16 +64,14 @@ void launch_config(const GemmProblem<typename Cfg::Elem>& p, const char* name, i
   FASTNN_CHECK((p.m + Cfg::BM - 1) / Cfg::BM <= int64_t{0x7fffffff}, ValueError, "gemm: ", p.m,
                " rows exceed the CUDA grid");
   const bool vec = operands_vectorisable(p);
-  const bool c_vec = cuda_rt::aligned16(p.c) && p.ldc % (16 / sizeof(T)) == 0;
+  const bool c_vec = output_vectorisable(p);
   int64_t k_chunk = 0;
   Tensor workspace;
   T* partials = nullptr;
   if (splits > 1) {
     k_chunk = ((p.k + splits - 1) / splits + Cfg::BK - 1) / Cfg::BK * Cfg::BK;
     splits = (p.k + k_chunk - 1) / k_chunk;
-    int device = 0;
-    FASTNN_CUDA_CHECK(cudaGetDevice(&device));
-    workspace = Tensor::empty(Shape{splits * p.m * p.n}, dtype_of<T>::value, Device{DeviceType::CUDA, device});
+    workspace = device_workspace(splits * p.m * p.n, dtype_of<T>::value);
     partials = workspace.data<T>();
   }
   const int variant = (p.trans_a ? 2 : 0) + (p.trans_b ? 1 : 0);
@@ -87,17 +98,13 @@ template <class Cfg>
 void launch_streamk(const GemmProblem<typename Cfg::Elem>& p, const char* name) {
   using T = typename Cfg::Elem;
   StreamKWork<T> w = streamk_work<Cfg>(p, kStreamKBlocksPerSm * cuda_rt::multiprocessor_count());
-  int device = 0;
-  FASTNN_CUDA_CHECK(cudaGetDevice(&device));
-  const Device dev{DeviceType::CUDA, device};
-  Tensor slots = Tensor::empty(Shape{w.blocks * Cfg::BM * Cfg::BN}, dtype_of<T>::value, dev);
-  Tensor sync = Tensor::empty(Shape{w.blocks + 1}, DType::int32, dev);
+  Tensor slots = device_workspace(w.blocks * Cfg::BM * Cfg::BN, dtype_of<T>::value);
+  Tensor sync = device_workspace(w.blocks + 1, DType::int32);
   FASTNN_CUDA_CHECK(cudaMemsetAsync(sync.data<int32_t>(), 0, sizeof(int32_t) * (w.blocks + 1), cuda_rt::current_stream()));
   w.slots = slots.data<T>();
   w.flags = sync.data<int32_t>();
   w.ticket = reinterpret_cast<unsigned*>(w.flags + w.blocks);
-  const bool vec = operands_vectorisable(p);
-  const bool c_vec = cuda_rt::aligned16(p.c) && p.ldc % (16 / sizeof(T)) == 0;
+  const bool vec = operands_vectorisable(p), c_vec = output_vectorisable(p);
   const dim3 grid(static_cast<unsigned>(w.blocks)), block(Cfg::kThreads);
   switch ((p.trans_a ? 2 : 0) + (p.trans_b ? 1 : 0)) {
     case 0: cuda_rt::launch(name, gemm_streamk_kernel<Cfg, false, false>, grid, block, 0, p, vec, c_vec, w); break;
