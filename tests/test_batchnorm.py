@@ -23,8 +23,15 @@ SHAPES = [(2, 2), (2, 1000), (7, 33), (33, 7), (1000, 2), (1000, 33), (33, 1000)
 LARGE = [(1031, 2048), (517, 4099)]
 # Over 24 MiB of input: the one-read path (kOneReadAboveBytes in batchnorm_cpu.cpp), blocks of
 # 240-496 columns whose statistics and elementwise pass run back to back. 4096 columns stream their
-# output, 4100 end in a partial vector and do not; 2051 rows leave 3 after the 8-row blocks.
+# output, 4100 end in a partial vector and do not; 2051 rows leave 3 after the 8-row blocks. The
+# path is taken by default under AVX-512 only; its tests force it (the one_read fixture), so an
+# AVX2 machine runs it too.
 ONE_READ = {"float32": [(2051, 4096), (2051, 4100)], "float64": [(1031, 4096), (1031, 4100)]}
+
+
+@pytest.fixture
+def one_read(monkeypatch):
+    monkeypatch.setenv("FASTNN_BN_ONE_READ", "1")
 
 
 def t64(a, requires_grad=False):
@@ -236,11 +243,24 @@ def test_large_inputs_match_torch(dtype, rng, shape):
 
 
 @pytest.mark.parametrize("which", [0, 1])
-def test_one_read_path_matches_torch(dtype, rng, which):
+def test_one_read_path_matches_torch(dtype, rng, which, one_read):
     check_training(dtype, rng, ONE_READ[dtype][which], True, True)
 
 
-def test_one_read_path_where_dx_cancels_any_thread_count(dtype, rng):
+def test_one_read_switch(rng, monkeypatch):
+    """FASTNN_BN_ONE_READ=0 takes two passes over an input that size, and matches torch as well;
+    a value other than 0 or 1 raises a ValueError naming the variable (only where the input is
+    large enough for the switch to matter)."""
+    monkeypatch.setenv("FASTNN_BN_ONE_READ", "0")
+    check_training("float32", rng, ONE_READ["float32"][1], True, True)
+    x = np.zeros(ONE_READ["float32"][0], np.float32)
+    monkeypatch.setenv("FASTNN_BN_ONE_READ", "yes")
+    _C.batchnorm_forward(x[:64], None, None, None, None, True)  # small: not consulted
+    with pytest.raises(ValueError, match="FASTNN_BN_ONE_READ"):
+        _C.batchnorm_forward(x, None, None, None, None, True)
+
+
+def test_one_read_path_where_dx_cancels_any_thread_count(dtype, rng, one_read):
     """Columns whose dx cancels are formed in double per 16-column group, never per block, so a
     thread count that moves the blocks (3 threads cut the columns elsewhere) gives the same bits:
     495 and 496 sit on either side of a 496-column block boundary."""
@@ -282,9 +302,10 @@ def aligned(a):
 
 
 @pytest.mark.parametrize("shape", [(64, 300)] + LARGE + ["one-read"])
-def test_in_place_forward_and_backward(dtype, rng, shape):
+def test_in_place_forward_and_backward(dtype, rng, shape, monkeypatch):
     if shape == "one-read":
         shape = ONE_READ[dtype][0]
+        monkeypatch.setenv("FASTNN_BN_ONE_READ", "1")
     x, w, b, _, _, dy = make(rng, shape, dtype)
     x, dy = aligned(x), aligned(dy)
     y, m, s = _C.batchnorm_forward(x, w, b, None, None, True)

@@ -16,8 +16,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
 #include "core/cpu_features.h"
+#include "core/env.h"
 #include "core/simd_avx512.h"
 #include "core/parallel.h"
 #include "ops/batchnorm.h"
@@ -67,6 +69,12 @@ constexpr int64_t kStreamPassBytes = int64_t{16} << 20;
 // better (8 MiB for two threads' blocks crowds what else lives in L3). A block's rows are short
 // segments (128-512 columns) 16 KiB apart: narrower than kMinBlockCols (16384x1024: 64 columns)
 // lost 20-45%, so such tall inputs keep two passes.
+// All of that was measured on Zen 5 (AVX-512). On Zen 3 (AVX2, a cloud VM sharing its L3 with
+// other tenants' cores) the same 4096x4096 float32 ran 41-42% / 26-30% of the copy rate one-read
+// against 65-74% / 51-60% in two passes, in the same runs; blocks of 1-8 MiB all lost, the
+// narrowest most: there the short strided segments, not L3's size, are the limit. So the path is
+// taken under AVX-512 only; FASTNN_BN_ONE_READ=1 forces it where the shape allows (the tests run it
+// on AVX2 machines that way), 0 turns it off.
 constexpr int64_t kOneReadAboveBytes = int64_t{24} << 20;
 constexpr int64_t kBlockBytes = int64_t{4} << 20;
 constexpr int64_t kMinBlockCols = 128;
@@ -81,11 +89,13 @@ constexpr int64_t kBlockApplyPrefetchRows = 16;
 constexpr int64_t kExactGroup = 16;
 
 // Columns per block of the one-read path for `inputs` arrays of rows x cols T, or 0: two passes.
-// A function of the shape only, so every thread count takes the same path.
+// A function of the shape and the machine only, so every thread count takes the same path.
 template <class T>
 int64_t one_read_block(int64_t rows, int64_t cols, int inputs) {
   const int64_t row_bytes = rows * static_cast<int64_t>(sizeof(T)) * inputs;
   if (row_bytes * cols <= kOneReadAboveBytes) return 0;
+  const std::optional<bool> forced = env_flag("FASTNN_BN_ONE_READ");
+  if (!forced.value_or(cpu_isa() == CpuIsa::avx512)) return 0;
   const int64_t w = std::min(kStrip, kBlockBytes / row_bytes / kExactGroup * kExactGroup);
   return w >= kMinBlockCols ? w : 0;
 }
@@ -160,6 +170,23 @@ FASTNN_FORCE_INLINE void over_lines(int64_t w, bool ahead, Prefetch prefetch, Bo
     }
   }
   body(c, w);
+}
+
+// The one-read path's elementwise pass over a block's columns [cb, ce) of rows [r0, r0 + count):
+// each row's segments (`inputs`, e.g. x and dy) are fetched kBlockApplyPrefetchRows rows ahead,
+// then row(r) runs. The block should be in L3, but its rows are short segments 16 KiB apart,
+// which the hardware prefetchers do not follow: without this, every ISA waited on L3 for each
+// row (AVX2 on Zen 3, 4096x4096 float32 backward: 3 GB/s).
+template <class T, size_t N, class Row>
+FASTNN_FORCE_INLINE void over_block_rows(const T* const (&inputs)[N], int64_t cols, int64_t r0, int64_t count,
+                                         int64_t cb, int64_t ce, Row row) {
+  constexpr int64_t d = kBlockApplyPrefetchRows;
+  for (int64_t r = r0; r < r0 + count; ++r) {
+    if (r + d < r0 + count)
+      for (int64_t c = cb; c < ce; c += 64 / sizeof(T))
+        for (const T* in : inputs) __builtin_prefetch(in + (r + d) * cols + c, 0, 3);
+    row(r);
+  }
 }
 
 // Training forward statistics over columns [c0, c0 + w): sums of u = x - k and u^2, k the column's
@@ -257,23 +284,28 @@ bool streamable(const T* out, int64_t cols, bool wanted) {
 template <class T>
 struct ForwardApplyRows {
   using Args = ForwardArgs<T>;
-  static FASTNN_FORCE_INLINE void span(const Args& a, int64_t r0, int64_t count, int64_t cb, int64_t ce) {
+  static FASTNN_FORCE_INLINE void row(const Args& a, int64_t r, int64_t cb, int64_t ce) {
     const T* hi = a.coef;
     const T* scale = a.coef + a.cols;
     const T* shift = a.coef + 2 * a.cols;
-    for (int64_t r = r0; r < r0 + count; ++r) {
-      for (int64_t c0 = cb; c0 < ce; c0 += kApplyChunk) {
-        const int64_t w = std::min(kApplyChunk, ce - c0);
-        const T* x = a.x + r * a.cols + c0;
-        T* out = a.y + r * a.cols + c0;
-        const T* h = hi + c0;
-        const T* s = scale + c0;
-        const T* b = shift + c0;
-        for (int64_t c = 0; c < w; ++c) out[c] = (x[c] - h[c]) * s[c] + b[c];
-      }
+    for (int64_t c0 = cb; c0 < ce; c0 += kApplyChunk) {
+      const int64_t w = std::min(kApplyChunk, ce - c0);
+      const T* x = a.x + r * a.cols + c0;
+      T* out = a.y + r * a.cols + c0;
+      const T* h = hi + c0;
+      const T* s = scale + c0;
+      const T* b = shift + c0;
+      for (int64_t c = 0; c < w; ++c) out[c] = (x[c] - h[c]) * s[c] + b[c];
     }
   }
-  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) { span(a, r0, count, 0, a.cols); }
+  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) {
+    for (int64_t r = r0; r < r0 + count; ++r) row(a, r, 0, a.cols);
+  }
+  // The one-read path's rows [r0, r0 + count) of block [cb, ce).
+  static FASTNN_FORCE_INLINE void span(const Args& a, int64_t r0, int64_t count, int64_t cb, int64_t ce) {
+    const T* inputs[] = {a.x};
+    over_block_rows(inputs, a.cols, r0, count, cb, ce, [&](int64_t r) FASTNN_ALWAYS_INLINE { row(a, r, cb, ce); });
+  }
 #if defined(__x86_64__)
   // Rows [r, r + R), columns [cb, ce): each vector of coefficients serves R rows.
   template <int R>
@@ -303,24 +335,23 @@ struct ForwardApplyRows {
     }
   }
 
-  static FASTNN_TARGET_AVX512 void span_avx512(const Args& a, int64_t r0, int64_t count, int64_t cb, int64_t ce) {
-    const bool stream = streamable(a.y + cb, a.cols, a.stream);
+  static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t r0, int64_t count) {
+    const bool stream = streamable(a.y, a.cols, a.stream);
     int64_t r = r0;
-    if (a.block) {  // one-read path: one row at a time (its coefficients fit L1), prefetched
-      constexpr int64_t d = kBlockApplyPrefetchRows;
-      for (; r < r0 + count; ++r) {
-        if (r + d < r0 + count)
-          for (int64_t c = cb; c < ce; c += 64 / sizeof(T)) __builtin_prefetch(a.x + (r + d) * a.cols + c, 0, 3);
-        rows_avx512<1>(a, r, cb, ce, stream);
-      }
-    }
-    if (3 * (ce - cb) * static_cast<int64_t>(sizeof(T)) > kCoefBytesPerRow)
-      for (; r + kApplyRows <= r0 + count; r += kApplyRows) rows_avx512<kApplyRows>(a, r, cb, ce, stream);
-    for (; r < r0 + count; ++r) rows_avx512<1>(a, r, cb, ce, stream);
+    if (3 * a.cols * static_cast<int64_t>(sizeof(T)) > kCoefBytesPerRow)
+      for (; r + kApplyRows <= r0 + count; r += kApplyRows) rows_avx512<kApplyRows>(a, r, 0, a.cols, stream);
+    for (; r < r0 + count; ++r) rows_avx512<1>(a, r, 0, a.cols, stream);
     if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
   }
-  static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t r0, int64_t count) {
-    span_avx512(a, r0, count, 0, a.cols);
+  // The one-read path's rows [r0, r0 + count) of block [cb, ce): one row at a time (its
+  // coefficients fit L1).
+  static FASTNN_TARGET_AVX512 void span_avx512(const Args& a, int64_t r0, int64_t count, int64_t cb, int64_t ce) {
+    const bool stream = streamable(a.y + cb, a.cols, a.stream);
+    const T* inputs[] = {a.x};
+    over_block_rows(inputs, a.cols, r0, count, cb, ce, [&](int64_t r) FASTNN_TARGET_AVX512 {
+      rows_avx512<1>(a, r, cb, ce, stream);
+    });
+    if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
   }
 #endif
 };
@@ -486,8 +517,10 @@ struct BackwardApplyRows {
   }
   // Rows [r0, r0 + count) of a block's segments.
   static FASTNN_FORCE_INLINE void span(const Args& a, int64_t r0, int64_t count, const ExactSegments& segs) {
-    for (int64_t r = r0; r < r0 + count; ++r)
+    const T* inputs[] = {a.x, a.dy};
+    over_block_rows(inputs, a.cols, r0, count, segs.begin[0], segs.begin[segs.count], [&](int64_t r) FASTNN_ALWAYS_INLINE {
       for (int i = 0; i < segs.count; ++i) segment(a, r, segs.begin[i], segs.begin[i + 1], segs.exact[i]);
+    });
   }
 #if defined(__x86_64__)
   // Rows [r, r + R), columns [c0, end): each vector of coefficients serves R rows. For double the
@@ -548,16 +581,11 @@ struct BackwardApplyRows {
   static FASTNN_TARGET_AVX512 void span_avx512(const Args& a, int64_t r0, int64_t count, const ExactSegments& segs) {
     const int64_t cb = segs.begin[0], ce = segs.begin[segs.count];
     const bool stream = streamable(a.dx + cb, a.cols, a.stream);
-    constexpr int64_t d = kBlockApplyPrefetchRows;
-    for (int64_t r = r0; r < r0 + count; ++r) {
-      if (r + d < r0 + count)
-        for (int64_t c = cb; c < ce; c += 64 / sizeof(T)) {
-          __builtin_prefetch(a.x + (r + d) * a.cols + c, 0, 3);
-          __builtin_prefetch(a.dy + (r + d) * a.cols + c, 0, 3);
-        }
+    const T* inputs[] = {a.x, a.dy};
+    over_block_rows(inputs, a.cols, r0, count, cb, ce, [&](int64_t r) FASTNN_TARGET_AVX512 {
       for (int i = 0; i < segs.count; ++i)
         rows_avx512<1>(a, r, segs.begin[i], segs.begin[i + 1], segs.exact[i], stream);
-    }
+    });
     if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
   }
 #endif
