@@ -163,6 +163,9 @@ struct KernelSet {
   void (*dot_nt)(const GemmProblem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) = nullptr;
   // Optional: a vec x vec block transposed, dst[j * ldd + i] = src[i * lds + j].
   void (*transpose_block)(const T* src, int64_t lds, T* dst, int64_t ldd) = nullptr;
+  // A^T (dY^T X, the weight gradient) is transposed into a scratch copy first, and the product
+  // runs on A's rows: see transposed_a in gemm_cpu.cpp.
+  bool transpose_a_first = false;
 };
 
 // Each returns the scalar set when its ISA was not compiled in (non-x86 builds).

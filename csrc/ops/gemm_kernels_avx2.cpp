@@ -324,6 +324,7 @@ KernelSet<T> kernels_avx2() {
   ks.pack_b = pack_b<T>;
   ks.dot_nt = dot_nt<T>;
   ks.transpose_block = pack_block_full<T>;
+  ks.transpose_a_first = true;
   return ks;
 }
 
