@@ -301,10 +301,10 @@ struct ForwardApplyRows {
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) {
     for (int64_t r = r0; r < r0 + count; ++r) row(a, r, 0, a.cols);
   }
-  // The one-read path's rows [r0, r0 + count) of block [cb, ce).
-  static FASTNN_FORCE_INLINE void span(const Args& a, int64_t r0, int64_t count, int64_t cb, int64_t ce) {
+  // The one-read path's elementwise pass over block [cb, ce), every row.
+  static FASTNN_FORCE_INLINE void block(const Args& a, int64_t cb, int64_t ce) {
     const T* inputs[] = {a.x};
-    over_block_rows(inputs, a.cols, r0, count, cb, ce, [&](int64_t r) FASTNN_ALWAYS_INLINE { row(a, r, cb, ce); });
+    over_block_rows(inputs, a.cols, 0, a.rows, cb, ce, [&](int64_t r) FASTNN_ALWAYS_INLINE { row(a, r, cb, ce); });
   }
 #if defined(__x86_64__)
   // Rows [r, r + R), columns [cb, ce): each vector of coefficients serves R rows.
@@ -343,12 +343,11 @@ struct ForwardApplyRows {
     for (; r < r0 + count; ++r) rows_avx512<1>(a, r, 0, a.cols, stream);
     if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
   }
-  // The one-read path's rows [r0, r0 + count) of block [cb, ce): one row at a time (its
-  // coefficients fit L1).
-  static FASTNN_TARGET_AVX512 void span_avx512(const Args& a, int64_t r0, int64_t count, int64_t cb, int64_t ce) {
+  // block(): one row at a time (its coefficients fit L1).
+  static FASTNN_TARGET_AVX512 void block_avx512(const Args& a, int64_t cb, int64_t ce) {
     const bool stream = streamable(a.y + cb, a.cols, a.stream);
     const T* inputs[] = {a.x};
-    over_block_rows(inputs, a.cols, r0, count, cb, ce, [&](int64_t r) FASTNN_TARGET_AVX512 {
+    over_block_rows(inputs, a.cols, 0, a.rows, cb, ce, [&](int64_t r) FASTNN_TARGET_AVX512 {
       rows_avx512<1>(a, r, cb, ce, stream);
     });
     if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
@@ -515,10 +514,11 @@ struct BackwardApplyRows {
       for (int64_t c0 = 0, chunk = 0; c0 < a.cols; c0 += kApplyChunk, ++chunk)
         segment(a, r, c0, std::min(a.cols, c0 + kApplyChunk), a.chunk_exact[chunk] != 0.0);
   }
-  // Rows [r0, r0 + count) of a block's segments.
-  static FASTNN_FORCE_INLINE void span(const Args& a, int64_t r0, int64_t count, const ExactSegments& segs) {
+  // The one-read path's elementwise pass over block [cb, ce), every row, by exactness segments.
+  static FASTNN_FORCE_INLINE void block(const Args& a, int64_t cb, int64_t ce) {
+    const ExactSegments segs(a.exact, cb, ce);
     const T* inputs[] = {a.x, a.dy};
-    over_block_rows(inputs, a.cols, r0, count, segs.begin[0], segs.begin[segs.count], [&](int64_t r) FASTNN_ALWAYS_INLINE {
+    over_block_rows(inputs, a.cols, 0, a.rows, cb, ce, [&](int64_t r) FASTNN_ALWAYS_INLINE {
       for (int i = 0; i < segs.count; ++i) segment(a, r, segs.begin[i], segs.begin[i + 1], segs.exact[i]);
     });
   }
@@ -576,13 +576,12 @@ struct BackwardApplyRows {
     if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
   }
 
-  // The one-read path's rows [r0, r0 + count) of a block's segments: one row at a time (its
-  // coefficients fit L1), prefetched (kBlockApplyPrefetchRows).
-  static FASTNN_TARGET_AVX512 void span_avx512(const Args& a, int64_t r0, int64_t count, const ExactSegments& segs) {
-    const int64_t cb = segs.begin[0], ce = segs.begin[segs.count];
+  // block(): one row at a time (its coefficients fit L1).
+  static FASTNN_TARGET_AVX512 void block_avx512(const Args& a, int64_t cb, int64_t ce) {
+    const ExactSegments segs(a.exact, cb, ce);
     const bool stream = streamable(a.dx + cb, a.cols, a.stream);
     const T* inputs[] = {a.x, a.dy};
-    over_block_rows(inputs, a.cols, r0, count, cb, ce, [&](int64_t r) FASTNN_TARGET_AVX512 {
+    over_block_rows(inputs, a.cols, 0, a.rows, cb, ce, [&](int64_t r) FASTNN_TARGET_AVX512 {
       for (int i = 0; i < segs.count; ++i)
         rows_avx512<1>(a, r, segs.begin[i], segs.begin[i + 1], segs.exact[i], stream);
     });
@@ -591,51 +590,34 @@ struct BackwardApplyRows {
 #endif
 };
 
-// The one-read training path (see kOneReadAboveBytes): f(b, end) for each block [b, end) of a
-// thread's columns [c0, c0 + w), a.block columns at most: the block's statistics, then at once its
-// elementwise pass.
-template <class Args, class F>
-FASTNN_FORCE_INLINE void for_each_block(const Args& a, int64_t c0, int64_t w, F f) {
-  for (int64_t b = c0; b < c0 + w; b += a.block) f(b, std::min(b + a.block, c0 + w));
-}
-
-template <class T>
-struct ForwardTrainBlocks {
-  using Args = ForwardArgs<T>;
+// The one-read training path (see kOneReadAboveBytes) over a thread's columns [c0, c0 + w): each
+// block of at most a.block columns has its statistics (Strip), then at once its elementwise pass
+// (Apply), which re-reads the block from L3.
+template <class Strip, class Apply>
+struct TrainBlocks {
+  using Args = typename Strip::Args;
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
-    for_each_block(a, c0, w, [&](int64_t b, int64_t end) FASTNN_ALWAYS_INLINE {
-      ForwardTrainStrip<T>::run(a, b, end - b);
-      ForwardApplyRows<T>::span(a, 0, a.rows, b, end);
-    });
+    for (int64_t b = c0; b < c0 + w; b += a.block) {
+      const int64_t end = std::min(b + a.block, c0 + w);
+      Strip::run(a, b, end - b);
+      Apply::block(a, b, end);
+    }
   }
 #if defined(__x86_64__)
   static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t c0, int64_t w) {
-    for_each_block(a, c0, w, [&](int64_t b, int64_t end) FASTNN_ALWAYS_INLINE {
-      ForwardTrainStrip<T>::run(a, b, end - b);
-      ForwardApplyRows<T>::span_avx512(a, 0, a.rows, b, end);
-    });
+    for (int64_t b = c0; b < c0 + w; b += a.block) {
+      const int64_t end = std::min(b + a.block, c0 + w);
+      Strip::run(a, b, end - b);
+      Apply::block_avx512(a, b, end);
+    }
   }
 #endif
 };
 
 template <class T>
-struct BackwardTrainBlocks {
-  using Args = BackwardArgs<T>;
-  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t c0, int64_t w) {
-    for_each_block(a, c0, w, [&](int64_t b, int64_t end) FASTNN_ALWAYS_INLINE {
-      BackwardTrainStrip<T>::run(a, b, end - b);
-      BackwardApplyRows<T>::span(a, 0, a.rows, ExactSegments(a.exact, b, end));
-    });
-  }
-#if defined(__x86_64__)
-  static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t c0, int64_t w) {
-    for_each_block(a, c0, w, [&](int64_t b, int64_t end) FASTNN_ALWAYS_INLINE {
-      BackwardTrainStrip<T>::run(a, b, end - b);
-      BackwardApplyRows<T>::span_avx512(a, 0, a.rows, ExactSegments(a.exact, b, end));
-    });
-  }
-#endif
-};
+using ForwardTrainBlocks = TrainBlocks<ForwardTrainStrip<T>, ForwardApplyRows<T>>;
+template <class T>
+using BackwardTrainBlocks = TrainBlocks<BackwardTrainStrip<T>, BackwardApplyRows<T>>;
 
 // Eval backward over columns [c0, c0 + w): dx = dy * weight * invstd in the same pass that sums
 // dy and dy * (x - mean) for the parameter gradients.
