@@ -133,7 +133,8 @@ def at_offset(a, elements):
     (70, 600, 130, False, True),    # C^T = W X^T, transposed into C
     (300, 10, 100, False, True),    # dot products (a few columns)
     (200, 300, 130, False, True),   # packed W^T
-    (130, 300, 200, False, False),  # B read in place
+    (40, 300, 200, False, False),   # B read in place
+    (130, 300, 200, False, False),  # B as stored: packed by 16-wide (AVX2) tiles, in place by 64-wide
     (300, 260, 70, True, False),    # A^T read in place, rows split
 ])
 def test_gemm_misaligned_operands(m, n, k, ta, tb, dtype, rng):

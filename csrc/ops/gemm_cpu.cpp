@@ -344,14 +344,17 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
   }
   const int64_t rows_per_thread = split_n ? p.m : (p.m + threads - 1) / threads;
   // Packing B pays when B is transposed (the micro-kernel needs its columns contiguous) or when
-  // each packed panel is reused by many rows. B read as stored with rows a multiple of 4 KB apart
-  // (dY W with 1024 features) maps a kc x nr panel to a few cache sets: a 16-wide (AVX2) tile
-  // reads one line per row of it, and packing pays from 32 rows (+25-35% at 48-128 rows). A
-  // 64-wide (AVX-512) tile reads four adjacent lines per row, which the prefetchers stream: in
-  // place is faster below 256 rows (dX at 32 x 1024 -> 1024 +8%, at 128 +6%; the lecture step at
-  // batch 32 +5%, at 128 equal).
-  const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0 && ks.nr * int64_t(sizeof(T)) < 256;
-  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (b_rows_alias && rows_per_thread >= 32);
+  // each packed panel is reused by many rows. A 16-wide (AVX2) tile reads B as stored one line
+  // per row of its kc x nr panel: with rows a multiple of 4 KB apart (dY W with 1024 features)
+  // those lines map to a few cache sets, and packing pays from 32 rows (+25-35% at 48-128 rows);
+  // with other widths from 64 (dY W with 784 features, Zen 3: +7% at 64 rows, +7-20% at 128,
+  // in a dozen interleaved runs; before the AVX2 packer copied rows with vector moves it lost
+  // 15%). A 64-wide (AVX-512) tile reads four adjacent lines per row, which the prefetchers
+  // stream: in place is faster below 256 rows (dX at 32 x 1024 -> 1024 +8%, at 128 +6%; the
+  // lecture step at batch 32 +5%, at 128 equal).
+  const bool narrow_tiles = ks.nr * int64_t(sizeof(T)) < 256;
+  const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0;
+  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (narrow_tiles && rows_per_thread >= (b_rows_alias ? 32 : 64));
   // Equal K blocks (784 = 2 x 392, not 512 + 272): the short block would pay the same C-tile
   // load and store for fewer flops.
   const int64_t k_blocks = (p.k + plan.kc - 1) / plan.kc;
