@@ -129,18 +129,14 @@ def test_rows_and_columns_grid(dtype, rng, rows, cols):
 
 @pytest.mark.parametrize("shape", [(64, 2100), (2, 1100), (9, 1031)])
 def test_segments_where_dx_cancels(dtype, rng, shape):
-    """Columns whose dx cancels (constant dy, so dx ~ 0) are formed in double, with the other
-    columns of their 16-column group (as on the one-read path): both paths match torch, and a
-    column of another group comes out bit for bit as it does when no column cancels."""
+    """Columns whose dx cancels (constant dy, so dx ~ 0) are formed in double, in 1024-column row
+    segments that other columns share: each segment takes its own path, and both match torch."""
     x, w, b, _, _, dy = make(rng, shape, dtype)
-    y, m, s = _C.batchnorm_forward(x, w, b, None, None, True)
-    dx_plain = np.asarray(_C.batchnorm_backward(x, dy, w, m, s, True)[0]).copy()
-    dy[:, 1030] = dy[0, 1030]  # dx = 0 in exact arithmetic: cancellation in group 64
+    dy[:, 1030] = dy[0, 1030]  # dx = 0 in exact arithmetic: cancellation in the second segment
     dy[:, 3] = dy[0, 3]
     ref = reference(x, w, b, None, None, True, 0.1, 1e-5, dy)
+    y, m, s = _C.batchnorm_forward(x, w, b, None, None, True)
     dx, dw, db = _C.batchnorm_backward(x, dy, w, m, s, True)
-    other_groups = np.r_[16:1024, 1040:shape[1]]
-    assert np.asarray(dx)[:, other_groups].tobytes() == dx_plain[:, other_groups].tobytes()
     # the cancelling columns' dx is rounding noise of size ~eps * k * |dy|: measured against that
     assert_close(dx, ref[1], dtype, what="dx", scale=float(np.max(np.abs(dy)) * np.max(np.abs(w))))
     for col in (3, 1030):

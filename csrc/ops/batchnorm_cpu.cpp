@@ -40,6 +40,10 @@ constexpr int64_t kStrip = 2048;
 // already in the caches loses (20% on 1024x1024), the prefetches costing issue slots.
 constexpr int64_t kPrefetchBytes = int64_t{16} << 20;
 
+// Columns per segment of the backward's elementwise pass with one exact-or-not flag: a segment
+// where some column's dx cancels is formed in double, the others in T.
+constexpr int64_t kApplyChunk = 1024;
+
 // The AVX-512 elementwise pass (the only one with intrinsics) reads its 3-4 coefficient rows once
 // per kApplyRows rows when they take more than kCoefBytesPerRow: with 4096 columns (48-64 KiB,
 // L1's size) row by row, each row re-read them from L2 and 1-thread y ran at 26 GB/s against
@@ -81,8 +85,7 @@ constexpr int64_t kMinBlockCols = 128;
 constexpr int64_t kBlockStatsPrefetchRows = 32;
 constexpr int64_t kBlockApplyPrefetchRows = 16;
 // Exactness (the float32 backward's double path) is decided per group of this many columns,
-// aligned to column 0, which blocks never split: a group where some column's dx cancels is formed
-// in double, the others in T, on both paths, so results do not depend on where blocks start.
+// aligned to column 0, which blocks never split: results do not depend on where blocks start.
 constexpr int64_t kExactGroup = 16;
 
 // Columns per block of the one-read path for `inputs` arrays of rows x cols T, or 0: two passes.
@@ -128,15 +131,12 @@ struct BackwardArgs {
   T* dbias;
   bool accumulate;
   // training workspace: dx = f_dy * dy + f_x * (x - hi) + f_0 in T (4 x cols), the same in double
-  // (mean, k_dy, k_x, k_0: 4 x cols) for columns where dx cancels, flagged in exact (cols). The
-  // two-pass path's elementwise pass reads them as runs (exact_runs over every column: run_begin,
-  // runs + 1 entries; run_exact, runs), built once between its passes.
+  // (mean, k_dy, k_x, k_0: 4 x cols) for columns where dx cancels, whose flags (exact, cols) pass 2
+  // reads per kApplyChunk segment (chunk_exact).
   T* coef;
   double* coef64;
   double* exact;
-  int64_t* run_begin;
-  int64_t* run_exact;
-  int64_t runs;
+  double* chunk_exact;
   bool prefetch;  // the statistics pass prefetches (kPrefetchBytes)
   bool stream;  // streaming stores for dx where aligned (kStreamPassBytes)
   int64_t block;  // columns per block of the one-read path (BackwardTrainBlocks); 0: two passes
@@ -288,9 +288,15 @@ struct ForwardApplyRows {
     const T* hi = a.coef;
     const T* scale = a.coef + a.cols;
     const T* shift = a.coef + 2 * a.cols;
-    const T* x = a.x + r * a.cols;
-    T* out = a.y + r * a.cols;
-    for (int64_t c = cb; c < ce; ++c) out[c] = (x[c] - hi[c]) * scale[c] + shift[c];
+    for (int64_t c0 = cb; c0 < ce; c0 += kApplyChunk) {
+      const int64_t w = std::min(kApplyChunk, ce - c0);
+      const T* x = a.x + r * a.cols + c0;
+      T* out = a.y + r * a.cols + c0;
+      const T* h = hi + c0;
+      const T* s = scale + c0;
+      const T* b = shift + c0;
+      for (int64_t c = 0; c < w; ++c) out[c] = (x[c] - h[c]) * s[c] + b[c];
+    }
   }
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) {
     for (int64_t r = r0; r < r0 + count; ++r) row(a, r, 0, a.cols);
@@ -452,35 +458,22 @@ struct BackwardTrainStrip {
   }
 };
 
-// Columns [b, end) (b on a group boundary) as runs of kExactGroup-column groups that are all exact
-// (a column of the group has dx cancelling: formed in double) or all not: emit(i, begin, exact)
-// for run i, in order; returns the number of runs.
-template <class Emit>
-int64_t exact_runs(const double* column_exact, int64_t b, int64_t end, Emit emit) {
-  int64_t count = 0;
-  bool last = false;
-  for (int64_t g = b; g < end; g += kExactGroup) {
-    bool e = false;
-    for (int64_t c = g; c < std::min(end, g + kExactGroup); ++c) e = e || column_exact[c] != 0.0;
-    if (count == 0 || e != last) {
-      emit(count++, g, e);
-      last = e;
-    }
-  }
-  return count;
-}
-
-// A one-read block's runs, on the stack: blocks are at most kStrip columns.
+// A one-read block's columns [b, end) as runs of kExactGroup-column groups that are all exact (a
+// column of the group has dx cancelling: formed in double) or all not.
 struct ExactSegments {
   static constexpr int kMax = static_cast<int>(kStrip / kExactGroup) + 1;
   int count = 0;
   int64_t begin[kMax + 1];  // segment i is [begin[i], begin[i + 1])
   bool exact[kMax];
   ExactSegments(const double* column_exact, int64_t b, int64_t end) {
-    count = static_cast<int>(exact_runs(column_exact, b, end, [&](int64_t i, int64_t g, bool e) {
-      begin[i] = g;
-      exact[i] = e;
-    }));
+    for (int64_t g = b; g < end; g += kExactGroup) {
+      bool e = false;
+      for (int64_t c = g; c < std::min(end, g + kExactGroup); ++c) e = e || column_exact[c] != 0.0;
+      if (count == 0 || e != exact[count - 1]) {
+        begin[count] = g;
+        exact[count++] = e;
+      }
+    }
     begin[count] = end;
   }
 };
@@ -515,10 +508,11 @@ struct BackwardApplyRows {
     for (int64_t c = c0; c < end; ++c) out[c] = f_dy[c] * g[c] + f_x[c] * (x[c] - hi[c]) + f_0[c];
   }
 
-  // Rows [r0, r0 + count), every column, run by run (run_begin, run_exact).
+  // Rows [r0, r0 + count), every column, each kApplyChunk segment exact as chunk_exact says.
   static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) {
     for (int64_t r = r0; r < r0 + count; ++r)
-      for (int64_t i = 0; i < a.runs; ++i) segment(a, r, a.run_begin[i], a.run_begin[i + 1], a.run_exact[i] != 0);
+      for (int64_t c0 = 0, chunk = 0; c0 < a.cols; c0 += kApplyChunk, ++chunk)
+        segment(a, r, c0, std::min(a.cols, c0 + kApplyChunk), a.chunk_exact[chunk] != 0.0);
   }
   // The one-read path's elementwise pass over block [cb, ce), every row, by exactness segments.
   static FASTNN_FORCE_INLINE void block(const Args& a, int64_t cb, int64_t ce) {
@@ -568,17 +562,17 @@ struct BackwardApplyRows {
   }
 
   template <int R>
-  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void all_runs_avx512(const Args& a, int64_t r, bool stream) {
-    for (int64_t i = 0; i < a.runs; ++i)
-      rows_avx512<R>(a, r, a.run_begin[i], a.run_begin[i + 1], a.run_exact[i] != 0, stream);
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 void all_chunks_avx512(const Args& a, int64_t r, bool stream) {
+    for (int64_t c0 = 0, chunk = 0; c0 < a.cols; c0 += kApplyChunk, ++chunk)
+      rows_avx512<R>(a, r, c0, std::min(a.cols, c0 + kApplyChunk), a.chunk_exact[chunk] != 0.0, stream);
   }
 
   static FASTNN_TARGET_AVX512 void run_avx512(const Args& a, int64_t r0, int64_t count) {
     const bool stream = streamable(a.dx, a.cols, a.stream);
     int64_t r = r0;
     if (4 * a.cols * static_cast<int64_t>(sizeof(T)) > kCoefBytesPerRow)
-      for (; r + kApplyRows <= r0 + count; r += kApplyRows) all_runs_avx512<kApplyRows>(a, r, stream);
-    for (; r < r0 + count; ++r) all_runs_avx512<1>(a, r, stream);
+      for (; r + kApplyRows <= r0 + count; r += kApplyRows) all_chunks_avx512<kApplyRows>(a, r, stream);
+    for (; r < r0 + count; ++r) all_chunks_avx512<1>(a, r, stream);
     if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
   }
 
@@ -771,7 +765,7 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                       save_mean.data<double>(), save_invstd.data<double>(),
                       dweight.defined() ? dweight.data<T>() : nullptr,
                       dbias.defined() ? dbias.data<T>() : nullptr, accumulate,
-                      nullptr, nullptr, nullptr, nullptr, nullptr, 0,
+                      nullptr, nullptr, nullptr, nullptr,
                       2 * x.numel() * static_cast<int64_t>(sizeof(T)) > kPrefetchBytes,
                       3 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes,
                       training ? one_read_block<T>(rows, cols, 2) : 0};
@@ -779,25 +773,23 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
       over_column_strips<BackwardEvalStrip<T>>(a, rows, cols);
       return;
     }
-    // coefficients: T (4 x cols); double (4 x cols) and per-column exact flags
-    Tensor coef = Tensor::empty({4, cols}, x.dtype()), coef64 = Tensor::empty({5 * cols}, DType::float64);
+    // coefficients: T (4 x cols); double (4 x cols), per-column and per-segment exact flags
+    const int64_t chunks = (cols + kApplyChunk - 1) / kApplyChunk;
+    Tensor coef = Tensor::empty({4, cols}, x.dtype()), coef64 = Tensor::empty({5 * cols + chunks}, DType::float64);
     a.coef = coef.data<T>();
     a.coef64 = coef64.data<double>();
     a.exact = a.coef64 + 4 * cols;
+    a.chunk_exact = a.exact + cols;
     if (a.block) {
       over_column_blocks<BackwardTrainBlocks<T>>(a, cols);
       return;
     }
     over_column_strips<BackwardTrainStrip<T>>(a, rows, cols);
-    const int64_t max_runs = (cols + kExactGroup - 1) / kExactGroup;
-    Tensor runs = Tensor::empty({2 * max_runs + 1}, DType::int64);
-    a.run_begin = runs.data<int64_t>();
-    a.run_exact = a.run_begin + max_runs + 1;
-    a.runs = exact_runs(a.exact, 0, cols, [&](int64_t i, int64_t g, bool e) {
-      a.run_begin[i] = g;
-      a.run_exact[i] = e;
-    });
-    a.run_begin[a.runs] = cols;
+    for (int64_t j = 0; j < chunks; ++j) {
+      a.chunk_exact[j] = 0.0;
+      for (int64_t c = j * kApplyChunk; c < std::min(cols, (j + 1) * kApplyChunk); ++c)
+        if (a.exact[c] != 0.0) a.chunk_exact[j] = 1.0;
+    }
     over_rows<BackwardApplyRows<T>>(a, rows, cols);
   });
 }
