@@ -347,11 +347,11 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
   // each packed panel is reused by many rows. A 16-wide (AVX2) tile reads B as stored one line
   // per row of its kc x nr panel: with rows a multiple of 4 KB apart (dY W with 1024 features)
   // those lines map to a few cache sets, and packing pays from 32 rows (+25-35% at 48-128 rows);
-  // with other widths from 64 (dY W with 784 features, Zen 3: +7% at 64 rows, +7-20% at 128,
-  // in a dozen interleaved runs; before the AVX2 packer copied rows with vector moves it lost
-  // 15%). A 64-wide (AVX-512) tile reads four adjacent lines per row, which the prefetchers
-  // stream: in place is faster below 256 rows (dX at 32 x 1024 -> 1024 +8%, at 128 +6%; the
-  // lecture step at batch 32 +5%, at 128 equal).
+  // with other widths from 64 (dY W with 784 features, Zen 3, 20-40 interleaved rounds: +7-20%
+  // at 128 rows, +9% at 96, -7% and +7% in two runs at 64; before the AVX2 packer copied rows
+  // with vector moves it lost 15% at 128). A 64-wide (AVX-512) tile reads four adjacent lines
+  // per row, which the prefetchers stream: in place is faster below 256 rows (dX at 32 x 1024 ->
+  // 1024 +8%, at 128 +6%; the lecture step at batch 32 +5%, at 128 equal).
   const bool narrow_tiles = ks.nr * int64_t(sizeof(T)) < 256;
   const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0;
   plan.pack_b = p.trans_b || rows_per_thread >= 256 || (narrow_tiles && rows_per_thread >= (b_rows_alias ? 32 : 64));
