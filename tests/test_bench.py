@@ -217,3 +217,16 @@ def test_commit_is_fastnns_own_or_given(tmp_path, monkeypatch):
     subprocess.run(git + ["commit", "-q", "-m", "fastnn"], check=True)
     head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert git_commit(own) == head
+
+
+def test_profile_step_times_every_kernel_of_the_step():
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "profile_step.py")
+    done = subprocess.run([sys.executable, script, "--steps", "2", "--batch", "8"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split("|")[2].strip() for line in done.stdout.splitlines() if line.startswith("| ") and "|---" not in line]
+    kernels = [r for r in rows if r and r not in ("kernel", "kernels")]
+    assert kernels == ["linear_forward", "batchnorm_forward", "dropout_forward"] * 2 + [
+        "linear_forward", "cross_entropy", "linear_backward", "dropout_backward", "batchnorm_backward",
+        "linear_backward", "dropout_backward", "batchnorm_backward", "linear_backward", "adam_step"], done.stdout
+    assert "Outside the kernels" in done.stdout
