@@ -158,6 +158,15 @@ copy nothing.)doc")
     set_num_threads(n);
   }, py::arg("n"));
   m.def("get_num_threads", []() { return num_threads(); });
+  m.def("_cpu_cache_stats", []() {
+    const HostCacheStats s = host_cache_stats();
+    py::dict d;
+    d["available"] = s.available;
+    d["cached_bytes"] = s.cached_bytes;
+    d["hits"] = s.hits;
+    return d;
+  }, "The CPU allocator's cache of freed large blocks: bytes held, allocations it served.");
+  m.def("_cpu_empty_cache", &host_empty_cache, "Frees every block the CPU allocator keeps for reuse.");
   m.def("_debug_stats", []() {
     auto& s = debug_stats();
     py::dict d;

@@ -29,6 +29,15 @@ struct DebugStats {
 };
 DebugStats& debug_stats();
 
+// The CPU allocator's cache of freed large blocks (Storage::allocate, tensor.cpp).
+struct HostCacheStats {
+  bool available = false;  // false in sanitizer builds
+  int64_t cached_bytes = 0;
+  int64_t hits = 0;
+};
+HostCacheStats host_cache_stats();
+void host_empty_cache();  // frees every cached block
+
 struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
