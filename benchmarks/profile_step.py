@@ -23,8 +23,8 @@ import fastnn
 import fastnn.nn.layers
 import fastnn.nn.loss
 import fastnn.optim.adam
-from fastnn import _C, nn, optim
-from fastnn.bench.suite import lecture_layers
+from fastnn import _C
+from fastnn.bench.suite import fastnn_step
 
 
 class Recorder:
@@ -64,18 +64,7 @@ def main(argv=None) -> int:
     for module in (fastnn.nn.layers, fastnn.nn.loss, fastnn.optim.adam):
         module._C = rec
     g = np.random.default_rng(0)
-    x = fastnn.tensor(g.random((args.batch, 784), dtype=np.float32))
-    y = g.integers(0, 10, args.batch)
-    model = nn.Sequential(*lecture_layers(nn))
-    model.needs_input_grad = False
-    loss_fn, opt = nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=1e-3)
-
-    def step():
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
-        opt.zero_grad()
-
+    step = fastnn_step(fastnn.tensor(g.random((args.batch, 784), dtype=np.float32)), g.integers(0, 10, args.batch))
     for _ in range(20):
         step()
     in_step, hot, walls, outside, names = {}, {}, [], [], None

@@ -162,17 +162,12 @@ def lecture_layers(lib, hidden=1024, batch_norm=True, dropout=0.5):
     return layers
 
 
-def make_steps(torch, batch, model="lecture"):
-    """(fastnn_step, torch_step, torch_fused_step, torch_model, torch_data) for one training step."""
-    g = np.random.default_rng(3)
-    x = g.random((batch, 784), dtype=np.float32)
-    y = g.integers(0, 10, batch)
+def fastnn_step(x, y, model="lecture"):
+    """One fastnn training step on (x, y): forward, loss, backward, Adam, zero_grad."""
     if model == "lecture":
         fm = nn.Sequential(*lecture_layers(nn))
-        tm = torch.nn.Sequential(*lecture_layers(torch))
     else:
         fm = nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
-        tm = torch.nn.Sequential(torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     fm.needs_input_grad = False
     crit, fopt = nn.CrossEntropyLoss(), optim.Adam(fm.parameters(), lr=1e-3)
 
@@ -181,6 +176,20 @@ def make_steps(torch, batch, model="lecture"):
         fm.backward(crit.backward())
         fopt.step()
         fopt.zero_grad()
+
+    return fast_step
+
+
+def make_steps(torch, batch, model="lecture"):
+    """(fastnn_step, torch_step, torch_fused_step, torch_model, torch_data) for one training step."""
+    g = np.random.default_rng(3)
+    x = g.random((batch, 784), dtype=np.float32)
+    y = g.integers(0, 10, batch)
+    if model == "lecture":
+        tm = torch.nn.Sequential(*lecture_layers(torch))
+    else:
+        tm = torch.nn.Sequential(torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    fast_step = fastnn_step(x, y, model)
 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     tcrit = torch.nn.CrossEntropyLoss()
