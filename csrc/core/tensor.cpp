@@ -140,9 +140,12 @@ class HostBlockCache {
     return {kHostCacheAllowed, static_cast<int64_t>(cached_bytes_), hits_};
   }
 
-  // A forked child starts with the parent's blocks (its own copies) and a fresh, unlocked mutex:
-  // another parent thread may have held it while forking.
-  void reset_after_fork() { new (&mutex_) std::mutex(); }
+  // fork() holds the mutex across the copy (pthread_atfork, below), so the child's lists are whole
+  // even if another thread was freeing a tensor; the child, whose copy of the mutex is locked by a
+  // thread it does not have, starts from a fresh one and keeps the blocks (its own copies).
+  void lock_for_fork() { mutex_.lock(); }
+  void unlock_after_fork_in_parent() { mutex_.unlock(); }
+  void reset_after_fork_in_child() { new (&mutex_) std::mutex(); }
 
  private:
   std::mutex mutex_;
@@ -155,7 +158,8 @@ class HostBlockCache {
 HostBlockCache& host_cache() {
   static HostBlockCache* cache = [] {
     auto* c = new HostBlockCache();
-    pthread_atfork(nullptr, nullptr, [] { host_cache().reset_after_fork(); });
+    pthread_atfork([] { host_cache().lock_for_fork(); }, [] { host_cache().unlock_after_fork_in_parent(); },
+                   [] { host_cache().reset_after_fork_in_child(); });
     return c;
   }();
   return *cache;
