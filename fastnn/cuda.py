@@ -55,17 +55,24 @@ def is_current_stream_capturing() -> bool:
     return _C.cuda_capturing()
 
 
-_local = threading.local()
+class _GraphState(threading.local):
+    # class defaults: a thread that never captured finds these without the AttributeError that
+    # getattr(local, name, None) raises and swallows inside, several times a training step
+    capturing: "CUDAGraph | None" = None
+    preparing: "CUDAGraph | None" = None
+
+
+_local = _GraphState()
 
 
 def _capturing() -> "CUDAGraph | None":
     """The graph this thread is capturing, if any."""
-    return getattr(_local, "capturing", None)
+    return _local.capturing
 
 
 def _preparing() -> "CUDAGraph | None":
     """The graph whose next replay this thread is preparing (its per-step scalars), if any."""
-    return getattr(_local, "preparing", None)
+    return _local.preparing
 
 
 class CUDAGraph:

@@ -99,6 +99,32 @@ def test_gradients_accumulate_until_zero_grad(rng):
     assert not lin.weight.grad.numpy().any()
 
 
+def test_batchnorm_counts_batches_through_load_copy_and_pickle(rng):
+    # the module keeps a numpy view of num_batches_tracked between steps: it must follow the
+    # buffer through load_state_dict (in place), and never be shared by a deep copy or an unpickled one
+    import copy
+    import pickle
+
+    bn = nn.BatchNorm1d(3, momentum=None)  # momentum None: the count sets the averaging factor
+    x = randn(rng, (4, 3), "float32")
+    bn(x)
+    bn(x)
+    assert bn.num_batches_tracked.item() == 2
+    state = bn.state_dict()
+    state["num_batches_tracked"] = np.array(10)
+    bn.load_state_dict(state)
+    bn(x)
+    assert bn.num_batches_tracked.item() == 11
+    twin, thawed = copy.deepcopy(bn), pickle.loads(pickle.dumps(bn))
+    twin(x)
+    twin(x)
+    thawed(x)
+    assert (bn.num_batches_tracked.item(), twin.num_batches_tracked.item(), thawed.num_batches_tracked.item()) \
+        == (11, 13, 12)
+    bn(x)
+    assert bn.num_batches_tracked.item() == 12 and twin.state_dict()["num_batches_tracked"] == 13
+
+
 @pytest.mark.parametrize("affine", [True, False])
 def test_batchnorm_module_train_and_eval(affine, dtype, rng):
     bn = nn.BatchNorm1d(7, affine=affine, dtype=dtype)

@@ -53,8 +53,10 @@ class Linear(Module):
         return self._forward_fused(x, self.activation)
 
     def _forward_fused(self, x, activation):
-        b = self.bias
-        y = _C.linear_forward(x, self.weight.data, b.data if b is not None else None, activation or "none")
+        # the per-step paths read parameters from the dicts: Module.__getattr__ is a Python call each
+        params = self._parameters
+        b = params["bias"]
+        y = _C.linear_forward(x, params["weight"].data, b.data if b is not None else None, activation or "none")
         self._x, self._act = x, activation
         self._y = y if activation else None
         return y
@@ -62,10 +64,11 @@ class Linear(Module):
     def backward(self, dy):
         if self._x is None:
             raise RuntimeError("Linear.backward called before forward")
-        b = self.bias
-        (dweight, dbias), accumulate = grads_for_backward(self.weight, b)
+        params = self._parameters
+        w, b = params["weight"], params["bias"]
+        (dweight, dbias), accumulate = grads_for_backward(w, b)
         dx, _, _ = _C.linear_backward(
-            self._x, self.weight.data, dy, self._y, self._act or "none", dweight=dweight, dbias=dbias,
+            self._x, w.data, dy, self._y, self._act or "none", dweight=dweight, dbias=dbias,
             need_dx=self.needs_input_grad, need_dbias=b is not None, accumulate=accumulate)
         return dx
 
@@ -232,8 +235,8 @@ class BatchNorm1d(Module):
         use_batch_stats = self.training or not self.track_running_stats
         factor = 0.0 if self.momentum is None else float(self.momentum)
         if self.training and self.track_running_stats:
-            nbt = self.num_batches_tracked.numpy()
-            nbt += 1
+            nbt = self._batches_tracked_view()
+            nbt[()] += 1  # a 0-d array's own += takes 3 us (ufunc dispatch), this 0.3
             if self.momentum is None:
                 factor = 1.0 / float(nbt)
             g = _cuda._capturing()
@@ -241,16 +244,34 @@ class BatchNorm1d(Module):
                 if self.momentum is None:
                     raise ValueError("BatchNorm1d(momentum=None) cannot be captured in a CUDA graph: its "
                                      "averaging factor 1/num_batches_tracked changes every step; give a momentum")
-                g._on_replay(lambda: nbt.__iadd__(1))  # the count a replayed step adds, as an eager one
-        w, b = self.weight, self.bias
+                g._on_replay(lambda: nbt.__setitem__((), nbt[()] + 1))  # the count a replayed step adds, as an eager one
+        params, buffers = self._parameters, self._buffers
+        w, b = params["weight"], params["bias"]
         y, mean, invstd = _C.batchnorm_forward(
             x, w.data if w is not None else None, b.data if b is not None else None,
-            self.running_mean, self.running_var, use_batch_stats, factor, self.eps)
+            buffers["running_mean"], buffers["running_var"], use_batch_stats, factor, self.eps)
         self._x, self._saved, self._batch_stats = x, (mean, invstd), use_batch_stats
         return y
 
+    def _batches_tracked_view(self):
+        """num_batches_tracked as a numpy view, made once per buffer: .numpy() costs a few
+        microseconds a step, and load_state_dict writes into the buffer in place (the view stays
+        valid) while a replaced buffer gets a new view."""
+        buffer = self._buffers["num_batches_tracked"]
+        cached = self.__dict__.get("_count_view")
+        if cached is None or cached[0] is not buffer:
+            cached = self._count_view = (buffer, buffer.numpy())
+        return cached[1]
+
+    def __getstate__(self):
+        # a copied or pickled view would no longer view the copy's buffer: made again on first use
+        state = self.__dict__.copy()
+        state.pop("_count_view", None)
+        return state
+
     def backward(self, dy):
-        w, b = self.weight, self.bias
+        params = self._parameters
+        w, b = params["weight"], params["bias"]
         x = self._from_forward("_x")
         (dweight, dbias), accumulate = grads_for_backward(w, b)
         dx, _, _ = _C.batchnorm_backward(

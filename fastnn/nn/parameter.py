@@ -1,6 +1,8 @@
 """Trainable parameters, kept in one flat buffer per model so one optimizer launch updates them all."""
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from fastnn import _C
@@ -120,7 +122,7 @@ class FlatParameters:
     def covers(self, params) -> bool:
         """True when ``params`` is exactly this buffer's parameter list, in order."""
         params = list(params)
-        return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
+        return len(params) == len(self.params) and all(map(operator.is_, params, self.params))
 
 
 def covering_flat(params):
@@ -146,9 +148,16 @@ def grads_for_backward(*params):
     """The gradient buffers a backward kernel adds into (None for a None parameter), and whether
     it must add (True) or may overwrite them (False: every one of them was zeroed by a zero_grad
     that is still pending, so their old values are not needed)."""
-    present = [p for p in params if p is not None]
-    if present and all(p._zero_pending for p in present):
-        for p in present:
+    # plain loops: this runs for every layer of every step
+    pending = False
+    for p in params:
+        if p is not None:
+            if not p._zero_pending:
+                return [None if p is None else p.grad for p in params], True
+            pending = True
+    if not pending:
+        return [None] * len(params), True
+    for p in params:
+        if p is not None:
             p._zero_pending = False
-        return [None if p is None else p._grad for p in params], False
-    return [None if p is None else p.grad for p in params], True
+    return [None if p is None else p._grad for p in params], False
