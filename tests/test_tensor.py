@@ -118,6 +118,30 @@ def test_unsupported_imports_leave_the_source_intact():
         fastnn.from_dlpack([1, 2, 3])
 
 
+def test_producers_before_the_2023_array_api_and_failing_producers():
+    # a __dlpack__ without keywords gets a plain call after the TypeError; any other error it
+    # raises reaches the caller as it is
+    class Legacy:
+        def __init__(self, a):
+            self.a = a
+
+        def __dlpack__(self):
+            return self.a.__dlpack__()
+
+        def __dlpack_device__(self):
+            return self.a.__dlpack_device__()
+
+    class Broken(Legacy):
+        def __dlpack__(self, **kwargs):
+            raise BufferError("producer says no")
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = fastnn.from_dlpack(Legacy(a))
+    assert t.shape == (2, 3) and t.numpy().tolist() == a.tolist()
+    with pytest.raises(BufferError, match="producer says no"):
+        fastnn.from_dlpack(Broken(a))
+
+
 def test_zero_dim_empty_and_size_one_dims():
     t = fastnn.from_dlpack(np.array(3.5))
     assert t.shape == () and t.item() == 3.5

@@ -28,7 +28,7 @@ uint64_t to_unsigned(py::handle obj, int bits, const char* arg) {
 
 double to_probability(py::handle obj) {
   if (py::isinstance<py::bool_>(obj) || !(PyFloat_Check(obj.ptr()) || PyIndex_Check(obj.ptr()) ||
-                                          py::hasattr(obj, "__float__")))
+                                          has_attr(obj, "__float__")))
     throw TypeError(detail::concat("p: expected a float, got ", py_repr(py::type::handle_of(obj).attr("__name__"))));
   const double p = PyFloat_AsDouble(obj.ptr());
   if (p == -1.0 && PyErr_Occurred()) throw py::error_already_set();

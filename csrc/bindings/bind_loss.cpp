@@ -21,8 +21,8 @@ Tensor optional_like(py::handle obj, const Tensor& ref, const char* arg, const c
 // tensor with the dtype and device of `ref` and the shape of the loss.
 Tensor upstream(py::handle dloss, const Tensor& ref, const char* ref_arg, const Shape& loss_shape) {
   const bool number = py::isinstance<py::float_>(dloss) || py::isinstance<py::int_>(dloss) ||
-                      (!py::isinstance<Tensor>(dloss) && !py::hasattr(dloss, "__dlpack__") &&
-                       py::hasattr(dloss, "__float__"));
+                      (!py::isinstance<Tensor>(dloss) && !has_attr(dloss, "__dlpack__") &&
+                       has_attr(dloss, "__float__"));
   if (number) {
     FASTNN_CHECK(loss_shape.empty(), ValueError, "dloss: reduction 'none' needs a tensor of shape ",
                  shape_str(loss_shape), ", got a Python number");

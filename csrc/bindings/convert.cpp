@@ -14,7 +14,7 @@ Tensor to_tensor(py::handle obj, const char* arg) {
   if (py::isinstance<Tensor>(obj)) return obj.cast<Tensor>();
   if (obj.is_none())
     throw TypeError(detail::concat(arg, ": expected a tensor (fastnn.Tensor, numpy array or torch tensor), got None"));
-  if (py::hasattr(obj, "__dlpack__")) return from_dlpack(obj, py::none(), arg);
+  if (has_attr(obj, "__dlpack__")) return from_dlpack(obj, py::none(), arg);
   throw TypeError(detail::concat(arg, ": expected a fastnn.Tensor, numpy array or torch tensor, got ",
                                  type_name(obj), " (wrap lists with fastnn.tensor(...))"));
 }

@@ -229,24 +229,26 @@ Tensor from_dlpack(py::handle obj, py::handle copy, const char* arg) {
   if (PyCapsule_CheckExact(obj.ptr())) {
     cap = py::reinterpret_borrow<py::object>(obj);
   } else {
-    if (!py::hasattr(obj, "__dlpack__"))
+    if (!has_attr(obj, "__dlpack__"))
       throw TypeError(detail::concat(arg, ": expected an object with __dlpack__ (numpy array, torch tensor) or a DLPack capsule"));
-    if (truthy(py::getattr(obj, "requires_grad", py::bool_(false))))
+    if (has_attr(obj, "requires_grad") && truthy(obj.attr("requires_grad")))
       throw BufferError(detail::concat(arg, ": a torch tensor that requires grad cannot be shared; pass tensor.detach()"));
     py::dict kwargs;
     kwargs["max_version"] = py::make_tuple(FASTNN_DLPACK_MAJOR, FASTNN_DLPACK_MINOR);
     if (!copy.is_none()) kwargs["copy"] = copy;
     // A CUDA producer is told the stream fastnn reads on, the legacy default (1), so it orders its
     // pending work before ours (torch's own default, -1, would skip that).
-    if (py::hasattr(obj, "__dlpack_device__")) {
+    if (has_attr(obj, "__dlpack_device__")) {
       py::tuple dev = obj.attr("__dlpack_device__")();
       if (dev.size() >= 1 && py::int_(dev[0]).cast<int>() == kDLCUDA) kwargs["stream"] = 1;
     }
-    try {
-      cap = obj.attr("__dlpack__")(**kwargs);
-    } catch (py::error_already_set& e) {
-      if (!e.matches(PyExc_TypeError)) throw;
-      cap = obj.attr("__dlpack__")();  // producers older than the 2023 array API
+    // PyObject_Call with the dict as it stands: pybind11's (**kwargs) copies it key by key first
+    const py::object method = obj.attr("__dlpack__");
+    cap = py::reinterpret_steal<py::object>(PyObject_Call(method.ptr(), py::tuple().ptr(), kwargs.ptr()));
+    if (!cap) {
+      if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw py::error_already_set();
+      PyErr_Clear();
+      cap = method();  // producers older than the 2023 array API
     }
   }
 
