@@ -160,6 +160,28 @@ def test_caching_allocator_steady_state_makes_no_cuda_malloc(rng):
     del held
 
 
+def test_emptying_the_cache_while_a_graph_holds_free_blocks():
+    # a block freed after a capture stays with its graph (every replay writes it): emptying the
+    # cache then must leave it counted, and free it once the graph is reset and it has joined the
+    # shared lists
+    C._cuda_empty_cache()
+    x = fastnn.zeros([4096], "float32", "cuda")
+    graph = fastnn.cuda.CUDAGraph()
+    with fastnn.cuda.graph(graph):
+        y = C.activation_forward(x, "relu")
+    block = C._cuda_memory_stats()["in_use_bytes"]
+    del y
+    block -= C._cuda_memory_stats()["in_use_bytes"]
+    assert block >= 4096 * 4
+    C._cuda_empty_cache()
+    assert C._cuda_memory_stats()["cached_bytes"] == block
+    graph.reset()
+    frees = C._cuda_memory_stats()["free_calls"]
+    C._cuda_empty_cache()
+    stats = C._cuda_memory_stats()
+    assert stats["cached_bytes"] == 0 and stats["free_calls"] == frees + 1, stats
+
+
 @pytest.mark.skipif(not EMULATED, reason="CUEMU_DEVICE_COUNT is an emulator switch")
 def test_import_without_a_device_reports_zero_devices():
     code = (

@@ -17,12 +17,11 @@
 // graph is reset the pool's blocks rejoin the shared lists.
 #include <algorithm>
 #include <mutex>
-#include <unordered_map>
-#include <vector>
 
 #include "core/cuda_graph.h"
 #include "core/cuda_launch.h"
 #include "core/dispatch.h"
+#include "core/free_blocks.h"
 #include "core/tensor.h"
 
 namespace fastnn {
@@ -31,14 +30,13 @@ namespace detail {
 struct CapturePool {
   int device = 0;
   bool alive = true;  // its graph still exists (guarded by the device cache's mutex)
-  std::unordered_map<size_t, std::vector<void*>> free;
+  FreeBlocks free;
 };
 }  // namespace detail
 
 namespace {
 
 using detail::CapturePool;
-using FreeLists = std::unordered_map<size_t, std::vector<void*>>;  // size class -> blocks
 
 // The pool this thread's capture allocates from (null when not capturing).
 thread_local std::shared_ptr<CapturePool> tl_capture_pool;
@@ -68,10 +66,7 @@ class DeviceCache {
   // recorded before the free, and the graph must not also write it), else cudaMalloc.
   void* allocate(size_t bytes, CapturePool* pool) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto& list = (pool ? pool->free : free_)[bytes];
-    if (!list.empty()) {
-      void* p = list.back();
-      list.pop_back();
+    if (void* p = (pool ? pool->free : free_).take(bytes)) {
       cached_bytes_ -= bytes;
       in_use_bytes_ += bytes;
       ++stats_.cache_hits;
@@ -106,7 +101,7 @@ class DeviceCache {
   // Called by Storage destructors: no CUDA call, nothing that can throw but bad_alloc.
   void release(void* p, size_t bytes, CapturePool* pool) {
     std::lock_guard<std::mutex> lock(mutex_);
-    (pool && pool->alive ? pool->free : free_)[bytes].push_back(p);
+    (pool && pool->alive ? pool->free : free_).put(p, bytes);
     in_use_bytes_ -= bytes;
     cached_bytes_ += bytes;
   }
@@ -114,11 +109,7 @@ class DeviceCache {
   void release_pool(CapturePool& pool) {
     std::lock_guard<std::mutex> lock(mutex_);
     pool.alive = false;
-    for (auto& [bytes, list] : pool.free) {
-      auto& shared = free_[bytes];
-      shared.insert(shared.end(), list.begin(), list.end());
-    }
-    pool.free.clear();
+    free_.absorb(pool.free);
   }
 
   void empty_cache() {
@@ -135,23 +126,22 @@ class DeviceCache {
   }
 
  private:
+  // Frees the shared lists' blocks. A live graph's pool keeps its own (every replay writes them):
+  // they stay counted in cached_bytes_ and rejoin the shared lists when the graph is reset.
   void release_cached_locked() {
-    if (!cached_bytes_) return;
+    if (!free_.bytes()) return;
     FASTNN_CUDA_CHECK(cudaSetDevice(device_));
-    for (auto& [bytes, list] : free_) {
-      for (void* p : list) {
-        FASTNN_CUDA_CHECK(cudaFree(p));
-        ++stats_.free_calls;
-      }
-      list.clear();
-    }
-    cached_bytes_ = 0;
+    free_.release_all([&](void* p, size_t bytes) {
+      FASTNN_CUDA_CHECK(cudaFree(p));  // a throw leaves this block listed and counted
+      ++stats_.free_calls;
+      cached_bytes_ -= bytes;
+    });
   }
 
   const int device_;
   std::mutex mutex_;
-  FreeLists free_;
-  size_t in_use_bytes_ = 0, cached_bytes_ = 0;
+  FreeBlocks free_;
+  size_t in_use_bytes_ = 0, cached_bytes_ = 0;  // cached: in free_ and in the live pools' lists
   CudaMemoryStats stats_;
 };
 

@@ -4,13 +4,12 @@
 #include <cstring>
 #include <mutex>
 #include <new>
-#include <unordered_map>
-#include <vector>
 
 #include <pthread.h>
 
 #include "core/dispatch.h"
 #include "core/env.h"
+#include "core/free_blocks.h"
 
 namespace fastnn {
 
@@ -87,57 +86,35 @@ class HostBlockCache {
  public:
   void* take(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = free_.find(bytes);
-    if (it == free_.end() || it->second.empty()) return nullptr;
-    void* p = it->second.back();
-    it->second.pop_back();
-    cached_bytes_ -= bytes;
-    ++hits_;
+    void* p = free_.take(bytes);
+    if (p) ++hits_;
     return p;
   }
 
-  // Keeps `p` for reuse, or frees it when the cache is off or it alone passes the cap.
+  // Keeps `p` for reuse, making room under the cap, or frees it when the cache is off, it alone
+  // passes the cap, or no list entry can be made for it.
   void give(void* p, size_t bytes) noexcept {
     const size_t cap = host_cache_cap(false);
-    if (bytes > cap) {
-      std::free(p);
-      return;
-    }
-    std::vector<void*> evicted;
-    {
+    if (bytes <= cap) {
       std::lock_guard<std::mutex> lock(mutex_);
-      for (auto it = free_.begin(); cached_bytes_ + bytes > cap && it != free_.end(); ++it) {
-        while (!it->second.empty() && cached_bytes_ + bytes > cap) {
-          evicted.push_back(it->second.back());
-          it->second.pop_back();
-          cached_bytes_ -= it->first;
-        }
-      }
+      free_.release_until(cap - bytes, [](void* q, size_t) { std::free(q); });
       try {
-        free_[bytes].push_back(p);
-        cached_bytes_ += bytes;
-        p = nullptr;
-      } catch (...) {  // no memory for the list entry: free the block instead
+        free_.put(p, bytes);
+        return;
+      } catch (...) {
       }
     }
-    if (p) std::free(p);
-    for (void* q : evicted) std::free(q);
+    std::free(p);
   }
 
   void empty() {
-    std::vector<void*> all;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      for (auto& [bytes, list] : free_) all.insert(all.end(), list.begin(), list.end());
-      free_.clear();
-      cached_bytes_ = 0;
-    }
-    for (void* p : all) std::free(p);
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.release_all([](void* p, size_t) { std::free(p); });
   }
 
   HostCacheStats stats() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return {kHostCacheAllowed, static_cast<int64_t>(cached_bytes_), hits_};
+    return {kHostCacheAllowed, static_cast<int64_t>(free_.bytes()), hits_};
   }
 
   // fork() holds the mutex across the copy (pthread_atfork, below), so the child's lists are whole
@@ -149,8 +126,7 @@ class HostBlockCache {
 
  private:
   std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
-  size_t cached_bytes_ = 0;
+  FreeBlocks free_;
   int64_t hits_ = 0;
 };
 
