@@ -230,3 +230,19 @@ def test_profile_step_times_every_kernel_of_the_step():
         "linear_forward", "cross_entropy", "linear_backward", "dropout_backward", "batchnorm_backward",
         "linear_backward", "dropout_backward", "batchnorm_backward", "linear_backward", "adam_step"], done.stdout
     assert "Outside the kernels" in done.stdout
+
+
+@needs_cuda
+def test_step_launches_lists_the_kernels_of_a_step():
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu", "step_launches.py")
+    done = subprocess.run([sys.executable, script, "--batch", "16"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split("|")[2:4] for line in done.stdout.splitlines() if line.startswith("| ") and "|---" not in line]
+    parts = [part.strip() for part, _ in rows[1:]]
+    kernels = [name.strip() for _, name in rows[1:]]
+    assert parts[0] == "forward + loss" and parts[-1] == "optimizer" and "backward" in parts, done.stdout
+    assert kernels.count("batchnorm_forward_train") == 2 and kernels.count("dropout_backward") == 2
+    assert kernels[-1] == "adam_step"
+    launches, nodes = (int(w) for w in done.stdout.split("### batch 16: ")[1].split(" graph nodes")[0]
+                       .replace(" launches,", "").split())
+    assert launches == len(kernels) and nodes >= launches

@@ -182,6 +182,21 @@ def test_emptying_the_cache_while_a_graph_holds_free_blocks():
     assert stats["cached_bytes"] == 0 and stats["free_calls"] == frees + 1, stats
 
 
+def test_launch_log_names_each_kernel_in_order():
+    code = (
+        "import numpy as np, fastnn\n"
+        "from fastnn import _C\n"
+        "x = fastnn.tensor(np.ones((8, 5), np.float32)).to('cuda')\n"
+        "_C.dropout_forward(_C.activation_forward(x, 'relu'), 0.5, 1, 2)\n"
+        "fastnn.cuda.synchronize()\n")
+    env = dict(os.environ, FASTNN_LAUNCH_LOG="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    launches = [line.split()[2] for line in out.stderr.splitlines() if line.startswith("fastnn launch ")]
+    assert launches[-2:] == ["activation_forward", "dropout_forward"], out.stderr
+    assert "block (" in out.stderr
+
+
 @pytest.mark.skipif(not EMULATED, reason="CUEMU_DEVICE_COUNT is an emulator switch")
 def test_import_without_a_device_reports_zero_devices():
     code = (

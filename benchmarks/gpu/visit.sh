@@ -12,6 +12,7 @@
 #   bench.log                fastnn bench's progress lines
 #   bench/results.md, bench/results.json, bench/ratios.png
 #   gemm_tiles.md            the A/B runs of the switchable candidates (benchmarks/gpu/ab.py), the
+#                            kernels of one training step (benchmarks/gpu/step_launches.py), the
 #                            GEMM tile-shape sweep (benchmarks/gpu/gemm_tiles.cu), compiled
 #                            beside the build and run after the bench, then Nsight Compute's
 #                            sections for the production kernel (gemm_tiles --profile)
@@ -197,6 +198,9 @@ fi
 # the head of gemm_tiles.md (the run tool returns 8 files).
 if [ $built = 1 ]; then
   phase ab "$(cap 45 120)" "$OUT/gemm_tiles.md" "$ROOT/tests" "$PY" "$ROOT/benchmarks/gpu/ab.py"
+  # the kernels of one lecture-model step at batch 128 and 1024 and the captured graph's node count:
+  # what fusion would remove (at batch 128 the graph step is bound by its nodes)
+  phase launches "$(cap 30 110)" "$OUT/gemm_tiles.md" "$ROOT/tests" "$PY" "$ROOT/benchmarks/gpu/step_launches.py"
 fi
 
 # -- GEMM tile sweep ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 //     have a portable fallback.
 #pragma once
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <utility>
@@ -43,6 +44,16 @@ inline bool launch_blocking() {
   return blocking;
 }
 
+// FASTNN_LAUNCH_LOG=1 prints every launch (kernel name, grid, block, shared bytes) to stderr: which
+// kernels a step runs, in order, on a GPU or the emulator (a captured graph's num_nodes counts them).
+inline bool launch_log() {
+  static const bool on = [] {
+    const char* v = std::getenv("FASTNN_LAUNCH_LOG");
+    return v && *v && *v != '0';
+  }();
+  return on;
+}
+
 [[noreturn]] inline void throw_launch_error(const char* name, cudaError_t err) {
   throw std::runtime_error(std::string("CUDA kernel '") + name + "' failed: " + cudaGetErrorString(err) +
                            " (" + cudaGetErrorName(err) + ")");
@@ -57,6 +68,9 @@ template <class... Params, class... Args>
 void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
             Args&&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  if (launch_log())
+    std::fprintf(stderr, "fastnn launch %s grid (%u, %u, %u) block (%u, %u, %u) shared %zu\n", name, grid.x, grid.y,
+                 grid.z, block.x, block.y, block.z, smem_bytes);
 #if defined(FASTNN_CUDA_EMULATED)
   cuemu::launch_named_on(current_stream(), name, kernel, grid, block, smem_bytes, std::forward<Args>(args)...);
 #else
