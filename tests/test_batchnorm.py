@@ -445,3 +445,93 @@ def test_errors(rng):
         _C.batchnorm_backward(x, x, np.ones(3), m, s, True, dweight=np.zeros(4))
     with pytest.raises(ValueError, match="dx: expected shape"):
         _C.batchnorm_backward(x, x, None, m, s, True, dx=np.zeros(12))
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm -> ReLU -> Dropout as one op: activation= and dropout= of the forward, y= of the backward
+
+def host(t):
+    return t.to("cpu").numpy() if hasattr(t, "to") else np.asarray(t)
+
+
+def on(device, a):
+    return None if a is None else fastnn.tensor(a).to(device)
+
+
+@pytest.mark.parametrize("shape", [(2, 1), (7, 33), (33, 7), (1000, 2), (65, 257), (128, 1024)])
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_fused_relu_dropout_matches_torch(device, dtype, rng, shape, p):
+    # torch: batch_norm -> relu -> times fastnn's own mask / (1 - p), in float64, with autograd
+    x, w, b, rm, rv, dy = make(rng, shape, dtype)
+    seed, offset = int(rng.integers(2**63)), int(rng.integers(2**40))
+    y, mean, invstd = _C.batchnorm_forward(on(device, x), on(device, w), on(device, b), on(device, rm),
+                                           on(device, rv), True, activation="relu", dropout=(p, seed, offset))
+    mask = _C.dropout_mask(list(shape), p, seed, offset).numpy()
+    xt, wt, bt = t64(x, True), t64(w, True), t64(b, True)
+    keep = torch.from_numpy(mask.astype(np.float64)) * (1.0 / (1.0 - p) if p < 1 else 0.0)
+    normalised = F.batch_norm(xt, t64(rm), t64(rv), wt, bt, True, 0.1, 1e-5)
+    # relu's gradient switches at 0: where a float32 normalised value lies that close to 0 torch's
+    # float64 one may fall on the other side, so there relu follows fastnn (whose y > 0 says it
+    # passed, for kept elements; dropped ones are zero either way)
+    positive = normalised.detach() > 0
+    near_zero = normalised.detach().abs() < 1e-4
+    positive = torch.where(near_zero, torch.from_numpy(host(y) > 0), positive)
+    yt = normalised * positive * keep
+    yt.backward(t64(dy))
+    assert_close(host(y), yt, dtype, what="y")
+    dx, dw, db = _C.batchnorm_backward(on(device, x), on(device, dy), on(device, w), mean, invstd, True,
+                                       y=y, activation="relu", p=p)
+    assert_close(host(dx), xt.grad, dtype, what="dx")
+    assert_close(host(dw), wt.grad, dtype, what="dweight")
+    assert_close(host(db), bt.grad, dtype, what="dbias")
+
+
+@pytest.mark.parametrize("act", ["none", "relu"])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_forward_is_bitwise_batchnorm_then_dropout(device, dtype, rng, act, training):
+    # the same mask, the same single multiply: fusing changes no bit, in either mode
+    x, w, b, rm, rv, dy = make(rng, (37, 1030), dtype)
+    args = [on(device, a) for a in (x, w, b, rm, rv)]
+    plain, _, _ = _C.batchnorm_forward(*args, training)
+    args = [on(device, a) for a in (x, w, b, rm, rv)]
+    fused, _, _ = _C.batchnorm_forward(*args, training, activation=act, dropout=(0.4, 9, 1 << 33))
+    np.testing.assert_array_equal(host(fused), host(_C.dropout_forward(plain, 0.4, 9, 1 << 33, act)))
+    relu_only, _, _ = _C.batchnorm_forward(*[on(device, a) for a in (x, w, b, rm, rv)], training, activation=act)
+    np.testing.assert_array_equal(host(relu_only), np.maximum(host(plain), 0) if act == "relu" else host(plain))
+
+
+def test_fused_forward_on_the_one_read_and_streaming_paths(rng, one_read):
+    # the one-read path (column blocks) runs the epilogue as a pass of its own, and a fused
+    # forward large enough to stream keeps y in the caches instead: both bit for bit as unfused
+    for shape in [(2051, 4100), (1031, 2048)]:
+        x, w, b, rm, rv, dy = make(rng, shape, "float32")
+        plain, mean, invstd = _C.batchnorm_forward(x, w, b, None, None, True)
+        fused, _, _ = _C.batchnorm_forward(x, w, b, None, None, True, activation="relu", dropout=(0.5, 3, 4))
+        np.testing.assert_array_equal(host(fused), host(_C.dropout_forward(plain, 0.5, 3, 4, "relu")))
+        dx, dw, db = _C.batchnorm_backward(x, dy, w, mean, invstd, True, y=fused, activation="relu", p=0.5)
+        ref = _C.batchnorm_backward(x, _C.dropout_backward(dy, 0.5, 3, 4, fused, "relu"), w, mean, invstd, True)
+        for got, want in zip((dx, dw, db), ref):
+            np.testing.assert_array_equal(host(got), host(want))
+
+
+def test_fused_errors(rng):
+    x = randn(rng, (4, 3), "float64")
+    with pytest.raises(ValueError, match="activation: dropout fuses only 'relu' or 'none', got 'tanh'"):
+        _C.batchnorm_forward(x, None, None, None, None, True, activation="tanh")
+    with pytest.raises(ValueError, match="p: expected a dropout probability in"):
+        _C.batchnorm_forward(x, None, None, None, None, True, dropout=(1.5, 0, 0))
+    with pytest.raises(TypeError, match=r"dropout: expected None or a tuple \(p, seed, offset\)"):
+        _C.batchnorm_forward(x, None, None, None, None, True, dropout=0.5)
+    with pytest.raises(ValueError, match="seed: expected an int in"):
+        _C.batchnorm_forward(x, None, None, None, None, True, dropout=(0.5, -1, 0))
+    with pytest.raises(TypeError, match="slot: expected None or a fastnn graph slot"):
+        _C.batchnorm_forward(x, None, None, None, None, True, dropout=(0.5, 1, 2), slot=3)
+    y, m, s = _C.batchnorm_forward(x, None, None, None, None, True, activation="relu", dropout=(0.5, 1, 2))
+    with pytest.raises(ValueError, match="p: .*needs activation='relu'"):
+        _C.batchnorm_backward(x, x, None, m, s, True, p=0.5)
+    with pytest.raises(ValueError, match="y: the fused forward's output is required"):
+        _C.batchnorm_backward(x, x, None, m, s, True, activation="relu", p=0.5)
+    with pytest.raises(ValueError, match="y: expected shape"):
+        _C.batchnorm_backward(x, x, None, m, s, True, y=np.zeros((4, 4)), activation="relu", p=0.5)
+    with pytest.raises(TypeError, match="y: expected float64"):
+        _C.batchnorm_backward(x, x, None, m, s, True, y=np.zeros((4, 3), np.float32), activation="relu")

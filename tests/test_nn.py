@@ -9,6 +9,10 @@ from fastnn import nn, optim
 from utils import assert_close, randn, torch_of
 
 
+def host(t):
+    return t.to("cpu").numpy() if hasattr(t, "to") else np.asarray(t)
+
+
 def lecture_models(dtype, in_f=20, hidden=33, classes=7, p=0.5):
     """The lecture's architecture (Linear+BatchNorm+ReLU+Dropout twice, then Linear), small."""
     fm = nn.Sequential(
@@ -222,6 +226,41 @@ def test_sequential_input_grad_and_plan(rng):
     m.needs_input_grad = False
     m(x)
     assert m.backward(np.ones((3, 2))) is None
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_relu_dropout_fused_equals_the_layers_one_by_one(device, dtype, rng, training):
+    # Sequential runs BatchNorm -> ReLU (-> Dropout) as one op each way; called layer by layer the
+    # same modules give the same bits (the same dropout keys: a seeded layer draws the same stream)
+    def build():
+        return nn.Sequential(nn.Linear(9, 33, dtype=dtype), nn.BatchNorm1d(33, dtype=dtype), nn.ReLU(),
+                             nn.Dropout(0.4, seed=7), nn.Linear(33, 7, dtype=dtype), nn.BatchNorm1d(7, dtype=dtype),
+                             nn.ReLU(), nn.Linear(7, 3, dtype=dtype)).to(device)
+
+    fused, layers = build(), build()
+    layers.load_state_dict(fused.state_dict())
+    fused.train(training)
+    layers.train(training)
+    x = fastnn.tensor(randn(rng, (12, 9), dtype)).to(device)
+    dy = fastnn.tensor(randn(rng, (12, 3), dtype)).to(device)
+    for _ in range(2):  # the second step: new masks, running statistics moved
+        out = fused(x)
+        dx = fused.backward(dy)
+        h = x
+        for m in layers:
+            h = m.forward(h)
+        g = dy
+        for m in reversed(list(layers)):
+            g = m.backward(g)
+        np.testing.assert_array_equal(host(out), host(h))
+        np.testing.assert_array_equal(host(dx), host(g))
+        for (name, p), q in zip(fused.named_parameters(), layers.parameters()):
+            np.testing.assert_array_equal(host(p.grad), host(q.grad), err_msg=name)
+        for (name, b), c in zip(fused.named_buffers(), [c for _, c in layers.named_buffers()]):
+            np.testing.assert_array_equal(host(b), host(c), err_msg=name)
+        fused.zero_grad()
+        layers.zero_grad()
+    assert [kind for kind, _ in fused._plan] == ["single", "batchnorm_relu_dropout", "single", "batchnorm_relu", "single"]
 
 
 def test_to_device_keeps_one_flat_buffer_and_fails_cleanly():

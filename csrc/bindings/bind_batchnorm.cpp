@@ -2,6 +2,8 @@
 
 #include "bindings/bindings.h"
 #include "bindings/convert.h"
+#include "bindings/dropout_args.h"
+#include "bindings/graph_slot.h"
 #include "ops/batchnorm.h"
 
 namespace fastnn::bind {
@@ -53,13 +55,34 @@ Tensor saved_stat(py::handle obj, const Tensor& x, const char* arg) {
 
 py::object none_if_undefined(const Tensor& t) { return t.defined() ? py::cast(t) : py::none(); }
 
+// The forward's epilogue from activation= and dropout= (None or (p, seed, offset)), its key read
+// from `slot` while a graph captures.
+BatchnormEpilogue epilogue_args(const std::string& activation, py::handle dropout, py::handle slot, const Tensor& x) {
+  BatchnormEpilogue e;
+  e.act = to_dropout_activation(activation);
+  if (!dropout.is_none()) {
+    FASTNN_CHECK(py::isinstance<py::tuple>(dropout) && py::len(dropout) == 3, TypeError,
+                 "dropout: expected None or a tuple (p, seed, offset), got ", py::str(dropout).cast<std::string>());
+    const py::tuple t = py::reinterpret_borrow<py::tuple>(dropout);
+    e.dropout = dropout_params(t[0], t[1], t[2]);
+  }
+  e.dropout.slot = to_graph_slot(slot, x, "x");
+  FASTNN_CHECK(!e.dropout.slot || e.dropout.slot.recording, ValueError,
+               "slot: batchnorm_forward takes a slot only while its graph captures (a replay's key is stored "
+               "with dropout_forward)");
+  FASTNN_CHECK(!e.dropout.slot || !dropout.is_none(), ValueError, "slot: given without dropout");
+  return e;
+}
+
 }  // namespace
 
 void bind_batchnorm(py::module_& m) {
   m.def("batchnorm_forward", [](py::handle x_, py::handle weight_, py::handle bias_,
                                 py::handle running_mean_, py::handle running_var_, bool training,
-                                double momentum, double eps, py::handle out_) {
+                                double momentum, double eps, py::handle out_, const std::string& activation,
+                                py::handle dropout_, py::handle slot_) {
           Tensor x = input_2d(x_, "x");
+          const BatchnormEpilogue epilogue = epilogue_args(activation, dropout_, slot_, x);
           const int64_t rows = x.size(0), cols = x.size(1);
           Tensor weight = channel_tensor(weight_, x, "weight");
           Tensor bias = channel_tensor(bias_, x, "bias");
@@ -82,25 +105,41 @@ void bind_batchnorm(py::module_& m) {
           Tensor save_mean = Tensor::empty({cols}, DType::float64, x.device());
           Tensor save_invstd = Tensor::empty({cols}, DType::float64, x.device());
           batchnorm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, y,
-                            save_mean, save_invstd);
+                            save_mean, save_invstd, epilogue);
           return py::make_tuple(y, save_mean, save_invstd);
         }, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"),
         py::arg("running_var"), py::arg("training"), py::arg("momentum") = 0.1, py::arg("eps") = 1e-5,
-        py::arg("out") = py::none(),
+        py::arg("out") = py::none(), py::kw_only(), py::arg("activation") = "none", py::arg("dropout") = py::none(),
+        py::arg("slot") = py::none(),
         "BatchNorm1d on x of shape (N, C), like torch.nn.functional.batch_norm. Returns "
         "(y, save_mean, save_invstd), the last two float64 (C,) for either dtype. training=True normalises with the batch mean and biased "
         "variance and, when running_mean/running_var are given, updates them in place "
         "(running_var with the unbiased variance). training=False uses the running statistics, and "
         "save_mean/save_invstd are running_mean and 1/sqrt(running_var + eps). weight/bias None: "
-        "no affine transform.");
+        "no affine transform. activation='relu' and dropout=(p, seed, offset) apply relu, then "
+        "dropout_forward's mask and scale, to y in the same op (BatchNorm -> ReLU -> Dropout); slot: "
+        "the dropout key's graph slot while capturing (fastnn.cuda).");
 
   m.def("batchnorm_backward", [](py::handle x_, py::handle dy_, py::handle weight_, py::handle save_mean_,
                                  py::handle save_invstd_, bool training, py::handle dx_,
-                                 py::handle dweight_, py::handle dbias_, bool accumulate) {
+                                 py::handle dweight_, py::handle dbias_, bool accumulate, py::handle y_,
+                                 const std::string& activation, py::handle p_) {
           Tensor x = input_2d(x_, "x");
           Tensor dy = to_tensor(dy_, "dy");
           check_like(dy, x, "dy", "x");
           check_shape(dy, x.shape(), "dy");
+          const Activation act = to_dropout_activation(activation);
+          const double p = to_probability(p_);
+          FASTNN_CHECK(act == Activation::relu || p == 0.0, ValueError,
+                       "p: the backward of a fused dropout regenerates nothing; it reads relu's output, so "
+                       "it needs activation='relu' (else run dropout_backward first), got p=", p);
+          Tensor y;
+          if (act == Activation::relu) {
+            FASTNN_CHECK(!y_.is_none(), ValueError, "y: the fused forward's output is required for activation='relu'");
+            y = to_tensor(y_, "y");
+            check_like(y, x, "y", "x");
+            check_shape(y, x.shape(), "y");
+          }
           Tensor weight = channel_tensor(weight_, x, "weight");
           Tensor save_mean = saved_stat(save_mean_, x, "save_mean");
           Tensor save_invstd = saved_stat(save_invstd_, x, "save_invstd");
@@ -108,17 +147,20 @@ void bind_batchnorm(py::module_& m) {
           // the parameter gradients are computed for a given weight, or into a given buffer
           Tensor dweight = weight.defined() || !dweight_.is_none() ? grad_buffer(dweight_, x, "dweight", accumulate) : Tensor();
           Tensor dbias = weight.defined() || !dbias_.is_none() ? grad_buffer(dbias_, x, "dbias", accumulate) : Tensor();
-          batchnorm_backward(x, dy, weight, save_mean, save_invstd, training, dx, dweight, dbias, accumulate);
+          batchnorm_backward(x, dy, weight, save_mean, save_invstd, training, dx, dweight, dbias, accumulate, y,
+                             dropout_scale(p));
           return py::make_tuple(dx, none_if_undefined(dweight), none_if_undefined(dbias));
         }, py::arg("x"), py::arg("dy"), py::arg("weight"), py::arg("save_mean"), py::arg("save_invstd"),
         py::arg("training"), py::kw_only(), py::arg("dx") = py::none(), py::arg("dweight") = py::none(),
-        py::arg("dbias") = py::none(), py::arg("accumulate") = false,
+        py::arg("dbias") = py::none(), py::arg("accumulate") = false, py::arg("y") = py::none(),
+        py::arg("activation") = "none", py::arg("p") = 0.0,
         "Gradients of batchnorm_forward: (dx, dweight, dbias). training=True: the full backward "
         "through the batch statistics; training=False: dx = dy * weight * save_invstd. dweight = "
         "sum(dy * xhat) and dbias = sum(dy) over the rows, computed when weight is given (or a "
         "buffer for them is), else None; written, or added to the given buffers with "
         "accumulate=True. save_mean/save_invstd: float64 as returned by batchnorm_forward (x's dtype "
-        "is accepted and widened).");
+        "is accepted and widened). After a forward with activation='relu' (and dropout p), pass its "
+        "output as y with the same activation and p: dy is then the gradient of that output.");
 }
 
 }  // namespace fastnn::bind

@@ -4,6 +4,7 @@
 
 #include "bindings/bindings.h"
 #include "bindings/convert.h"
+#include "bindings/dropout_args.h"
 #include "bindings/graph_slot.h"
 #include "ops/dropout.h"
 
@@ -13,7 +14,8 @@ namespace {
 
 std::string py_repr(py::handle obj) { return py::repr(obj).cast<std::string>(); }
 
-// A Python int (or anything with __index__, e.g. numpy integers) in [0, 2^bits).
+}  // namespace
+
 uint64_t to_unsigned(py::handle obj, int bits, const char* arg) {
   if (py::isinstance<py::bool_>(obj) || !PyIndex_Check(obj.ptr()))
     throw TypeError(detail::concat(arg, ": expected an int, got ", py_repr(py::type::handle_of(obj).attr("__name__"))));
@@ -43,7 +45,9 @@ Activation to_dropout_activation(const std::string& name) {
   return a;
 }
 
-}  // namespace
+DropoutParams dropout_params(py::handle p, py::handle seed, py::handle offset) {
+  return DropoutParams::make(to_probability(p), to_unsigned(seed, 64, "seed"), to_unsigned(offset, 64, "offset"));
+}
 
 void bind_dropout(py::module_& m) {
   m.def("_philox4x32_10", [](const std::vector<py::handle>& counter, const std::vector<py::handle>& key) {
@@ -62,8 +66,7 @@ void bind_dropout(py::module_& m) {
           Activation act = to_dropout_activation(activation);
           Tensor x = to_tensor(x_, "x");
           check_floating(x, "x");
-          DropoutParams params = DropoutParams::make(
-              to_probability(p_), to_unsigned(seed_, 64, "seed"), to_unsigned(offset_, 64, "offset"));
+          DropoutParams params = dropout_params(p_, seed_, offset_);
           params.slot = to_graph_slot(slot_, x, "x");
           if (params.slot && !params.slot.recording) {  // a replay's fresh key: stored, nothing run
             dropout_forward(x, x, params, act);
@@ -85,8 +88,7 @@ void bind_dropout(py::module_& m) {
           Activation act = to_dropout_activation(activation);
           Tensor dy = to_tensor(dy_, "dy");
           check_floating(dy, "dy");
-          DropoutParams params = DropoutParams::make(
-              to_probability(p_), to_unsigned(seed_, 64, "seed"), to_unsigned(offset_, 64, "offset"));
+          DropoutParams params = dropout_params(p_, seed_, offset_);
           params.slot = to_graph_slot(slot_, dy, "dy");
           FASTNN_CHECK(!params.slot || params.slot.recording, ValueError,
                        "slot: dropout_backward reads the key its forward stored; pass the slot while capturing");
@@ -116,8 +118,7 @@ void bind_dropout(py::module_& m) {
           }
           for (int64_t s : shape)
             FASTNN_CHECK(s >= 0, ValueError, "shape: expected non-negative sizes, got ", shape_str(shape));
-          const DropoutParams params = DropoutParams::make(
-              to_probability(p_), to_unsigned(seed_, 64, "seed"), to_unsigned(offset_, 64, "offset"));
+          const DropoutParams params = dropout_params(p_, seed_, offset_);
           Tensor mask = Tensor::empty(shape, DType::bool_, parse_device(device_));
           dropout_mask(mask, params);
           return mask;

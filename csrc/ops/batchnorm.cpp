@@ -4,15 +4,27 @@ namespace fastnn {
 
 void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                        const Tensor& running_mean, const Tensor& running_var, bool training,
-                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd) {
+                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd,
+                       const BatchnormEpilogue& epilogue) {
   FASTNN_ON_DEVICE(x.device(), batchnorm_forward, x, weight, bias, running_mean, running_var,
-                   training, momentum, eps, y, save_mean, save_invstd);
+                   training, momentum, eps, y, save_mean, save_invstd, epilogue);
 }
 
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
-                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate) {
-  FASTNN_ON_DEVICE(x.device(), batchnorm_backward, x, dy, weight, save_mean, save_invstd, training,
+                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate,
+                        const Tensor& relu_output, double relu_scale) {
+  // The relu (+ dropout) gradient through the output first, into a buffer of its own (dx may be x):
+  // one elementwise pass on either backend, the batchnorm kernels unchanged.
+  Tensor through_relu;
+  if (relu_output.defined()) {
+    through_relu = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
+    DropoutParams params;  // relu through the output reads only the scale
+    params.scale = relu_scale;
+    dropout_backward(dy, relu_output, through_relu, params, Activation::relu);
+  }
+  const Tensor& g = relu_output.defined() ? through_relu : dy;
+  FASTNN_ON_DEVICE(x.device(), batchnorm_backward, x, g, weight, save_mean, save_invstd, training,
                    dx, dweight, dbias, accumulate);
 }
 

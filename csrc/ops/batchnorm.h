@@ -19,6 +19,7 @@
 #include "core/dispatch.h"
 #include "core/macros.h"
 #include "core/tensor.h"
+#include "ops/dropout.h"
 
 namespace fastnn {
 
@@ -121,24 +122,43 @@ FASTNN_HD BatchnormBackwardCoefs batchnorm_backward_coefs(int64_t rows, double s
   return r;
 }
 
+// What the forward applies to each normalised value before storing it, so that BatchNorm -> ReLU
+// -> Dropout (the lecture's block) costs one op: act (none or relu), then dropout as
+// dropout_forward would (its mask a function of the element index of y). The default does nothing.
+// The CPU applies it in the normalising pass, to rows still in L1; the CUDA backend runs the
+// dropout kernel on y after the BatchNorm launches (a fused launch is for a session with a GPU to
+// measure).
+struct BatchnormEpilogue {
+  Activation act = Activation::none;
+  DropoutParams dropout;  // default: keeps everything (p = 0)
+  bool any() const { return act != Activation::none || !dropout.keeps_all(); }
+};
+
 // weight, bias, running_mean, running_var may be undefined Tensors (absent). Writes y (N, C) and
 // the float64 save_mean, save_invstd (C): the batch statistics in training, the running ones in
-// eval (then running_mean and running_var must be given). x and y may alias.
+// eval (then running_mean and running_var must be given), and applies `epilogue` to y. x and y
+// may alias.
 void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                        const Tensor& running_mean, const Tensor& running_var, bool training,
-                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd);
+                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd,
+                       const BatchnormEpilogue& epilogue = {});
 
 // training: the full batch-statistics backward; eval: dx = dy * weight * invstd. dweight =
 // sum(dy * xhat) and dbias = sum(dy) are written (or added to, with accumulate) when defined.
 // weight undefined means weight = 1; save_mean and save_invstd are float64. dx may alias dy or x.
+// With `relu_output` (the output of a forward whose epilogue was relu, then dropout or not), dy is
+// the gradient of that output and passes back to the normalised values as relu + dropout's
+// backward does: y > 0 ? dy * relu_scale : 0, relu_scale = 1 / (1 - p) (1 without dropout).
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
-                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate);
+                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate,
+                        const Tensor& relu_output = Tensor(), double relu_scale = 1.0);
 
 namespace cpu {
 void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                        const Tensor& running_mean, const Tensor& running_var, bool training,
-                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd);
+                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd,
+                       const BatchnormEpilogue& epilogue);
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
                         Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate);
@@ -148,7 +168,8 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
 namespace cuda {
 void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                        const Tensor& running_mean, const Tensor& running_var, bool training,
-                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd);
+                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd,
+                       const BatchnormEpilogue& epilogue);
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
                         Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate);

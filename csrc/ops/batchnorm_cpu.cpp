@@ -12,6 +12,9 @@
 // Inputs larger than L3 (over kOneReadAboveBytes) would be read from memory twice that way; they
 // take the one-read path instead: each thread walks its columns in blocks small enough to stay in
 // L3, pass 1 then pass 2 per block, so memory sees each input once (ForwardTrainBlocks).
+// A forward's epilogue (BatchnormEpilogue: relu, then dropout) runs in pass 2, on each few KiB of
+// rows right after they are written, so BatchNorm -> ReLU -> Dropout writes y once; the one-read
+// path, whose blocks are columns, runs it as a pass of its own.
 // Each kernel is compiled for AVX-512, AVX2 and the baseline and picked at run time.
 #include <algorithm>
 #include <cmath>
@@ -84,6 +87,9 @@ constexpr int64_t kMinBlockCols = 128;
 // strides) measured best; without them the path gained 0-5%.
 constexpr int64_t kBlockStatsPrefetchRows = 32;
 constexpr int64_t kBlockApplyPrefetchRows = 16;
+// Bytes of y the fused epilogue (BatchnormEpilogue: relu, dropout) takes at a time right after
+// the normalising pass wrote them: within L1 (48 KiB on Zen 3 and 4), beside the coefficients.
+constexpr int64_t kEpilogueBytes = int64_t{16} << 10;
 // Exactness (the float32 backward's double path) is decided per group of this many columns,
 // aligned to column 0, which blocks never split: results do not depend on where blocks start.
 constexpr int64_t kExactGroup = 16;
@@ -714,6 +720,24 @@ void over_rows(const typename Kernel::Args& a, int64_t rows, int64_t cols) {
   }, 1);
 }
 
+// over_rows, each thread's rows taken a few KiB at a time and handed to then(r0, count) as soon as
+// the kernel has written them (in L1): an epilogue fused into the pass, not a pass of its own.
+template <class Kernel, class Then>
+void over_rows_then(const typename Kernel::Args& a, int64_t rows, int64_t cols, Then then) {
+  auto* kernel = isa_variant<Kernel>();
+#if defined(__x86_64__)
+  if (cpu_isa() == CpuIsa::avx512) kernel = &Kernel::run_avx512;
+#endif
+  const int64_t step = std::max<int64_t>(1, kEpilogueBytes / (cols * static_cast<int64_t>(sizeof(*a.x))));
+  parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r += step) {
+      const int64_t count = std::min(step, end - r);
+      kernel(a, r, count);
+      then(r, count);
+    }
+  }, 1);
+}
+
 template <class T>
 const T* data_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
 
@@ -722,7 +746,8 @@ const T* data_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : null
 
 void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                        const Tensor& running_mean, const Tensor& running_var, bool training,
-                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd) {
+                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd,
+                       const BatchnormEpilogue& epilogue) {
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
     const int64_t rows = x.size(0), cols = x.size(1);
@@ -733,10 +758,15 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
                      running_var.defined() ? running_var.data<T>() : nullptr,
                      momentum, eps, save_mean.data<double>(), save_invstd.data<double>(), coef.data<T>(),
                      x.numel() * static_cast<int64_t>(sizeof(T)) > kPrefetchBytes,
-                     2 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes,
+                     // the epilogue reads y back at once: from the caches, not past them
+                     !epilogue.any() && 2 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes,
                      training ? one_read_block<T>(rows, cols, 1) : 0};
     if (a.block) {
       over_column_blocks<ForwardTrainBlocks<T>>(a, cols);
+      if (epilogue.any())  // blocks of columns: the epilogue's Philox blocks run along rows, so a pass of its own
+        parallel_for(y.numel(), kParallelGrain / 4, [&](int64_t b, int64_t e) {
+          dropout_forward_span(a.y, a.y, b, e, epilogue.dropout, epilogue.act);
+        }, 256);
       return;
     }
     if (training) {
@@ -750,7 +780,12 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
         a.coef[2 * cols + c] = batchnorm_shift(a.bias, c);
       }
     }
-    over_rows<ForwardApplyRows<T>>(a, rows, cols);
+    if (epilogue.any())
+      over_rows_then<ForwardApplyRows<T>>(a, rows, cols, [&](int64_t r0, int64_t count) {
+        dropout_forward_span(a.y, a.y, r0 * cols, (r0 + count) * cols, epilogue.dropout, epilogue.act);
+      });
+    else
+      over_rows<ForwardApplyRows<T>>(a, rows, cols);
   });
 }
 

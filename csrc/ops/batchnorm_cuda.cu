@@ -130,11 +130,9 @@ void launch_pipeline(const char* name, void (*kernel)(Params, batchnorm_detail::
   cuda_rt::launch(name, kernel, dim3(grid), dim3(kPipeLanes, reduce::kReduceThreads / kPipeLanes), 0, p, s);
 }
 
-}  // namespace
-
-void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                       const Tensor& running_mean, const Tensor& running_var, bool training,
-                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd) {
+void normalise(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+               const Tensor& running_var, bool training, double momentum, double eps, Tensor& y,
+               Tensor& save_mean, Tensor& save_invstd) {
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
     using namespace batchnorm_detail;
@@ -181,6 +179,17 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
       launch_normalise(p, g);
     }
   });
+}
+
+}  // namespace
+
+void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                       const Tensor& running_mean, const Tensor& running_var, bool training,
+                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd,
+                       const BatchnormEpilogue& epilogue) {
+  normalise(x, weight, bias, running_mean, running_var, training, momentum, eps, y, save_mean, save_invstd);
+  // relu and dropout as one more launch on y, in place (in a capture, its key from the graph slot)
+  if (epilogue.any()) cuda::dropout_forward(y, y, epilogue.dropout, epilogue.act);
 }
 
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,

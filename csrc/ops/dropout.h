@@ -60,6 +60,13 @@ void dropout_backward(const Tensor& dy, const Tensor& y, Tensor& dx, const Dropo
 void dropout_mask(Tensor& mask, const DropoutParams& params);
 
 namespace cpu {
+// y[i] = act(x[i]) * keep * scale for i in [begin, end) of one dropout call (the mask of element i
+// as dropout_forward's), on the calling thread: for ops that fuse dropout into a pass of their own
+// (BatchNorm's epilogue). act in {none, relu}; x and y may alias.
+template <class T>
+void dropout_forward_span(const T* x, T* y, int64_t begin, int64_t end, const DropoutParams& params,
+                          Activation act);
+
 void dropout_forward(const Tensor& x, Tensor& y, const DropoutParams& params, Activation act);
 void dropout_backward(const Tensor& dy, const Tensor& y, Tensor& dx, const DropoutParams& params,
                       Activation act);

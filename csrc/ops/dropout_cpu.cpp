@@ -220,32 +220,58 @@ void dropout_range_baseline(const T* in, T* out, bool* mask, int64_t begin, int6
 }
 
 template <Kind kKind, class T>
-void dropout_run(const T* in, T* out, bool* mask, int64_t n, const DropoutParams& p) {
+auto range_for_isa() {
   auto* range = &dropout_range_baseline<kKind, T>;
 #if defined(__x86_64__)
   if (cpu_isa() == CpuIsa::avx512) range = &dropout_range_avx512<kKind, T>;
   else if (cpu_isa() == CpuIsa::avx2) range = &dropout_range_avx2<kKind, T>;
 #endif
+  return range;
+}
+
+template <Kind kKind, class T>
+void dropout_run(const T* in, T* out, bool* mask, int64_t n, const DropoutParams& p) {
+  auto* range = range_for_isa<kKind, T>();
   parallel_for(n, kDropoutGrain, [&](int64_t b, int64_t e) { range(in, out, mask, b, e, p); }, kBlock);
 }
 
-// out = act(in) * factor for a factor shared by every element (p = 0: 1, p = 1: 0).
+// out = act(in) * factor over [b, e) for a factor shared by every element (p = 0: 1, p = 1: 0).
+template <class T>
+void scale_uniform_span(const T* in, T* out, int64_t b, int64_t e, bool relu, T factor) {
+  if (!relu && factor == T(1)) {
+    if (in != out && e > b) std::memmove(out + b, in + b, static_cast<size_t>(e - b) * sizeof(T));
+  } else if (relu) {
+    for (int64_t i = b; i < e; ++i) out[i] = activation_apply(Activation::relu, in[i]) * factor;
+  } else {
+    for (int64_t i = b; i < e; ++i) out[i] = in[i] * factor;
+  }
+}
+
 template <class T>
 void scale_uniform(const T* in, T* out, int64_t n, bool relu, T factor) {
   if (!relu && factor == T(1)) {
-    if (in != out && n) std::memmove(out, in, static_cast<size_t>(n) * sizeof(T));
+    scale_uniform_span(in, out, 0, n, relu, factor);
     return;
   }
-  parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) {
-    if (relu) {
-      for (int64_t i = b; i < e; ++i) out[i] = activation_apply(Activation::relu, in[i]) * factor;
-    } else {
-      for (int64_t i = b; i < e; ++i) out[i] = in[i] * factor;
-    }
-  });
+  parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) { scale_uniform_span(in, out, b, e, relu, factor); });
 }
 
 }  // namespace
+
+template <class T>
+void dropout_forward_span(const T* x, T* y, int64_t begin, int64_t end, const DropoutParams& params,
+                          Activation act) {
+  const bool relu = act == Activation::relu;
+  if (params.keeps_all() || params.keeps_none())
+    scale_uniform_span(x, y, begin, end, relu, params.keeps_all() ? T(1) : T(0));
+  else if (relu)
+    range_for_isa<Kind::forward_relu, T>()(x, y, nullptr, begin, end, params);
+  else
+    range_for_isa<Kind::forward, T>()(x, y, nullptr, begin, end, params);
+}
+template void dropout_forward_span<float>(const float*, float*, int64_t, int64_t, const DropoutParams&, Activation);
+template void dropout_forward_span<double>(const double*, double*, int64_t, int64_t, const DropoutParams&,
+                                           Activation);
 
 void dropout_forward(const Tensor& x, Tensor& y, const DropoutParams& params, Activation act) {
   const bool relu = act == Activation::relu;

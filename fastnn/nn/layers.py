@@ -175,16 +175,21 @@ class Dropout(Module):
             self._y = _C.activation_forward(x, activation) if activation else x
             return self._y
         act = activation or "none"
+        key, slot = self._draw_key(x, act)
+        self._y = _C.dropout_forward(x, self.p, *key, act, slot=slot)
+        return self._y
+
+    def _draw_key(self, x, act):
+        """This call's (seed, offset) and, while a graph captures, the slot its kernel reads the key
+        from: the graph refills the slot before every replay with the key an eager call would draw,
+        so masks differ step to step as they should."""
         self._key = self._next_key()
         self._slot = None
         g = _cuda._capturing()
         if g is not None:
-            # Captured: the kernels read the key from a graph slot that gets a fresh key (the one an
-            # eager call would draw) before every replay, so masks differ step to step as they should.
             slot = self._slot = g._new_slot(self)
             g._on_replay(lambda: _C.dropout_forward(x, self.p, *self._next_key(), act, slot=slot))
-        self._y = _C.dropout_forward(x, self.p, *self._key, act, slot=self._slot)
-        return self._y
+        return self._key, self._slot
 
     def _next_key(self):
         if self.seed is None:
@@ -222,6 +227,7 @@ class BatchNorm1d(Module):
         self.affine, self.track_running_stats = affine, track_running_stats
         self.register_parameter("weight", Parameter(np.ones(num_features, dtype)) if affine else None)
         self.register_parameter("bias", Parameter(np.zeros(num_features, dtype)) if affine else None)
+        self._relu_output = None  # the output of a fused forward with relu (see _forward_fused)
         if track_running_stats:
             self.register_buffer("running_mean", _C.zeros([num_features], dtype))
             self.register_buffer("running_var", _C.from_dlpack(np.ones(num_features, dtype)))
@@ -232,6 +238,24 @@ class BatchNorm1d(Module):
             self.register_buffer("num_batches_tracked", None)
 
     def forward(self, x):
+        return self._forward_fused(x, None, None)
+
+    def _forward_fused(self, x, activation, dropout):
+        """y = dropout(act(batchnorm(x))) in one op: ``activation`` None or 'relu', ``dropout`` None
+        or the Dropout module that follows (identity in eval mode, as it is on its own).
+        backward() then takes the gradient of that output."""
+        epilogue = {}
+        self._relu_output = None
+        if activation is not None:
+            epilogue["activation"] = activation
+            if dropout is not None and dropout.training:
+                key, slot = dropout._draw_key(x, activation)
+                epilogue["dropout"], epilogue["slot"] = (dropout.p, *key), slot
+                self._relu_p = dropout.p
+            else:
+                if dropout is not None:
+                    dropout._key = None
+                self._relu_p = 0.0
         use_batch_stats = self.training or not self.track_running_stats
         factor = 0.0 if self.momentum is None else float(self.momentum)
         if self.training and self.track_running_stats:
@@ -249,8 +273,10 @@ class BatchNorm1d(Module):
         w, b = params["weight"], params["bias"]
         y, mean, invstd = _C.batchnorm_forward(
             x, w.data if w is not None else None, b.data if b is not None else None,
-            buffers["running_mean"], buffers["running_var"], use_batch_stats, factor, self.eps)
+            buffers["running_mean"], buffers["running_var"], use_batch_stats, factor, self.eps, **epilogue)
         self._x, self._saved, self._batch_stats = x, (mean, invstd), use_batch_stats
+        if activation is not None:
+            self._relu_output = y
         return y
 
     def _batches_tracked_view(self):
@@ -274,9 +300,10 @@ class BatchNorm1d(Module):
         w, b = params["weight"], params["bias"]
         x = self._from_forward("_x")
         (dweight, dbias), accumulate = grads_for_backward(w, b)
+        relu = {} if self._relu_output is None else {"y": self._relu_output, "activation": "relu", "p": self._relu_p}
         dx, _, _ = _C.batchnorm_backward(
             x, dy, w.data if w is not None else None, self._saved[0], self._saved[1],
-            self._batch_stats, dweight=dweight, dbias=dbias, accumulate=accumulate)
+            self._batch_stats, dweight=dweight, dbias=dbias, accumulate=accumulate, **relu)
         return dx
 
     def extra_repr(self):

@@ -249,7 +249,8 @@ class Sequential(Module):
 
     On construction all parameters move into one flat buffer (see
     :meth:`Module.flatten_parameters`). Adjacent layers that have a fused kernel run as one op:
-    ``Linear`` then ``ReLU``/``Tanh``/``Sigmoid`` runs the activation in the GEMM epilogue, and
+    ``Linear`` then ``ReLU``/``Tanh``/``Sigmoid`` runs the activation in the GEMM epilogue,
+    ``BatchNorm1d`` then ``ReLU`` (then ``Dropout``) applies them as BatchNorm's epilogue, and
     ``ReLU`` then ``Dropout`` runs as one fused relu+dropout pass.
     """
 
@@ -272,14 +273,22 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def _build_plan(self):
-        from fastnn.nn.layers import Dropout, Linear, _Activation
+        from fastnn.nn.layers import BatchNorm1d, Dropout, Linear, ReLU, _Activation
 
         layers = list(self._modules.values())
         plan, i = [], 0
         while i < len(layers):
             layer = layers[i]
             nxt = layers[i + 1] if i + 1 < len(layers) else None
-            if isinstance(layer, Linear) and layer.activation is None and isinstance(nxt, _Activation) and nxt.fusable:
+            after = layers[i + 2] if i + 2 < len(layers) else None
+            if isinstance(layer, BatchNorm1d) and type(nxt) is ReLU:
+                if isinstance(after, Dropout):
+                    plan.append(("batchnorm_relu_dropout", (layer, nxt, after)))
+                    i += 3
+                else:
+                    plan.append(("batchnorm_relu", (layer, nxt)))
+                    i += 2
+            elif isinstance(layer, Linear) and layer.activation is None and isinstance(nxt, _Activation) and nxt.fusable:
                 plan.append(("linear_act", (layer, nxt)))
                 i += 2
             elif isinstance(layer, _Activation) and layer.kind == "relu" and isinstance(nxt, Dropout):
@@ -302,6 +311,10 @@ class Sequential(Module):
                 lin, act = mods
                 lin.needs_input_grad = not first or self.needs_input_grad
                 x = lin._forward_fused(x, act.kind)
+            elif kind == "batchnorm_relu":
+                x = mods[0]._forward_fused(x, "relu", None)
+            elif kind == "batchnorm_relu_dropout":
+                x = mods[0]._forward_fused(x, "relu", mods[2])
             else:
                 relu, drop = mods
                 x = drop._forward_fused(x, "relu")
@@ -312,10 +325,8 @@ class Sequential(Module):
         if self._plan is None:
             raise RuntimeError("Sequential.backward called before forward (forward keeps what backward needs)")
         for kind, mods in reversed(self._plan):
-            if kind == "single":
-                dy = mods[0].backward(dy)
-            elif kind == "linear_act":
-                dy = mods[0].backward(dy)
+            if kind in ("single", "linear_act", "batchnorm_relu", "batchnorm_relu_dropout"):
+                dy = mods[0].backward(dy)  # the first module of a fused run takes its whole gradient
             else:
                 dy = mods[1].backward(dy)
             if dy is None:
