@@ -535,3 +535,20 @@ def test_fused_errors(rng):
         _C.batchnorm_backward(x, x, None, m, s, True, y=np.zeros((4, 4)), activation="relu", p=0.5)
     with pytest.raises(TypeError, match="y: expected float64"):
         _C.batchnorm_backward(x, x, None, m, s, True, y=np.zeros((4, 3), np.float32), activation="relu")
+
+
+@pytest.mark.skipif(not fastnn.build_info()["cuda_available"], reason="no CUDA device (real or emulated)")
+@pytest.mark.parametrize("path", ["one launch", "chunks", "chunks, 16-byte vectors", "pipeline"])
+def test_fused_forward_on_every_cuda_path(dtype, rng, path, monkeypatch):
+    # each launch that writes y applies the epilogue: the single launch, the chunked scalar and
+    # vector normalising passes, and the one-read pipeline; bitwise BatchNorm then dropout_forward
+    shape = {"one launch": (37, 1030), "chunks": (1000, 7), "chunks, 16-byte vectors": (2000, 64),
+             "pipeline": (2000, 64)}[path]
+    if path == "pipeline":
+        monkeypatch.setenv("FASTNN_BN_PIPELINE_ABOVE", "0")
+    x, w, b, rm, rv, dy = make(rng, shape, dtype)
+    for p, act in [(0.5, "relu"), (0.5, "none"), (1.0, "relu"), (0.0, "relu")]:
+        dev = [on("cuda", a) for a in (x, w, b)]
+        plain, _, _ = _C.batchnorm_forward(*dev, None, None, True)
+        fused, _, _ = _C.batchnorm_forward(*dev, None, None, True, activation=act, dropout=(p, 11, 5))
+        np.testing.assert_array_equal(host(fused), host(_C.dropout_forward(plain, p, 11, 5, act)), err_msg=f"{p} {act}")

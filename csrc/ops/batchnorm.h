@@ -125,9 +125,8 @@ FASTNN_HD BatchnormBackwardCoefs batchnorm_backward_coefs(int64_t rows, double s
 // What the forward applies to each normalised value before storing it, so that BatchNorm -> ReLU
 // -> Dropout (the lecture's block) costs one op: act (none or relu), then dropout as
 // dropout_forward would (its mask a function of the element index of y). The default does nothing.
-// The CPU applies it in the normalising pass, to rows still in L1; the CUDA backend runs the
-// dropout kernel on y after the BatchNorm launches (a fused launch is for a session with a GPU to
-// measure).
+// Both backends apply it in the pass that writes y (the CPU to rows still in L1), so y is written
+// once and the step launches no dropout kernel.
 struct BatchnormEpilogue {
   Activation act = Activation::none;
   DropoutParams dropout;  // default: keeps everything (p = 0)

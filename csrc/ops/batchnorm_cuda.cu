@@ -130,9 +130,31 @@ void launch_pipeline(const char* name, void (*kernel)(Params, batchnorm_detail::
   cuda_rt::launch(name, kernel, dim3(grid), dim3(kPipeLanes, reduce::kReduceThreads / kPipeLanes), 0, p, s);
 }
 
-void normalise(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-               const Tensor& running_var, bool training, double momentum, double eps, Tensor& y,
-               Tensor& save_mean, Tensor& save_invstd) {
+template <class T>
+batchnorm_detail::DeviceEpilogue<T> device_epilogue(const BatchnormEpilogue& e, const StepScalars<DropoutKey>& key) {
+  batchnorm_detail::DeviceEpilogue<T> d;
+  d.relu = e.act == Activation::relu;
+  d.key = key;
+  if (e.dropout.keeps_none()) {
+    d.dropout = d.kUniform;
+    d.scale = T(0);
+  } else if (!e.dropout.keeps_all()) {
+    d.dropout = d.kMask;
+    d.threshold = static_cast<uint32_t>(e.dropout.threshold);  // in (0, 2^32) here
+    d.scale = static_cast<T>(e.dropout.scale);
+  }
+  return d;
+}
+
+}  // namespace
+
+void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                       const Tensor& running_mean, const Tensor& running_var, bool training,
+                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd,
+                       const BatchnormEpilogue& epilogue) {
+  // the epilogue's dropout key, or in a capture the slot each replay refills
+  StepScalars<DropoutKey> key;
+  step_scalars(DropoutKey{epilogue.dropout.seed, epilogue.dropout.offset}, epilogue.dropout.slot, key);
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
     using namespace batchnorm_detail;
@@ -142,7 +164,8 @@ void normalise(const Tensor& x, const Tensor& weight, const Tensor& bias, const 
     ForwardParams<T> p{x.data<T>(), y.data<T>(), rows, cols, g.rows_per_chunk,
                        data_or_null<T>(weight), data_or_null<T>(bias),
                        mutable_or_null<T>(running_mean), mutable_or_null<T>(running_var),
-                       momentum, eps, save_mean.data<double>(), save_invstd.data<double>(), nullptr};
+                       momentum, eps, save_mean.data<double>(), save_invstd.data<double>(), nullptr,
+                       device_epilogue<T>(epilogue, key)};
     const dim3 threads(reduce::kReduceThreads);
     if (!training) {
       cuda_rt::launch("batchnorm_eval_stats", forward_eval_stats_kernel<T>, column_threads(cols), threads, 0, p);
@@ -179,17 +202,6 @@ void normalise(const Tensor& x, const Tensor& weight, const Tensor& bias, const 
       launch_normalise(p, g);
     }
   });
-}
-
-}  // namespace
-
-void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                       const Tensor& running_mean, const Tensor& running_var, bool training,
-                       double momentum, double eps, Tensor& y, Tensor& save_mean, Tensor& save_invstd,
-                       const BatchnormEpilogue& epilogue) {
-  normalise(x, weight, bias, running_mean, running_var, training, momentum, eps, y, save_mean, save_invstd);
-  // relu and dropout as one more launch on y, in place (in a capture, its key from the graph slot)
-  if (epilogue.any()) cuda::dropout_forward(y, y, epilogue.dropout, epilogue.act);
 }
 
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,

@@ -24,9 +24,55 @@
 #include "core/cuda_runtime.h"
 #include "core/cuda_sync.cuh"
 #include "ops/batchnorm.h"
+#include "ops/dropout.h"
 #include "ops/reduce_kernels.cuh"
 
 namespace fastnn::cuda::batchnorm_detail {
+
+// BatchnormEpilogue on the device: relu, then dropout, each value as the dropout kernels form it
+// (dropout_kernels.cuh), so a fused y is bitwise BatchNorm's y put through dropout_forward.
+template <class T>
+struct DeviceEpilogue {
+  enum Dropout : int { kNone, kUniform, kMask };  // kUniform: every value times `scale` (p = 1: 0)
+  bool relu = false;
+  int dropout = kNone;
+  uint32_t threshold = 0;
+  T scale = T(1);
+  StepScalars<DropoutKey> key{};  // its value or, in a graph, the slot each replay refills
+
+  FASTNN_HD bool any() const { return relu || dropout != kNone; }
+
+  // Value v of element i (its index in y).
+  __device__ __forceinline__ T operator()(T v, int64_t i) const {
+    if (relu) v = activation_apply(Activation::relu, v);
+    if (dropout == kUniform) return v * scale;
+    if (dropout == kMask) {
+      const DropoutKey k = key.get();
+      uint32_t w[4];
+      dropout_words(k.seed, k.offset, static_cast<uint64_t>(i) >> 2, w);
+      v = v * dropout_factor(w[i & 3] >= threshold, scale);
+    }
+    return v;
+  }
+
+  // VW values from element i, i a multiple of VW and VW <= 4: one Philox call for all of them.
+  template <int VW>
+  __device__ __forceinline__ void vector(T* v, int64_t i) const {
+#pragma unroll
+    for (int e = 0; e < VW; ++e)
+      if (relu) v[e] = activation_apply(Activation::relu, v[e]);
+    if (dropout == kUniform) {
+#pragma unroll
+      for (int e = 0; e < VW; ++e) v[e] = v[e] * scale;
+    } else if (dropout == kMask) {
+      const DropoutKey k = key.get();
+      uint32_t w[4];
+      dropout_words(k.seed, k.offset, static_cast<uint64_t>(i) >> 2, w);
+#pragma unroll
+      for (int e = 0; e < VW; ++e) v[e] = v[e] * dropout_factor(w[(i + e) & 3] >= threshold, scale);
+    }
+  }
+};
 
 template <class T>
 struct ForwardParams {
@@ -41,6 +87,7 @@ struct ForwardParams {
   double* save_mean;
   double* save_invstd;
   double* partials;  // chunks x cols x 3 states {count, sum u, sum u^2} (several chunks only)
+  DeviceEpilogue<T> epilogue;  // applied to y by the normalising passes
 };
 
 template <class T>
@@ -159,11 +206,17 @@ __device__ __forceinline__ void normalise(const ForwardParams<T>& p, const Slice
   for (int64_t r0 = s.r_begin; r0 < s.r_end; r0 += kRowUnroll * s.step) {
     T v[kRowUnroll];
     const int count = load_rows(p.x, s, r0, p.cols, v);
-    T* out = p.y + r0 * p.cols + s.col;
-    const int64_t stride = s.step * p.cols;
+    const int64_t at = r0 * p.cols + s.col, stride = s.step * p.cols;
+    T* out = p.y + at;
+    if (p.epilogue.any()) {
 #pragma unroll
-    for (int u = 0; u < kRowUnroll; ++u)
-      if (u < count) out[u * stride] = y(v[u]);
+      for (int u = 0; u < kRowUnroll; ++u)
+        if (u < count) out[u * stride] = p.epilogue(y(v[u]), at + u * stride);
+    } else {
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u)
+        if (u < count) out[u * stride] = y(v[u]);
+    }
   }
 }
 
@@ -441,10 +494,10 @@ inline reduce::ColumnGrid vec_grid(int64_t rows, int64_t vec_cols) {
 // The thread's vector of columns (the first column of it; none past `cols`) over rows
 // [chunk_begin, r_end), the block's rows split by threadIdx.y: out[r][col..] = f(u, &in_x[r][col..],
 // &in_g[r][col..]) element u by element, kVecUnroll rows' vectors loaded before any is stored (out
-// may alias an input). in_g: null for one input.
-template <class T, class F>
+// may alias an input), then post(vector, index of its first element in out). in_g: null for one input.
+template <class T, class F, class Post>
 __device__ __forceinline__ void vec_rows(int64_t cols, int64_t col, int64_t chunk_begin, int64_t r_end,
-                                         const T* in_x, const T* in_g, T* out, F f) {
+                                         const T* in_x, const T* in_g, T* out, F f, Post post) {
   using V = typename cuda_rt::Vec16<T>::type;
   constexpr int VW = kVecWidth<T>;
   const int step = static_cast<int>(blockDim.y);
@@ -465,6 +518,7 @@ __device__ __forceinline__ void vec_rows(int64_t cols, int64_t col, int64_t chun
       const T* ge = reinterpret_cast<const T*>(&gs[u]);
 #pragma unroll
       for (int v = 0; v < VW; ++v) xe[v] = f(v, xe[v], in_g ? ge[v] : T(0));
+      post(xe, at + u * stride);
       *reinterpret_cast<V*>(out + at + u * stride) = xs[u];
     }
   }
@@ -494,7 +548,12 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) normalise_vec_kernel(F
   for (int v = 0; v < VW; ++v) y[v] = ColumnNormaliser<T>(p, col + v);
   int64_t begin, end;
   reverse_vec_chunk(p.rows, rows_per_chunk, begin, end);
-  vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, [&](int v, T x, T) { return y[v](x); });
+  const auto normalised = [&](int v, T x, T) { return y[v](x); };
+  if (p.epilogue.any())
+    vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, normalised,
+             [&](T* v, int64_t i) { p.epilogue.template vector<VW>(v, i); });
+  else
+    vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, normalised, [](T*, int64_t) {});
 }
 
 // dx from the per-column coefficients (p.coefs), as write_dx(), a vector of columns per thread.
@@ -508,7 +567,8 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_dx_vec_kernel
   for (int v = 0; v < VW; ++v) dx[v] = ColumnDx<T>(p.coefs + (col + v) * kCoefs);
   int64_t begin, end;
   reverse_vec_chunk(p.rows, rows_per_chunk, begin, end);
-  vec_rows(p.cols, col, begin, end, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); });
+  vec_rows(p.cols, col, begin, end, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); },
+           [](T*, int64_t) {});
 }
 
 // ---- 16-byte statistics passes ----------------------------------------------------------------
@@ -828,7 +888,13 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
         for (int v = 0; v < VW; ++v)
           y[v] = ColumnNormaliser<T>(p, col + v, cuda_rt::load_bypassing_l1(p.save_mean + col + v),
                                      cuda_rt::load_bypassing_l1(p.save_invstd + col + v));
-        vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, [&](int v, T x, T) { return y[v](x); });
+        const auto normalised = [&](int v, T x, T) { return y[v](x); };
+        if (p.epilogue.any())
+          vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, normalised,
+                   [&](T* v, int64_t i) { p.epilogue.template vector<VW>(v, i); });
+        else
+          vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, normalised,
+                   [](T*, int64_t) {});
       });
 }
 
@@ -857,7 +923,8 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
           for (int k = 0; k < kCoefs; ++k) coef[k] = cuda_rt::load_bypassing_l1(p.coefs + (col + v) * kCoefs + k);
           dx[v] = ColumnDx<T>(coef);
         }
-        vec_rows(p.cols, col, begin, end, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); });
+        vec_rows(p.cols, col, begin, end, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); },
+                 [](T*, int64_t) {});
       });
 }
 
