@@ -539,9 +539,10 @@ def test_fused_errors(rng):
 
 @pytest.mark.skipif(not fastnn.build_info()["cuda_available"], reason="no CUDA device (real or emulated)")
 @pytest.mark.parametrize("path", ["one launch", "chunks", "chunks, 16-byte vectors", "pipeline"])
-def test_fused_forward_on_every_cuda_path(dtype, rng, path, monkeypatch):
-    # each launch that writes y applies the epilogue: the single launch, the chunked scalar and
-    # vector normalising passes, and the one-read pipeline; bitwise BatchNorm then dropout_forward
+def test_fused_batchnorm_on_every_cuda_path(dtype, rng, path, monkeypatch):
+    # each launch that writes y applies the epilogue, and each that reads dy the relu + dropout
+    # backward: the single launch, the chunked scalar and 16-byte passes, and the one-read
+    # pipeline; bitwise BatchNorm then dropout_forward (and dropout_backward then BatchNorm)
     shape = {"one launch": (37, 1030), "chunks": (1000, 7), "chunks, 16-byte vectors": (2000, 64),
              "pipeline": (2000, 64)}[path]
     if path == "pipeline":
@@ -549,6 +550,16 @@ def test_fused_forward_on_every_cuda_path(dtype, rng, path, monkeypatch):
     x, w, b, rm, rv, dy = make(rng, shape, dtype)
     for p, act in [(0.5, "relu"), (0.5, "none"), (1.0, "relu"), (0.0, "relu")]:
         dev = [on("cuda", a) for a in (x, w, b)]
-        plain, _, _ = _C.batchnorm_forward(*dev, None, None, True)
+        plain, mean, invstd = _C.batchnorm_forward(*dev, None, None, True)
         fused, _, _ = _C.batchnorm_forward(*dev, None, None, True, activation=act, dropout=(p, 11, 5))
         np.testing.assert_array_equal(host(fused), host(_C.dropout_forward(plain, p, 11, 5, act)), err_msg=f"{p} {act}")
+        if act != "relu":
+            continue
+        # and the backward reads dy through relu + dropout in each of its launches, train and eval
+        for training in (True, False):
+            g = on("cuda", dy)
+            through = _C.dropout_backward(g, p, 11, 5, fused, "relu")
+            want = _C.batchnorm_backward(dev[0], through, dev[1], mean, invstd, training)
+            got = _C.batchnorm_backward(dev[0], g, dev[1], mean, invstd, training, y=fused, activation="relu", p=p)
+            for name, a, b in zip(("dx", "dweight", "dbias"), got, want):
+                np.testing.assert_array_equal(host(a), host(b), err_msg=f"{name} {p} training={training}")

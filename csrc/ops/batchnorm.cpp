@@ -14,18 +14,8 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
                         Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate,
                         const Tensor& relu_output, double relu_scale) {
-  // The relu (+ dropout) gradient through the output first, into a buffer of its own (dx may be x):
-  // one elementwise pass on either backend, the batchnorm kernels unchanged.
-  Tensor through_relu;
-  if (relu_output.defined()) {
-    through_relu = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
-    DropoutParams params;  // relu through the output reads only the scale
-    params.scale = relu_scale;
-    dropout_backward(dy, relu_output, through_relu, params, Activation::relu);
-  }
-  const Tensor& g = relu_output.defined() ? through_relu : dy;
-  FASTNN_ON_DEVICE(x.device(), batchnorm_backward, x, g, weight, save_mean, save_invstd, training,
-                   dx, dweight, dbias, accumulate);
+  FASTNN_ON_DEVICE(x.device(), batchnorm_backward, x, dy, weight, save_mean, save_invstd, training,
+                   dx, dweight, dbias, accumulate, relu_output, relu_scale);
 }
 
 }  // namespace fastnn

@@ -147,7 +147,9 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
 // weight undefined means weight = 1; save_mean and save_invstd are float64. dx may alias dy or x.
 // With `relu_output` (the output of a forward whose epilogue was relu, then dropout or not), dy is
 // the gradient of that output and passes back to the normalised values as relu + dropout's
-// backward does: y > 0 ? dy * relu_scale : 0, relu_scale = 1 / (1 - p) (1 without dropout).
+// backward does: y > 0 ? dy * relu_scale : 0, relu_scale = 1 / (1 - p) (1 without dropout). The
+// CUDA kernels do so wherever they read dy; the CPU forms that gradient in a pass of its own first
+// (at batch 128 the pass is in L2, and the CPU's backward passes have several ISA variants each).
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
                         Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate,
@@ -160,7 +162,8 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
                        const BatchnormEpilogue& epilogue);
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
-                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate);
+                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate,
+                        const Tensor& relu_output, double relu_scale);
 }  // namespace cpu
 
 // The CUDA backend (ops/batchnorm_cuda.cu); same contracts as the cpu:: functions.
@@ -171,7 +174,8 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
                        const BatchnormEpilogue& epilogue);
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
-                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate);
+                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate,
+                        const Tensor& relu_output, double relu_scale);
 }  // namespace cuda
 
 }  // namespace fastnn

@@ -789,9 +789,19 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
   });
 }
 
-void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
+void batchnorm_backward(const Tensor& x, const Tensor& dy_out, const Tensor& weight,
                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
-                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate) {
+                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate,
+                        const Tensor& relu_output, double relu_scale) {
+  // the fused forward's relu (+ dropout) first, into a buffer of its own (dx may be x)
+  Tensor through_relu;
+  if (relu_output.defined()) {
+    through_relu = Tensor::empty(dy_out.shape(), dy_out.dtype());
+    DropoutParams relu_only;  // relu through the output reads only the scale
+    relu_only.scale = relu_scale;
+    cpu::dropout_backward(dy_out, relu_output, through_relu, relu_only, Activation::relu);
+  }
+  const Tensor& dy = relu_output.defined() ? through_relu : dy_out;
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
     const int64_t rows = x.size(0), cols = x.size(1);

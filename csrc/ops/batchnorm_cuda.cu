@@ -206,7 +206,8 @@ void batchnorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
 
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
                         const Tensor& save_mean, const Tensor& save_invstd, bool training,
-                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate) {
+                        Tensor& dx, Tensor& dweight, Tensor& dbias, bool accumulate,
+                        const Tensor& relu_output, double relu_scale) {
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
     using namespace batchnorm_detail;
@@ -215,7 +216,9 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
     const reduce::ColumnGrid g = reduce::column_grid(rows, cols);
     BackwardParams<T> p{x.data<T>(), dy.data<T>(), dx.data<T>(), rows, cols, g.rows_per_chunk,
                         data_or_null<T>(weight), save_mean.data<double>(), save_invstd.data<double>(),
-                        mutable_or_null<T>(dweight), mutable_or_null<T>(dbias), accumulate, nullptr, nullptr};
+                        mutable_or_null<T>(dweight), mutable_or_null<T>(dbias), accumulate, nullptr, nullptr,
+                        data_or_null<T>(relu_output), static_cast<T>(relu_scale)};
+    const bool gated = p.relu_output != nullptr;
     const dim3 threads(reduce::kReduceThreads);
     Tensor partials, coefs;
     if (!training) {
@@ -224,23 +227,25 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
         partials = Tensor::empty({g.chunks, cols, 2}, DType::float64, x.device());
         p.partials = partials.data<double>();
       }
-      cuda_rt::launch("batchnorm_backward_eval", backward_eval_kernel<T>, g.grid(), g.block(), 0, p, sums_wanted);
+      cuda_rt::launch("batchnorm_backward_eval", gated ? backward_eval_kernel<T, true> : backward_eval_kernel<T, false>, g.grid(), g.block(), 0, p,
+                      sums_wanted);
       if (p.partials)
         cuda_rt::launch("batchnorm_backward_eval_finish", backward_eval_finish_kernel<T>, column_threads(cols),
                         threads, 0, p, g.chunks);
       return;
     }
-    if (use_pipeline<T>(rows, cols, 2, {p.x, p.dy, p.dx})) {
+    if (use_pipeline<T>(rows, cols, 2, {p.x, p.dy, p.dx, p.relu_output})) {
       Tensor counters;
       const PipelineSchedule s = pipeline_schedule<T>(rows, cols, 2, x.device(), counters);
       partials = Tensor::empty({s.chunks, cols, kTrainSums<T>}, DType::float64, x.device());
       coefs = Tensor::empty({cols, kCoefs}, DType::float64, x.device());
       p.partials = partials.data<double>();
       p.coefs = coefs.data<double>();
-      launch_pipeline<T>("batchnorm_backward_pipeline", backward_pipeline_kernel<T>, p, s);
+      launch_pipeline<T>("batchnorm_backward_pipeline",
+                         gated ? backward_pipeline_kernel<T, true> : backward_pipeline_kernel<T, false>, p, s);
       return;
     }
-    const reduce::ColumnGrid v = stats_vec_grid<T>(g, cols, {p.x, p.dy, p.dx});
+    const reduce::ColumnGrid v = stats_vec_grid<T>(g, cols, {p.x, p.dy, p.dx, p.relu_output});
     const int64_t chunks = g.chunks;
     if (chunks > 1) {
       partials = Tensor::empty({chunks, cols, kTrainSums<T>}, DType::float64, x.device());
@@ -249,19 +254,23 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& weight,
       p.coefs = coefs.data<double>();
     }
     if (v.chunks > 1) {  // sums in 16-byte vectors of columns (then the vector dx pass below)
-      cuda_rt::launch("batchnorm_backward_stats_vec", backward_stats_vec_kernel<T>, v.grid(), v.block(), 0, p);
+      cuda_rt::launch("batchnorm_backward_stats_vec", gated ? backward_stats_vec_kernel<T, true> : backward_stats_vec_kernel<T, false>,
+                      v.grid(), v.block(), 0, p);
     } else {
-      cuda_rt::launch("batchnorm_backward_train", backward_train_kernel<T>, g.grid(), g.block(), 0, p);
+      cuda_rt::launch("batchnorm_backward_train", gated ? backward_train_kernel<T, true> : backward_train_kernel<T, false>,
+                      g.grid(), g.block(), 0, p);
     }
     if (chunks > 1) {
       cuda_rt::launch("batchnorm_backward_finish", backward_finish_kernel<T>, column_threads(cols), threads, 0,
                       p, chunks);
-      if (vectorisable<T>(cols, {p.x, p.dy, p.dx})) {
+      if (vectorisable<T>(cols, {p.x, p.dy, p.dx, p.relu_output})) {
         const reduce::ColumnGrid v = vec_grid(rows, cols / kVecWidth<T>);
-        cuda_rt::launch("batchnorm_backward_dx_vec", backward_dx_vec_kernel<T>, v.grid(), v.block(), 0, p,
+        cuda_rt::launch("batchnorm_backward_dx_vec", gated ? backward_dx_vec_kernel<T, true> : backward_dx_vec_kernel<T, false>,
+                        v.grid(), v.block(), 0, p,
                         v.rows_per_chunk);
       } else {
-        cuda_rt::launch("batchnorm_backward_dx", backward_dx_kernel<T>, g.grid(), g.block(), 0, p);
+        cuda_rt::launch("batchnorm_backward_dx", gated ? backward_dx_kernel<T, true> : backward_dx_kernel<T, false>,
+                        g.grid(), g.block(), 0, p);
       }
     }
   });

@@ -104,7 +104,25 @@ struct BackwardParams {
   bool accumulate;
   double* partials;  // chunks x cols x kSums (several chunks only)
   double* coefs;     // cols x kCoefs (training, several chunks only)
+  // A fused forward's relu (+ dropout) output, or null: every dy read passes back through it first,
+  // dy -> y > 0 ? dy * relu_scale : 0, as dropout_backward's relu path forms it.
+  const T* relu_output;
+  T relu_scale;
 };
+
+// dy rows of a thread as the BatchNorm backward takes them: through the fused relu (+ dropout)
+// when there is one (its output's rows r0, r0 + step, ... loaded beside them). The kernels that read
+// dy take kGated as a template argument: the extra rows cost registers (72 -> 80 in the single
+// launch, spills in some), which the plain backward should not pay.
+template <bool kGated, int N, class T>
+__device__ __forceinline__ void gate_rows(const BackwardParams<T>& p, int64_t r0, int64_t r_end, int step,
+                                          int64_t col, T (&g)[N]) {
+  if constexpr (!kGated) return;
+  T y[N];
+  reduce::load_column_rows(p.relu_output, r0, r_end, step, p.cols, col, y);
+#pragma unroll
+  for (int u = 0; u < N; ++u) g[u] = dropout_relu_grad(y[u], g[u], p.relu_scale);
+}
 
 // ---- per-thread geometry -------------------------------------------------------------------------
 
@@ -334,7 +352,7 @@ struct ColumnDx {
   }
 };
 
-template <class T>
+template <bool kGated, class T>
 __device__ __forceinline__ void write_dx(const BackwardParams<T>& p, const Slice& s, const double* coef) {
   if (!s.has_column(p.cols)) return;
   const ColumnDx<T> dx(coef);
@@ -342,6 +360,7 @@ __device__ __forceinline__ void write_dx(const BackwardParams<T>& p, const Slice
     T xs[kPairUnroll], gs[kPairUnroll];
     const int count = load_rows(p.x, s, r0, p.cols, xs);
     load_rows(p.dy, s, r0, p.cols, gs);
+    gate_rows<kGated>(p, r0, s.r_end, s.step, s.col, gs);
     T* out = p.dx + r0 * p.cols + s.col;
     const int64_t stride = s.step * p.cols;
 #pragma unroll
@@ -355,7 +374,7 @@ __device__ __forceinline__ void write_dx(const BackwardParams<T>& p, const Slice
 // Training backward. One chunk: sums, parameter gradients and dx in this launch (dx may alias x or
 // dy: every read of the block's columns happens before the barrier). Several chunks: this chunk's
 // sums into p.partials.
-template <class T>
+template <class T, bool kGated>
 __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) backward_train_kernel(BackwardParams<T> p) {
   constexpr int NS = kTrainSums<T>;
   __shared__ double block_coefs[32][kCoefs];
@@ -369,6 +388,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) backw
       T xs[kPairUnroll], gs[kPairUnroll];
       const int count = load_rows(p.x, s, r0, p.cols, xs);
       load_rows(p.dy, s, r0, p.cols, gs);
+      gate_rows<kGated>(p, r0, s.r_end, s.step, s.col, gs);
 #pragma unroll
       for (int k = 0; k < kPairUnroll; ++k) {
         if (k >= count) continue;
@@ -380,7 +400,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) backw
   if (gridDim.y == 1) {  // uniform: the barrier below is reached by all threads
     if (threadIdx.y == 0 && s.has_column(p.cols)) finish_backward(p, s.col, sums, block_coefs[threadIdx.x]);
     __syncthreads();
-    write_dx(p, s, block_coefs[threadIdx.x]);
+    write_dx<kGated>(p, s, block_coefs[threadIdx.x]);
   } else if (threadIdx.y == 0 && s.has_column(p.cols)) {
     double* out = p.partials + (static_cast<int64_t>(blockIdx.y) * p.cols + s.col) * NS;
 #pragma unroll
@@ -408,16 +428,16 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_finish_kernel
   for (int k = 0; k < kCoefs; ++k) p.coefs[col * kCoefs + k] = coef[k];
 }
 
-template <class T>
+template <class T, bool kGated>
 __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) backward_dx_kernel(BackwardParams<T> p) {
   const Slice s = my_slice(p.rows, p.rows_per_chunk);
-  write_dx(p, s, s.has_column(p.cols) ? p.coefs + s.col * kCoefs : p.coefs);
+  write_dx<kGated>(p, s, s.has_column(p.cols) ? p.coefs + s.col * kCoefs : p.coefs);
 }
 
 // Eval backward: dx = dy * weight * invstd, in the pass that sums dy and dy (x - mean) for the
 // parameter gradients (when wanted: `sums` is a kernel argument, uniform over the block). One
 // chunk: dweight / dbias written here; several: this chunk's two sums into p.partials.
-template <class T>
+template <class T, bool kGated>
 __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) backward_eval_kernel(BackwardParams<T> p, bool sums_wanted) {
   const Slice s = my_slice(p.rows, p.rows_per_chunk);
   double sums[2] = {0.0, 0.0};
@@ -427,6 +447,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kMinBlocksPerSm) backw
     for (int64_t r0 = s.r_begin; r0 < s.r_end; r0 += kPairUnroll * s.step) {
       T gs[kPairUnroll], xs[kPairUnroll];
       const int count = load_rows(p.dy, s, r0, p.cols, gs);
+      gate_rows<kGated>(p, r0, s.r_end, s.step, s.col, gs);
       if (sums_wanted) load_rows(p.x, s, r0, p.cols, xs);
 #pragma unroll
       for (int u = 0; u < kPairUnroll; ++u) {
@@ -493,31 +514,34 @@ inline reduce::ColumnGrid vec_grid(int64_t rows, int64_t vec_cols) {
 
 // The thread's vector of columns (the first column of it; none past `cols`) over rows
 // [chunk_begin, r_end), the block's rows split by threadIdx.y: out[r][col..] = f(u, &in_x[r][col..],
-// &in_g[r][col..]) element u by element, kVecUnroll rows' vectors loaded before any is stored (out
-// may alias an input), then post(vector, index of its first element in out). in_g: null for one input.
+// &in_g[r][col..], &in_y[r][col..]) element u by element, kVecUnroll rows' vectors loaded before any
+// is stored (out may alias an input), then post(vector, index of its first element in out). in_g,
+// in_y: null when not wanted.
 template <class T, class F, class Post>
 __device__ __forceinline__ void vec_rows(int64_t cols, int64_t col, int64_t chunk_begin, int64_t r_end,
-                                         const T* in_x, const T* in_g, T* out, F f, Post post) {
+                                         const T* in_x, const T* in_g, const T* in_y, T* out, F f, Post post) {
   using V = typename cuda_rt::Vec16<T>::type;
   constexpr int VW = kVecWidth<T>;
   const int step = static_cast<int>(blockDim.y);
   const int64_t stride = step * cols;
   for (int64_t r0 = chunk_begin + threadIdx.y; r0 < r_end; r0 += kVecUnroll * step) {
     const int64_t at = r0 * cols + col;
-    V xs[kVecUnroll], gs[kVecUnroll];
+    V xs[kVecUnroll], gs[kVecUnroll], ys[kVecUnroll];
 #pragma unroll
     for (int u = 0; u < kVecUnroll; ++u)
       if (r0 + static_cast<int64_t>(u) * step < r_end) {
         xs[u] = *reinterpret_cast<const V*>(in_x + at + u * stride);
         if (in_g) gs[u] = *reinterpret_cast<const V*>(in_g + at + u * stride);
+        if (in_y) ys[u] = *reinterpret_cast<const V*>(in_y + at + u * stride);
       }
 #pragma unroll
     for (int u = 0; u < kVecUnroll; ++u) {
       if (r0 + static_cast<int64_t>(u) * step >= r_end) continue;
       T* xe = reinterpret_cast<T*>(&xs[u]);
       const T* ge = reinterpret_cast<const T*>(&gs[u]);
+      const T* ye = reinterpret_cast<const T*>(&ys[u]);
 #pragma unroll
-      for (int v = 0; v < VW; ++v) xe[v] = f(v, xe[v], in_g ? ge[v] : T(0));
+      for (int v = 0; v < VW; ++v) xe[v] = f(v, xe[v], in_g ? ge[v] : T(0), in_y ? ye[v] : T(0));
       post(xe, at + u * stride);
       *reinterpret_cast<V*>(out + at + u * stride) = xs[u];
     }
@@ -548,16 +572,17 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) normalise_vec_kernel(F
   for (int v = 0; v < VW; ++v) y[v] = ColumnNormaliser<T>(p, col + v);
   int64_t begin, end;
   reverse_vec_chunk(p.rows, rows_per_chunk, begin, end);
-  const auto normalised = [&](int v, T x, T) { return y[v](x); };
+  const auto normalised = [&](int v, T x, T, T) { return y[v](x); };
+  const T* none = nullptr;
   if (p.epilogue.any())
-    vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, normalised,
+    vec_rows(p.cols, col, begin, end, p.x, none, none, p.y, normalised,
              [&](T* v, int64_t i) { p.epilogue.template vector<VW>(v, i); });
   else
-    vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, normalised, [](T*, int64_t) {});
+    vec_rows(p.cols, col, begin, end, p.x, none, none, p.y, normalised, [](T*, int64_t) {});
 }
 
 // dx from the per-column coefficients (p.coefs), as write_dx(), a vector of columns per thread.
-template <class T>
+template <class T, bool kGated>
 __global__ void __launch_bounds__(reduce::kReduceThreads) backward_dx_vec_kernel(BackwardParams<T> p, int64_t rows_per_chunk) {
   constexpr int VW = kVecWidth<T>;
   const int64_t col = vec_column(VW);
@@ -567,7 +592,11 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) backward_dx_vec_kernel
   for (int v = 0; v < VW; ++v) dx[v] = ColumnDx<T>(p.coefs + (col + v) * kCoefs);
   int64_t begin, end;
   reverse_vec_chunk(p.rows, rows_per_chunk, begin, end);
-  vec_rows(p.cols, col, begin, end, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); },
+  vec_rows(p.cols, col, begin, end, p.x, p.dy, kGated ? p.relu_output : nullptr, p.dx,
+           [&](int v, T x, T g, T y) {
+             if constexpr (kGated) g = dropout_relu_grad(y, g, p.relu_scale);
+             return dx[v](x, g);
+           },
            [](T*, int64_t) {});
 }
 
@@ -672,7 +701,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) 
 // Training backward sums, several chunks: this chunk's sums of the thread's columns into p.partials
 // (backward_train_kernel's, per column of the vector; sums of column e at [e * NS, e * NS + NS)).
 // The thread's sums of its vector of columns at col over its rows of [chunk_begin, r_end).
-template <class T>
+template <bool kGated, class T>
 __device__ __forceinline__ void backward_vec_sums(const BackwardParams<T>& p, int64_t col, int64_t chunk_begin,
                                                   int64_t r_end, double (&sums)[kTrainSums<T> * kVecWidth<T>]) {
   constexpr int VW = kVecWidth<T>;
@@ -688,6 +717,14 @@ __device__ __forceinline__ void backward_vec_sums(const BackwardParams<T>& p, in
       T xs[kVecPairUnroll][VW], gs[kVecPairUnroll][VW];
       const int count = load_vec_rows(p.x, r0, r_end, step, p.cols, col, xs);
       load_vec_rows(p.dy, r0, r_end, step, p.cols, col, gs);
+      if constexpr (kGated) {
+        T ys[kVecPairUnroll][VW];
+        load_vec_rows(p.relu_output, r0, r_end, step, p.cols, col, ys);
+#pragma unroll
+        for (int u = 0; u < kVecPairUnroll; ++u)
+#pragma unroll
+          for (int e = 0; e < VW; ++e) gs[u][e] = dropout_relu_grad(ys[u][e], gs[u][e], p.relu_scale);
+      }
 #pragma unroll
       for (int u = 0; u < kVecPairUnroll; ++u) {
         if (u >= count) continue;
@@ -700,7 +737,7 @@ __device__ __forceinline__ void backward_vec_sums(const BackwardParams<T>& p, in
   }
 }
 
-template <class T>
+template <class T, bool kGated>
 __global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) backward_stats_vec_kernel(BackwardParams<T> p) {
   constexpr int VW = kVecWidth<T>;
   constexpr int NS = kTrainSums<T>;
@@ -708,7 +745,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kVecStatsBlocksPerSm) 
   int64_t chunk_begin, r_end;
   vec_chunk(p.rows, p.rows_per_chunk, chunk_begin, r_end);
   double sums[NS * VW];
-  backward_vec_sums(p, col, chunk_begin, r_end, sums);
+  backward_vec_sums<kGated>(p, col, chunk_begin, r_end, sums);
   reduce::column_reduce<NS * VW, reduce::Add>(sums);
   if (threadIdx.y == 0 && col < p.cols) {
     double* out = p.partials + (static_cast<int64_t>(blockIdx.y) * p.cols + col) * NS;
@@ -888,26 +925,26 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
         for (int v = 0; v < VW; ++v)
           y[v] = ColumnNormaliser<T>(p, col + v, cuda_rt::load_bypassing_l1(p.save_mean + col + v),
                                      cuda_rt::load_bypassing_l1(p.save_invstd + col + v));
-        const auto normalised = [&](int v, T x, T) { return y[v](x); };
+        const auto normalised = [&](int v, T x, T, T) { return y[v](x); };
+        const T* none = nullptr;
         if (p.epilogue.any())
-          vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, normalised,
+          vec_rows(p.cols, col, begin, end, p.x, none, none, p.y, normalised,
                    [&](T* v, int64_t i) { p.epilogue.template vector<VW>(v, i); });
         else
-          vec_rows(p.cols, col, begin, end, p.x, static_cast<const T*>(nullptr), p.y, normalised,
-                   [](T*, int64_t) {});
+          vec_rows(p.cols, col, begin, end, p.x, none, none, p.y, normalised, [](T*, int64_t) {});
       });
 }
 
 // Training backward over a pipeline schedule: sums, then dx (p.coefs holds the slab's coefficients
 // between the two).
-template <class T>
+template <class T, bool kGated>
 __global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
     backward_pipeline_kernel(BackwardParams<T> p, PipelineSchedule s) {
   constexpr int VW = kVecWidth<T>;
   constexpr int NS = kTrainSums<T>;
   run_pipeline<VW, NS>(
       s, p.rows, p.cols, p.partials,
-      [&](int64_t col, int64_t begin, int64_t end, double (&sums)[NS * VW]) { backward_vec_sums(p, col, begin, end, sums); },
+      [&](int64_t col, int64_t begin, int64_t end, double (&sums)[NS * VW]) { backward_vec_sums<kGated>(p, col, begin, end, sums); },
       [&](int64_t col, const double (&total)[NS]) {
         double coef[kCoefs];
         finish_backward(p, col, total, coef);
@@ -923,7 +960,11 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
           for (int k = 0; k < kCoefs; ++k) coef[k] = cuda_rt::load_bypassing_l1(p.coefs + (col + v) * kCoefs + k);
           dx[v] = ColumnDx<T>(coef);
         }
-        vec_rows(p.cols, col, begin, end, p.x, p.dy, p.dx, [&](int v, T x, T g) { return dx[v](x, g); },
+        vec_rows(p.cols, col, begin, end, p.x, p.dy, kGated ? p.relu_output : nullptr, p.dx,
+                 [&](int v, T x, T g, T y) {
+             if constexpr (kGated) g = dropout_relu_grad(y, g, p.relu_scale);
+             return dx[v](x, g);
+           },
                  [](T*, int64_t) {});
       });
 }
