@@ -561,6 +561,21 @@ __device__ __forceinline__ void reverse_vec_chunk(int64_t rows, int64_t rows_per
   end = begin + rows_per_chunk < rows ? begin + rows_per_chunk : rows;
 }
 
+// y over rows [begin, end) of the vector of columns at col, from its columns' normalisers, through
+// the epilogue when there is one (the 16-byte pass below and the pipeline's apply items).
+template <class T>
+__device__ __forceinline__ void normalise_vec_rows(const ForwardParams<T>& p, int64_t col, int64_t begin, int64_t end,
+                                                   const ColumnNormaliser<T> (&y)[kVecWidth<T>]) {
+  constexpr int VW = kVecWidth<T>;
+  const auto normalised = [&](int v, T x, T, T) { return y[v](x); };
+  const T* none = nullptr;
+  if (p.epilogue.any())
+    vec_rows(p.cols, col, begin, end, p.x, none, none, p.y, normalised,
+             [&](T* v, int64_t i) { p.epilogue.template vector<VW>(v, i); });
+  else
+    vec_rows(p.cols, col, begin, end, p.x, none, none, p.y, normalised, [](T*, int64_t) {});
+}
+
 // y = ((x - hi) - lo) * scale + shift, as normalise(), a vector of columns per thread.
 template <class T>
 __global__ void __launch_bounds__(reduce::kReduceThreads) normalise_vec_kernel(ForwardParams<T> p, int64_t rows_per_chunk) {
@@ -572,13 +587,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads) normalise_vec_kernel(F
   for (int v = 0; v < VW; ++v) y[v] = ColumnNormaliser<T>(p, col + v);
   int64_t begin, end;
   reverse_vec_chunk(p.rows, rows_per_chunk, begin, end);
-  const auto normalised = [&](int v, T x, T, T) { return y[v](x); };
-  const T* none = nullptr;
-  if (p.epilogue.any())
-    vec_rows(p.cols, col, begin, end, p.x, none, none, p.y, normalised,
-             [&](T* v, int64_t i) { p.epilogue.template vector<VW>(v, i); });
-  else
-    vec_rows(p.cols, col, begin, end, p.x, none, none, p.y, normalised, [](T*, int64_t) {});
+  normalise_vec_rows(p, col, begin, end, y);
 }
 
 // dx from the per-column coefficients (p.coefs), as write_dx(), a vector of columns per thread.
@@ -925,13 +934,7 @@ __global__ void __launch_bounds__(reduce::kReduceThreads, kPipeBlocksPerSm)
         for (int v = 0; v < VW; ++v)
           y[v] = ColumnNormaliser<T>(p, col + v, cuda_rt::load_bypassing_l1(p.save_mean + col + v),
                                      cuda_rt::load_bypassing_l1(p.save_invstd + col + v));
-        const auto normalised = [&](int v, T x, T, T) { return y[v](x); };
-        const T* none = nullptr;
-        if (p.epilogue.any())
-          vec_rows(p.cols, col, begin, end, p.x, none, none, p.y, normalised,
-                   [&](T* v, int64_t i) { p.epilogue.template vector<VW>(v, i); });
-        else
-          vec_rows(p.cols, col, begin, end, p.x, none, none, p.y, normalised, [](T*, int64_t) {});
+        normalise_vec_rows(p, col, begin, end, y);
       });
 }
 
