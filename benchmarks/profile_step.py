@@ -35,7 +35,8 @@ class Recorder:
 
     def __getattr__(self, name):
         fn = getattr(_C, name)
-        if not callable(fn) or name.startswith("_") or "thread" in name or name in ("as_tensor", "from_dlpack"):
+        if (not callable(fn) or isinstance(fn, type) or name.startswith("_") or "thread" in name
+                or name in ("as_tensor", "from_dlpack")):
             return fn
 
         def timed(*args, **kwargs):
@@ -75,7 +76,8 @@ def main(argv=None) -> int:
         walls.append(time.perf_counter() - t)
         rec.on = False
         outside.append(walls[-1] - sum(seconds for *_, seconds in rec.calls))
-        names = [(name, shape_of(a)) for name, a, _, _ in rec.calls]
+        # a weight's Adam step taken inside its layer's backward (backward(dy, optimizer=)) shows there
+        names = [(name + (" + adam" if kw.get("update") is not None else ""), shape_of(a)) for name, a, kw, _ in rec.calls]
         for i, (name, a, kw, seconds) in enumerate(rec.calls):
             fn = getattr(_C, name)
             fn(*a, **kw)

@@ -62,8 +62,7 @@ def main(epochs: int = 30, batch_size: int = 64, seed: int = 0) -> float:
             if len(idx) < 2:  # BatchNorm needs two samples per batch in training
                 continue
             loss = criterion(model(x_train[idx]), y_train[idx])
-            model.backward(criterion.backward())
-            opt.step()
+            model.backward(criterion.backward(), optimizer=opt)
             opt.zero_grad()
             total += loss.item()
             batches += 1

@@ -179,9 +179,8 @@ class _BaseMLP(BaseEstimator):
             return scale * loss.item() + self._l2_penalty(n, squares)
         out = self._net(self._dev(xb))
         value, grad = self._loss_grad(out, self._dev(yb))
-        self._net.backward(grad)
-        value += self._l2_penalty(n)
-        self._optimizer.step()
+        value += self._l2_penalty(n)  # of the weights before this step's update
+        self._net.backward(grad, optimizer=self._optimizer)
         self._optimizer.zero_grad()
         graphed["eager_steps"] = graphed.get("eager_steps", 0) + 1
         return value

@@ -4,6 +4,7 @@
 #include "bindings/convert.h"
 #include "ops/gemm.h"
 #include "ops/linear.h"
+#include "ops/optim.h"
 
 namespace fastnn::bind {
 namespace {
@@ -93,7 +94,7 @@ void bind_linear(py::module_& m) {
 
   m.def("linear_backward", [](py::handle x_, py::handle w_, py::handle dy_, py::handle y_,
                               const std::string& kind, py::handle dx_, py::handle dw_, py::handle db_,
-                              bool need_dx, bool need_dbias, bool accumulate) {
+                              bool need_dx, bool need_dbias, bool accumulate, py::handle update_) {
           Activation act = parse_activation(kind);
           Tensor x = matrix(x_, "x");
           Tensor w = weight_for(w_, x);
@@ -129,21 +130,49 @@ void bind_linear(py::module_& m) {
           if (dx) check_no_overlap(*dx, "dx", dw, "dweight");
           if (dx && db) check_no_overlap(*dx, "dx", *db, "dbias");
 
+          // The update writes the weight and its state while the GEMMs read the inputs and write
+          // the gradients: all of them disjoint, and the weight the very tensor it updates.
+          const AdamUpdate* update = nullptr;
+          if (!update_.is_none()) {
+            FASTNN_CHECK(py::isinstance<AdamUpdate>(update_), TypeError,
+                         "update: expected an AdamUpdate or None, got ", py::str(py::type::of(update_)).cast<std::string>());
+            update = &update_.cast<const AdamUpdate&>();
+            FASTNN_CHECK(update->param.raw_data() == w.raw_data() && update->param.shape() == w.shape() &&
+                             update->param.dtype() == w.dtype() && update->param.device() == w.device(),
+                         ValueError, "update: its param must be `weight` itself (", shape_str(w.shape()),
+                         "), got a parameter of shape ", shape_str(update->param.shape()));
+            const std::pair<const Tensor*, const char*> state[] = {
+                {&update->exp_avg, "update.exp_avg"}, {&update->exp_avg_sq, "update.exp_avg_sq"},
+                {&update->max_exp_avg_sq, "update.max_exp_avg_sq"}};
+            const std::pair<const Tensor*, const char*> others[] = {
+                {&x, "x"}, {&dy, "dy"}, {y ? &*y : nullptr, "y"}, {&dw, "dweight"},
+                {db ? &*db : nullptr, "dbias"}, {dx ? &*dx : nullptr, "dx"}};
+            for (const auto& [t, name] : others) {
+              if (!t) continue;
+              check_no_overlap(*t, name, update->param, "weight");
+              for (const auto& [s, state_name] : state)
+                if (s->defined()) check_no_overlap(*t, name, *s, state_name);
+            }
+          }
+
           // The kernel adds to both gradients or to neither: a freshly allocated one joining an
           // accumulation starts from zero.
           const bool add = add_w || add_b;
           if (add && !add_w) fill_(dw, 0.0);
           if (add && db && !add_b) fill_(*db, 0.0);
-          linear_backward(x, w, dy, y ? &*y : nullptr, act, dx ? &*dx : nullptr, dw, db ? &*db : nullptr, add);
+          linear_backward(x, w, dy, y ? &*y : nullptr, act, dx ? &*dx : nullptr, dw, db ? &*db : nullptr, add,
+                          update);
           return py::make_tuple(dx ? py::cast(*dx) : py::none(), py::cast(dw), db ? py::cast(*db) : py::none());
         }, py::arg("x"), py::arg("weight"), py::arg("dy"), py::arg("y") = py::none(),
         py::arg("activation") = "none", py::kw_only(), py::arg("dx") = py::none(),
         py::arg("dweight") = py::none(), py::arg("dbias") = py::none(), py::arg("need_dx") = true,
-        py::arg("need_dbias") = true, py::arg("accumulate") = false,
+        py::arg("need_dbias") = true, py::arg("accumulate") = false, py::arg("update") = py::none(),
         "Gradients of linear_forward -> (dx or None, dweight, dbias or None). dz = act'(y) * dy; "
         "dweight = dz^T @ x; dbias = column sums of dz; dx = dz @ weight. A given dweight / dbias is "
         "written into, or added to when accumulate=True (dx is always overwritten); None allocates. "
-        "need_dbias=False (a layer without bias) returns None for dbias.");
+        "need_dbias=False (a layer without bias) returns None for dbias. update (an AdamUpdate of "
+        "`weight`): then one Adam step of the weight follows with dweight as its gradient, fused into "
+        "the dweight GEMM on the CPU; dx is computed from the weight before the step.");
 }
 
 }  // namespace fastnn::bind

@@ -58,9 +58,49 @@ void check_disjoint(std::initializer_list<Named> tensors) {
   }
 }
 
+// Adam's tensors and options, checked; the gradient is the caller's.
+AdamUpdate adam_arguments(py::handle param_, py::handle exp_avg_, py::handle exp_avg_sq_,
+                          py::handle max_exp_avg_sq_, int64_t step, double lr, double beta1, double beta2,
+                          double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
+                          bool maximize) {
+  FASTNN_CHECK(step >= 1, ValueError, "step: expected the step number counting from 1, got ", step);
+  AdamUpdate u;
+  u.param = param_arg(param_);
+  u.exp_avg = like_param(exp_avg_, u.param, "exp_avg");
+  u.exp_avg_sq = like_param(exp_avg_sq_, u.param, "exp_avg_sq");
+  u.max_exp_avg_sq = optional_like_param(max_exp_avg_sq_, u.param, "max_exp_avg_sq", amsgrad, "amsgrad=True");
+  AdamOptions& o = u.options;
+  o.step = step, o.lr = lr, o.beta1 = beta1, o.beta2 = beta2, o.eps = eps;
+  o.weight_decay = weight_decay, o.decoupled_weight_decay = decoupled_weight_decay;
+  o.amsgrad = amsgrad, o.maximize = maximize;
+  return u;
+}
+
 }  // namespace
 
 void bind_optim(py::module_& m) {
+  py::class_<AdamUpdate>(m, "AdamUpdate", R"doc(One Adam (or AdamW) step of a weight, taken inside
+linear_backward(..., update=) as soon as the weight gradient is computed: on the CPU the update
+runs on each block of the gradient as the GEMM finishes it, while the block is still in cache.
+The arguments are adam_step's without the gradient; the result equals adam_step's bit for bit.)doc")
+      .def(py::init([](py::handle param, py::handle exp_avg, py::handle exp_avg_sq,
+                       py::handle max_exp_avg_sq, int64_t step, double lr, double beta1, double beta2,
+                       double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
+                       bool maximize) {
+             AdamUpdate u = adam_arguments(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1,
+                                           beta2, eps, weight_decay, decoupled_weight_decay, amsgrad,
+                                           maximize);
+             check_disjoint({{&u.param, "param"}, {&u.exp_avg, "exp_avg"}, {&u.exp_avg_sq, "exp_avg_sq"},
+                             {&u.max_exp_avg_sq, "max_exp_avg_sq"}});
+             return u;
+           }),
+           py::arg("param"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
+           py::arg("max_exp_avg_sq") = py::none(), py::kw_only(), py::arg("step"), py::arg("lr"),
+           py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay") = 0.0,
+           py::arg("decoupled_weight_decay") = false, py::arg("amsgrad") = false,
+           py::arg("maximize") = false)
+      .def_property_readonly("step", [](const AdamUpdate& u) { return u.options.step; });
+
   m.def("sgd_step", [](py::handle param_, py::handle grad_, py::handle momentum_buffer_, double lr,
                        double momentum, double dampening, double weight_decay, bool nesterov,
                        bool maximize, bool first_step, py::handle slot) {
@@ -91,22 +131,14 @@ momentum != 0. All tensors: param's shape, dtype and device, no two sharing memo
                         py::handle exp_avg_sq_, py::handle max_exp_avg_sq_, int64_t step, double lr,
                         double beta1, double beta2, double eps, double weight_decay,
                         bool decoupled_weight_decay, bool amsgrad, bool maximize, py::handle slot) {
-          FASTNN_CHECK(step >= 1, ValueError, "step: expected the step number counting from 1, got ", step);
-          Tensor param = param_arg(param_);
-          Tensor grad = like_param(grad_, param, "grad", false);
-          Tensor m1 = like_param(exp_avg_, param, "exp_avg");
-          Tensor m2 = like_param(exp_avg_sq_, param, "exp_avg_sq");
-          Tensor m2_max = optional_like_param(max_exp_avg_sq_, param, "max_exp_avg_sq", amsgrad,
-                                              "amsgrad=True");
-          check_disjoint({{&param, "param"}, {&grad, "grad"}, {&m1, "exp_avg"},
-                          {&m2, "exp_avg_sq"}, {&m2_max, "max_exp_avg_sq"}});
-          AdamOptions o;
-          o.step = step, o.lr = lr, o.beta1 = beta1, o.beta2 = beta2, o.eps = eps;
-          o.weight_decay = weight_decay, o.decoupled_weight_decay = decoupled_weight_decay;
-          o.amsgrad = amsgrad, o.maximize = maximize;
-          o.slot = to_graph_slot(slot, param, "param");
+          AdamUpdate u = adam_arguments(param_, exp_avg_, exp_avg_sq_, max_exp_avg_sq_, step, lr, beta1,
+                                        beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize);
+          Tensor grad = like_param(grad_, u.param, "grad", false);
+          check_disjoint({{&u.param, "param"}, {&grad, "grad"}, {&u.exp_avg, "exp_avg"},
+                          {&u.exp_avg_sq, "exp_avg_sq"}, {&u.max_exp_avg_sq, "max_exp_avg_sq"}});
+          u.options.slot = to_graph_slot(slot, u.param, "param");
           py::gil_scoped_release no_gil;
-          adam_step(param, grad, m1, m2, m2_max, o);
+          adam_step(u.param, grad, u.exp_avg, u.exp_avg_sq, u.max_exp_avg_sq, u.options);
         },
         py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
         py::arg("max_exp_avg_sq") = py::none(), py::kw_only(), py::arg("step"), py::arg("lr"),

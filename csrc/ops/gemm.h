@@ -27,6 +27,17 @@ namespace cpu {
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, double alpha, double beta, bool trans_a,
           bool trans_b, const Tensor* bias, Activation act);
 
+// Work on blocks of C as soon as they hold their final values, while they are still in L1/L2:
+// run(context, row0, rows, col0, cols) once for each block of a partition of C, on the thread
+// that computed it (blocks are disjoint; threads run them concurrently). linear_backward's fused
+// optimizer update is one: the Adam update reads the weight gradient's rows right after the GEMM
+// stores them, instead of a separate pass reading them back from DRAM.
+template <class T>
+struct FinishedBlocks {
+  void (*run)(const void* context, int64_t row0, int64_t rows, int64_t col0, int64_t cols) = nullptr;
+  const void* context = nullptr;
+};
+
 // The same product on raw row-major buffers, for kernels that call GEMM on their own data
 // (ops/linear_cpu.cpp). Element (i, j) of a matrix with leading dimension ld is at [i * ld + j].
 template <class T>
@@ -43,6 +54,7 @@ struct GemmProblem {
   int64_t ldc = 0;
   const T* bias = nullptr;  // n values added per column, or null
   Activation act = Activation::none;
+  const FinishedBlocks<T>* finished = nullptr;  // optional, see FinishedBlocks
 };
 
 // Defined for float and double in gemm_cpu.cpp.

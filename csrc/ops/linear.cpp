@@ -8,8 +8,21 @@ void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, A
 }
 
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, const Tensor* y,
-                     Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate) {
-  FASTNN_ON_DEVICE(x.device(), linear_backward, x, weight, dy, y, act, dx, dweight, dbias, accumulate);
+                     Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate,
+                     const AdamUpdate* update) {
+  if (!x.device().is_cuda()) {
+    cpu::linear_backward(x, weight, dy, y, act, dx, dweight, dbias, accumulate, update);
+    return;
+  }
+#if defined(FASTNN_WITH_CUDA)
+  cuda::linear_backward(x, weight, dy, y, act, dx, dweight, dbias, accumulate);
+#else
+  no_cuda_kernel("linear_backward");
+#endif
+  // On a GPU the step is bound by launches, not by the optimizer's memory traffic: no fusion.
+  if (update)
+    adam_step(update->param, dweight, update->exp_avg, update->exp_avg_sq, update->max_exp_avg_sq,
+              update->options);
 }
 
 }  // namespace fastnn

@@ -55,8 +55,28 @@ void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, A
   });
 }
 
+namespace {
+
+// The Adam update of the rows of a weight block just finished by the weight-gradient GEMM.
+template <class T>
+struct FusedAdam {
+  AdamArrays<T> arrays;
+  AdamScalars<T> scalars;
+  const AdamOptions* options;
+  int64_t ld;
+
+  static void run(const void* context, int64_t row0, int64_t rows, int64_t col0, int64_t cols) {
+    const FusedAdam& f = *static_cast<const FusedAdam*>(context);
+    for (int64_t r = row0; r < row0 + rows; ++r)
+      adam_range(f.arrays, f.scalars, *f.options, r * f.ld + col0, r * f.ld + col0 + cols);
+  }
+};
+
+}  // namespace
+
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, const Tensor* y,
-                     Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate) {
+                     Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate,
+                     const AdamUpdate* update) {
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
     const int64_t n = x.size(0), out = weight.size(0);
@@ -73,11 +93,23 @@ void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, co
       grad_pass<T>(Activation::none, nullptr, dy.data<T>(), nullptr, db, accumulate, n, out);
     }
 
-    gemm(linear_dweight_problem<T>(dz, x, dweight, accumulate));
-
-    if (dx) {  // dx (N, in) = dz @ weight
+    if (dx) {  // dx (N, in) = dz @ weight; before a fused update changes the weight
       gemm(linear_dx_problem<T>(dz, weight, *dx));
     }
+
+    GemmProblem<T> dw = linear_dweight_problem<T>(dz, x, dweight, accumulate);
+    FusedAdam<T> adam;
+    FinishedBlocks<T> finished;
+    if (update) {
+      adam = {{update->param.data<T>(), dweight.data<T>(), update->exp_avg.data<T>(),
+               update->exp_avg_sq.data<T>(),
+               update->max_exp_avg_sq.defined() ? update->max_exp_avg_sq.data<T>() : nullptr},
+              AdamScalars<T>::from(update->options), &update->options, dweight.size(1)};
+      finished.run = FusedAdam<T>::run;
+      finished.context = &adam;
+      dw.finished = &finished;
+    }
+    gemm(dw);
   });
 }
 

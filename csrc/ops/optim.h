@@ -201,7 +201,30 @@ void rmsprop_step(const Tensor& param, const Tensor& grad, const Tensor& square_
 void adagrad_step(const Tensor& param, const Tensor& grad, const Tensor& state_sum,
                   const AdagradOptions& options);
 
+// One Adam step of a parameter whose gradient a kernel is about to compute: linear_backward takes
+// one for its weight and, on the CPU, runs the update on each block of the weight gradient as the
+// GEMM finishes it (gemm.h, FinishedBlocks), while the block is still in cache. Same tensors and
+// options as adam_step, whose result it equals bit for bit; the gradient is the kernel's output.
+struct AdamUpdate {
+  Tensor param, exp_avg, exp_avg_sq, max_exp_avg_sq;  // max_exp_avg_sq: undefined unless amsgrad
+  AdamOptions options;
+};
+
 namespace cpu {
+// Elements [begin, end) of one Adam step over flat arrays, on the calling thread: the vector loop
+// that adam_step runs on each thread's share, so a fused update gives the same bits.
+template <class T>
+struct AdamArrays {
+  T* param;
+  const T* grad;
+  T* exp_avg;
+  T* exp_avg_sq;
+  T* max_exp_avg_sq;  // null unless amsgrad
+};
+template <class T>
+void adam_range(const AdamArrays<T>& arrays, const AdamScalars<T>& scalars, const AdamOptions& options,
+                int64_t begin, int64_t end);
+
 void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum_buffer,
               const SgdOptions& options);
 void adam_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,

@@ -45,16 +45,20 @@ __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"))) void span
 }
 #endif
 
+// body(i) for i in [begin, end) on the calling thread, in the widest ISA available.
+template <class Body>
+void for_span(int64_t begin, int64_t end, const Body& body) {
+#if defined(__x86_64__)
+  const CpuIsa isa = cpu_isa();
+  if (isa == CpuIsa::avx512) return span_avx512(begin, end, body);
+  if (isa == CpuIsa::avx2) return span_avx2(begin, end, body);
+#endif
+  span_baseline(begin, end, body);
+}
+
 template <class Body>
 void for_each_element(int64_t n, const Body& body) {
-  const CpuIsa isa = cpu_isa();
-  parallel_for(n, kParallelGrain, [&](int64_t begin, int64_t end) {
-#if defined(__x86_64__)
-    if (isa == CpuIsa::avx512) return span_avx512(begin, end, body);
-    if (isa == CpuIsa::avx2) return span_avx2(begin, end, body);
-#endif
-    span_baseline(begin, end, body);
-  });
+  parallel_for(n, kParallelGrain, [&](int64_t begin, int64_t end) { for_span(begin, end, body); });
 }
 
 template <class T>
@@ -88,29 +92,41 @@ void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum_bu
   });
 }
 
+template <class T>
+void adam_range(const AdamArrays<T>& a, const AdamScalars<T>& s, const AdamOptions& o, int64_t begin,
+                int64_t end) {
+  const bool maximize = o.maximize;
+  auto run = [&](auto decay, auto decoupled, auto amsgrad) {
+    T* const p = a.param;
+    const T* const g = a.grad;
+    T* const m = a.exp_avg;
+    T* const v = a.exp_avg_sq;
+    T* const v_max = a.max_exp_avg_sq;
+    for_span(begin, end, [=](int64_t i) FASTNN_ALWAYS_INLINE {
+      T no_max = T(0);
+      adam_update<T>(p[i], g[i], m[i], v[i], amsgrad ? v_max[i] : no_max, s, maximize, decay, decoupled,
+                     amsgrad);
+    });
+  };
+  with_flags([&](auto amsgrad) {
+    if (o.weight_decay == 0) return run(std::false_type{}, std::false_type{}, amsgrad);
+    with_flags([&](auto decoupled) { run(std::true_type{}, decoupled, amsgrad); }, o.decoupled_weight_decay);
+  }, o.amsgrad);
+}
+
+template void adam_range<float>(const AdamArrays<float>&, const AdamScalars<float>&, const AdamOptions&,
+                                int64_t, int64_t);
+template void adam_range<double>(const AdamArrays<double>&, const AdamScalars<double>&,
+                                 const AdamOptions&, int64_t, int64_t);
+
 void adam_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
                const Tensor& exp_avg_sq, const Tensor& max_exp_avg_sq, const AdamOptions& o) {
   dispatch_floating(param.dtype(), "param", [&](auto tag) {
     using T = decltype(tag);
     const AdamScalars<T> s = AdamScalars<T>::from(o);
-    T* const p = param.data<T>();
-    const T* const g = grad.data<T>();
-    T* const m = exp_avg.data<T>();
-    T* const v = exp_avg_sq.data<T>();
-    T* const v_max = optional_data<T>(max_exp_avg_sq);
-    const bool maximize = o.maximize;
-    auto run = [&](auto decay, auto decoupled, auto amsgrad) {
-      for_each_element(param.numel(), [=](int64_t i) FASTNN_ALWAYS_INLINE {
-        T no_max = T(0);
-        adam_update<T>(p[i], g[i], m[i], v[i], amsgrad ? v_max[i] : no_max, s, maximize, decay,
-                       decoupled, amsgrad);
-      });
-    };
-    with_flags([&](auto amsgrad) {
-      if (o.weight_decay == 0) return run(std::false_type{}, std::false_type{}, amsgrad);
-      with_flags([&](auto decoupled) { run(std::true_type{}, decoupled, amsgrad); },
-                 o.decoupled_weight_decay);
-    }, o.amsgrad);
+    const AdamArrays<T> a{param.data<T>(), grad.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(),
+                          optional_data<T>(max_exp_avg_sq)};
+    parallel_for(param.numel(), kParallelGrain, [&](int64_t begin, int64_t end) { adam_range(a, s, o, begin, end); });
   });
 }
 

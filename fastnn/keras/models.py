@@ -323,8 +323,7 @@ class Sequential:
             return out, loss.item()
         out = self._net(self._dev(xb))
         value, grad = self._loss_and_grad(out, self._dev(yb))
-        self._net.backward(grad)
-        self.optimizer.step()
+        self._net.backward(grad, optimizer=self.optimizer)
         self.optimizer.zero_grad()
         self._steps_done = getattr(self, "_steps_done", 0) + 1
         return out, value

@@ -61,15 +61,27 @@ class Linear(Module):
         self._y = y if activation else None
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, optimizer=None):
+        """Gradients of the last forward; with ``optimizer``, its step follows (see
+        :meth:`fastnn.nn.Sequential.backward`)."""
+        if optimizer is not None:
+            if self._x is None:
+                raise RuntimeError("Linear.backward called before forward")
+            return self._backward_and_step(dy, optimizer)
+        return self._backward_in_step(dy, None)
+
+    def _backward_in_step(self, dy, step):
         if self._x is None:
             raise RuntimeError("Linear.backward called before forward")
         params = self._parameters
         w, b = params["weight"], params["bias"]
+        update = step.updates.get(id(w)) if step is not None else None
         (dweight, dbias), accumulate = grads_for_backward(w, b)
         dx, _, _ = _C.linear_backward(
             self._x, w.data, dy, self._y, self._act or "none", dweight=dweight, dbias=dbias,
-            need_dx=self.needs_input_grad, need_dbias=b is not None, accumulate=accumulate)
+            need_dx=self.needs_input_grad, need_dbias=b is not None, accumulate=accumulate, update=update)
+        if update is not None:
+            step.applied(w)
         return dx
 
     def extra_repr(self):

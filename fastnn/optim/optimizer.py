@@ -166,12 +166,20 @@ class Optimizer:
         """
         loss = closure() if closure is not None else None
         self._slot_calls = 0
-        no_new_state = _cuda._capturing() is not None
         for group in self.param_groups:
-            self._each_target(group, lambda data, grad, state, new_tensor, group=group:
-                              self._update(group, data, grad, state,
-                                           _refuse_new_state if no_new_state else new_tensor))
+            self._step_group(group)
         return loss
+
+    def _step_group(self, group) -> None:
+        no_new_state = _cuda._capturing() is not None
+        self._each_target(group, lambda data, grad, state, new_tensor:
+                          self._update(group, data, grad, state,
+                                       _refuse_new_state if no_new_state else new_tensor))
+
+    def _begin_step_in_backward(self):
+        """A :class:`StepInBackward` for ``Module.backward(dy, optimizer=self)``, or None when this
+        optimizer has no update to take inside a backward pass (then ``step()`` follows it)."""
+        return None
 
     def _graph_slot(self):
         """The graph slot of this step's next update call: None in an eager step."""
@@ -315,6 +323,35 @@ class Optimizer:
                 lines.append(f"    {key}: {group[key]}")
         lines.append(")")
         return "\n".join(lines)
+
+
+class StepInBackward:
+    """One optimizer step taken during a backward pass (``Module.backward(dy, optimizer=...)``).
+
+    ``updates`` maps ``id(param)`` to the kernel argument that makes a layer's backward update that
+    parameter as soon as its gradient is computed (on the CPU, block by block while the gradient is
+    still in cache); the layer reports it with ``applied(param)``. ``finish()`` then updates every
+    other parameter as ``step()`` would: the whole is ``backward(dy)`` then ``step()``, bit for bit.
+    """
+
+    __slots__ = ("optimizer", "updates", "groups", "done")
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.updates: dict = {}
+        self.groups: dict = {}   # id(group) -> what the optimizer needs to finish that group
+        self.done: set = set()   # id(param) of the parameters already updated
+
+    def applied(self, param) -> None:
+        self.done.add(id(param))
+
+    def finish(self) -> None:
+        self.optimizer._finish_step_in_backward(self)
+
+    def abort(self) -> None:
+        """The backward pass failed: the parameters already updated keep their step (their state
+        says so); the others keep the values and state they had."""
+        self.optimizer._abort_step_in_backward(self)
 
 
 def _check_compat_flags(foreach=None, fused=None, differentiable=False) -> None:
