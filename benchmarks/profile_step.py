@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     step = fastnn_step(fastnn.tensor(g.random((args.batch, 784), dtype=np.float32)), g.integers(0, 10, args.batch))
     for _ in range(20):
         step()
-    in_step, hot, walls, outside, names = {}, {}, [], [], None
+    in_step, hot, walls, outside = {}, {}, [], []
     for _ in range(args.steps):
         rec.calls, rec.on = [], True
         t = time.perf_counter()
@@ -76,8 +76,6 @@ def main(argv=None) -> int:
         walls.append(time.perf_counter() - t)
         rec.on = False
         outside.append(walls[-1] - sum(seconds for *_, seconds in rec.calls))
-        # a weight's Adam step taken inside its layer's backward (backward(dy, optimizer=)) shows there
-        names = [(name + (" + adam" if kw.get("update") is not None else ""), shape_of(a)) for name, a, kw, _ in rec.calls]
         for i, (name, a, kw, seconds) in enumerate(rec.calls):
             fn = getattr(_C, name)
             fn(*a, **kw)
@@ -86,6 +84,9 @@ def main(argv=None) -> int:
             hot.setdefault(i, []).append(time.perf_counter() - t)
             in_step.setdefault(i, []).append(seconds)
 
+    # every step makes the same calls; a weight's Adam step taken inside its layer's backward
+    # (backward(dy, optimizer=)) shows on that row
+    names = [(name + (" + adam" if kw.get("update") is not None else ""), shape_of(a)) for name, a, kw, _ in rec.calls]
     wall = statistics.median(walls) * 1e3
     info = fastnn.build_info()
     print(f"fastnn {info['version']} ({info['cpu_isa']}, {args.threads} threads), "

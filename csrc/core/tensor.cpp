@@ -10,6 +10,7 @@
 #include "core/dispatch.h"
 #include "core/env.h"
 #include "core/free_blocks.h"
+#include "core/macros.h"
 
 namespace fastnn {
 
@@ -58,17 +59,7 @@ namespace {
 constexpr size_t kHostCacheMinBytes = size_t{256} << 10;
 constexpr int64_t kHostCacheDefaultMb = 256;
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kHostCacheAllowed = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kHostCacheAllowed = false;
-#else
-constexpr bool kHostCacheAllowed = true;
-#endif
-#else
-constexpr bool kHostCacheAllowed = true;
-#endif
+constexpr bool kHostCacheAllowed = !FASTNN_ASAN;
 
 // The cap in bytes; `strict`: a malformed FASTNN_CPU_CACHE_MB raises (allocation), else it reads as
 // 0 (a Storage destructor must not throw).
