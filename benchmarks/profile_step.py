@@ -22,7 +22,7 @@ import numpy as np
 import fastnn
 import fastnn.nn.layers
 import fastnn.nn.loss
-import fastnn.optim.adam
+import fastnn.optim.optimizer
 from fastnn import _C
 from fastnn.bench.suite import fastnn_step
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     _C.set_num_threads(args.threads)
 
     rec = Recorder()
-    for module in (fastnn.nn.layers, fastnn.nn.loss, fastnn.optim.adam):
+    for module in (fastnn.nn.layers, fastnn.nn.loss, fastnn.optim.optimizer):
         module._C = rec
     g = np.random.default_rng(0)
     step = fastnn_step(fastnn.tensor(g.random((args.batch, 784), dtype=np.float32)), g.integers(0, 10, args.batch))

@@ -1,8 +1,8 @@
 """The optimizer step taken inside the backward pass: ``Module.backward(dy, optimizer=opt)`` and the
-kernel under it, ``_C.linear_backward(..., update=_C.AdamUpdate(...))``, which runs Adam on each
-block of the weight gradient as the GEMM finishes it. Both must equal backward then ``step()`` bit
-for bit (the same vector loop runs on the same values), and Adam's arithmetic is torch's: checked
-against torch autograd + torch.optim.Adam here too."""
+kernel under it, ``_C.linear_backward(..., update=_C.ParamUpdate.<rule>(...))``, which runs the
+optimizer's loop on each block of the weight gradient as the GEMM finishes it. Both must equal
+backward then ``step()`` bit for bit (the same vector loop runs on the same values), and the
+arithmetic is torch's: checked against torch autograd + torch.optim here too."""
 import os
 import subprocess
 import sys
@@ -15,14 +15,22 @@ import torch
 import fastnn
 import fastnn.optim as optim
 from fastnn import _C, nn
-from fastnn.optim.adam import _FUSED_MIN_ELEMENTS
+from fastnn.optim.optimizer import _FUSED_MIN_ELEMENTS
 
-ADAM_OPTIONS = [
-    dict(),
-    dict(amsgrad=True),
-    dict(weight_decay=0.1),
-    dict(weight_decay=0.1, decoupled_weight_decay=True),
-    dict(maximize=True, amsgrad=True),
+# (rule, the state tensors its kernels take, keyword options): every option branch of every rule
+RULE_CASES = [
+    ("sgd", ["momentum_buffer"], dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("sgd", ["momentum_buffer"], dict(lr=0.1, momentum=0.9, dampening=0.3, first_step=True, maximize=True)),
+    ("sgd", [None], dict(lr=0.1)),
+    ("adam", ["exp_avg", "exp_avg_sq", None], dict(step=3, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)),
+    ("adam", ["exp_avg", "exp_avg_sq", "max"], dict(step=3, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=True)),
+    ("adam", ["exp_avg", "exp_avg_sq", None], dict(step=2, lr=1e-2, beta1=0.3, beta2=0.5, eps=1e-8, weight_decay=0.1)),
+    ("adam", ["exp_avg", "exp_avg_sq", None], dict(step=3, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                                                   weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("rmsprop", ["square_avg", None, None], dict(lr=1e-2, alpha=0.99, eps=1e-8)),
+    ("rmsprop", ["square_avg", "momentum_buffer", "grad_avg"],
+     dict(lr=1e-2, alpha=0.9, eps=1e-6, momentum=0.9, centered=True, weight_decay=0.01, maximize=True)),
+    ("adagrad", ["state_sum"], dict(step=3, lr=1e-2, lr_decay=0.01, weight_decay=0.1, eps=1e-10)),
 ]
 
 # (batch, in, out): odd sizes; 128 x 1024 -> 1024 float32 takes the GEMM's block-by-block update
@@ -42,32 +50,33 @@ def layer_arrays(rng, n, inn, out, dtype):
     return dict(x=rng.standard_normal((n, inn)).astype(dtype), w=rng.standard_normal((out, inn)).astype(dtype),
                 dy=rng.standard_normal((n, out)).astype(dtype),
                 y=np.maximum(rng.standard_normal((n, out)), 0).astype(dtype),
-                m=rng.standard_normal((out, inn)).astype(dtype), v=rng.random((out, inn)).astype(dtype),
-                vmax=rng.random((out, inn)).astype(dtype) + 0.5, dw=rng.standard_normal((out, inn)).astype(dtype))
+                dw=rng.standard_normal((out, inn)).astype(dtype),
+                # state: positive where a rule takes square roots of it; the third (centered
+                # RMSprop's grad_avg) small enough that square_avg - grad_avg^2 stays positive
+                states=[rng.random((out, inn)).astype(dtype) + 0.5, rng.random((out, inn)).astype(dtype) + 0.5,
+                        0.1 * rng.random((out, inn)).astype(dtype)])
 
 
-def run_layer(a, fused, act, accumulate, need_dx, options):
-    w, m, v, vmax, dw = (a[k].copy() for k in ("w", "m", "v", "vmax", "dw"))
-    amsgrad = options.get("amsgrad", False)
-    kw = adam_kwargs(**options)
-    update = _C.AdamUpdate(w, m, v, vmax if amsgrad else None, **kw) if fused else None
+def run_layer(a, fused, act, accumulate, need_dx, rule, names, options):
+    w, dw = a["w"].copy(), a["dw"].copy()
+    states = [None if name is None else s.copy() for name, s in zip(names, a["states"])]
+    update = getattr(_C.ParamUpdate, rule)(w, *states, **options) if fused else None
     dx, _, db = _C.linear_backward(a["x"], w, a["dy"], a["y"], act, dweight=dw, accumulate=accumulate,
                                    need_dx=need_dx, update=update)
     if not fused:
-        _C.adam_step(w, dw, m, v, vmax if amsgrad else None, **kw)
-    return [None if dx is None else np.asarray(dx), np.asarray(db), w, m, v, vmax, dw]
+        getattr(_C, rule + "_step")(w, dw, *states, **options)
+    return [None if dx is None else np.asarray(dx), np.asarray(db), w, dw, *states]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_fused_update_equals_backward_then_adam_step_bitwise(shape, dtype, rng):
+def test_fused_update_equals_backward_then_step_bitwise(shape, dtype, rng):
     a = layer_arrays(rng, *shape, dtype)
-    for options in ADAM_OPTIONS:
+    for rule, names, options in RULE_CASES:
         for act, accumulate, need_dx in (("relu", False, True), ("none", True, False)):
-            unfused = run_layer(a, False, act, accumulate, need_dx, options)
-            fused = run_layer(a, True, act, accumulate, need_dx, options)
-            for name, u, f in zip(("dx", "dbias", "weight", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "dweight"),
-                                  unfused, fused):
-                assert (u is None and f is None) or np.array_equal(u, f), (shape, options, act, name)
+            unfused = run_layer(a, False, act, accumulate, need_dx, rule, names, options)
+            fused = run_layer(a, True, act, accumulate, need_dx, rule, names, options)
+            for name, u, f in zip(["dx", "dbias", "weight", "dweight"] + names, unfused, fused):
+                assert (u is None and f is None) or np.array_equal(u, f), (shape, rule, options, act, name)
 
 
 def test_update_on_a_gpu_is_backward_then_adam_step(devices, rng):
@@ -77,13 +86,14 @@ def test_update_on_a_gpu_is_backward_then_adam_step(devices, rng):
     a = layer_arrays(rng, 33, 70, 20, np.float32)
     out = []
     for fused in (False, True):
-        t = {k: _C.from_dlpack(v.copy()).to("cuda") for k, v in a.items()}
+        t = {k: _C.from_dlpack(v.copy()).to("cuda") for k, v in a.items() if k != "states"}
         kw = adam_kwargs(weight_decay=0.1)
-        update = _C.AdamUpdate(t["w"], t["m"], t["v"], **kw) if fused else None
+        m, v = (_C.from_dlpack(s.copy()).to("cuda") for s in a["states"][:2])
+        update = _C.ParamUpdate.adam(t["w"], m, v, **kw) if fused else None
         dx, _, _ = _C.linear_backward(t["x"], t["w"], t["dy"], t["y"], "relu", dweight=t["dw"], update=update)
         if not fused:
-            _C.adam_step(t["w"], t["dw"], t["m"], t["v"], **kw)
-        out.append([np.asarray(u.to("cpu").numpy()) for u in (dx, t["w"], t["m"], t["v"], t["dw"])])
+            _C.adam_step(t["w"], t["dw"], m, v, **kw)
+        out.append([np.asarray(u.to("cpu").numpy()) for u in (dx, t["w"], m, v, t["dw"])])
     for u, f in zip(*out):
         assert np.array_equal(u, f)
 
@@ -101,7 +111,7 @@ def test_fused_update_matches_torch(dtype, rng):
     tx = torch.tensor(x, dtype=tdt, requires_grad=True)
     for step in range(1, 4):
         y = np.asarray(_C.linear_forward(x, w, None, "relu"))
-        update = _C.AdamUpdate(w, m, v, step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05)
+        update = _C.ParamUpdate.adam(w, m, v, step=step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05)
         dx, dw, _ = _C.linear_backward(x, w, dy, y, "relu", need_dbias=False, update=update)
         topt.zero_grad()
         tx.grad = None
@@ -118,7 +128,7 @@ def test_fused_update_matches_torch(dtype, rng):
 
 
 def test_every_isa_variant_gives_the_same_bits():
-    """The AVX2 and scalar builds of the GEMM and the Adam loop (FASTNN_ISA caps them in a child)."""
+    """The AVX2 and scalar builds of the GEMM and the optimizer loops (FASTNN_ISA caps them in a child)."""
     script = textwrap.dedent("""
         import numpy as np
         from fastnn import _C
@@ -126,15 +136,21 @@ def test_every_isa_variant_gives_the_same_bits():
         for dt in (np.float32, np.float64):
             for n, inn, out in ((7, 33, 7), (65, 257, 130), (128, 520, 300), (0, 3, 5)):
                 x, w, dy = (rng.standard_normal(s).astype(dt) for s in ((n, inn), (out, inn), (n, out)))
-                m, v = rng.standard_normal((out, inn)).astype(dt), rng.random((out, inn)).astype(dt)
-                kw = dict(step=2, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
-                w1, m1, v1 = w.copy(), m.copy(), v.copy()
-                dx1, dw1, _ = _C.linear_backward(x, w1, dy, None, "none", update=_C.AdamUpdate(w1, m1, v1, **kw))
-                w2, m2, v2 = w.copy(), m.copy(), v.copy()
-                dx2, dw2, _ = _C.linear_backward(x, w2, dy, None, "none")
-                _C.adam_step(w2, dw2, m2, v2, **kw)
-                for a, b in ((dx1, dx2), (dw1, dw2), (w1, w2), (m1, m2), (v1, v2)):
-                    assert np.array_equal(np.asarray(a), np.asarray(b)), (dt, n, inn, out)
+                states = [rng.random((out, inn)).astype(dt) + 0.5 for _ in range(2)] + [
+                    0.1 * rng.random((out, inn)).astype(dt)]
+                for rule, count, kw in (
+                        ("adam", 2, dict(step=2, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)),
+                        ("sgd", 1, dict(lr=0.1, momentum=0.9, nesterov=True)),
+                        ("rmsprop", 3, dict(lr=1e-2, alpha=0.9, eps=1e-8, momentum=0.5, centered=True)),
+                        ("adagrad", 1, dict(step=2, lr=1e-2, lr_decay=0.01))):
+                    w1, s1 = w.copy(), [s.copy() for s in states[:count]]
+                    update = getattr(_C.ParamUpdate, rule)(w1, *s1, **kw)
+                    dx1, dw1, _ = _C.linear_backward(x, w1, dy, None, "none", update=update)
+                    w2, s2 = w.copy(), [s.copy() for s in states[:count]]
+                    dx2, dw2, _ = _C.linear_backward(x, w2, dy, None, "none")
+                    getattr(_C, rule + "_step")(w2, dw2, *s2, **kw)
+                    for a, b in zip([dx1, dw1, w1] + s1, [dx2, dw2, w2] + s2):
+                        assert np.array_equal(np.asarray(a), np.asarray(b)), (rule, dt, n, inn, out)
         print("ok")
     """)
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
@@ -189,7 +205,8 @@ def assert_same_training(a, b):
 
 @pytest.mark.parametrize("name,kw", [("Adam", dict(lr=1e-3)), ("Adam", dict(lr=1e-2, amsgrad=True, weight_decay=1e-3)),
                                      ("AdamW", dict(lr=1e-2)), ("SGD", dict(lr=0.1, momentum=0.9)),
-                                     ("RMSprop", dict(lr=1e-3))])
+                                     ("SGD", dict(lr=0.1)), ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.5)),
+                                     ("Adagrad", dict(lr=1e-2, lr_decay=0.01))])
 def test_sequential_backward_with_optimizer_equals_backward_then_step(name, kw, dtype, device, rng):
     x = rng.standard_normal((48, 300)).astype(dtype)
     y = rng.integers(0, 10, 48)
@@ -201,7 +218,8 @@ def test_sequential_backward_with_optimizer_equals_backward_then_step(name, kw, 
         train(model, opt, x, y, 3, in_backward, device)
         results.append(snapshot(model, opt))
     assert_same_training(*results)
-    assert results[1][1]["state"][0]["step"] == 3 if name.startswith("Adam") else True
+    if name != "SGD":
+        assert results[1][1]["state"][0]["step"] == 3
 
 
 def test_only_large_cpu_weights_are_updated_in_the_backward_pass(monkeypatch, rng):
@@ -220,9 +238,8 @@ def test_only_large_cpu_weights_are_updated_in_the_backward_pass(monkeypatch, rn
     assert seen == [((10, 512), False), ((512, 512), True), ((512, 300), False)]
 
 
-def test_groups_and_other_optimizers_fall_back_to_step(rng):
-    """Two parameter groups (not one flat buffer) and optimizers without an in-backward update take
-    backward then step() whole, with the same results."""
+def test_parameter_groups_fall_back_to_step(rng):
+    """Two parameter groups (not one flat buffer) take backward then step() whole, with the same results."""
     x, y = rng.standard_normal((16, 300)).astype(np.float32), rng.integers(0, 10, 16)
     results = []
     for in_backward in (False, True):
@@ -285,6 +302,21 @@ def test_interrupted_backward_keeps_the_updates_taken(rng):
     assert opt.state[first]["step"] == 2
 
 
+def test_backward_rejected_before_any_update_leaves_the_optimizer_as_it_was(rng):
+    """A wrong dy fails in the last layer's argument checks, before any update: the state the step
+    had created is dropped, and the next step is the first, as with backward then step()."""
+    model = nn.Sequential(nn.Linear(300, 512), nn.ReLU(), nn.Linear(512, 512))
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.5)
+    weights = [p.numpy().copy() for p in model.parameters()]
+    x = rng.standard_normal((8, 300)).astype(np.float32)
+    model(x)
+    with pytest.raises(ValueError, match="dy"):
+        model.backward(np.zeros((8, 7), np.float32), optimizer=opt)
+    assert all(np.array_equal(p.numpy(), w) for p, w in zip(model.parameters(), weights))
+    assert not any(opt.state.values())
+    assert not any(fs.state for fs in opt._flat_states.values())
+
+
 def test_steady_state_step_in_backward_allocates_nothing(rng):
     model = lecture_like()
     opt = optim.Adam(model.parameters(), lr=1e-3)
@@ -304,26 +336,26 @@ def test_update_argument_errors(rng):
     x, w, dy = a["x"], a["w"], a["dy"]
     m, v = np.zeros_like(w), np.zeros_like(w)
     kw = adam_kwargs()
-    with pytest.raises(TypeError, match="^update: expected an AdamUpdate or None"):
+    with pytest.raises(TypeError, match="^update: expected a ParamUpdate or None"):
         _C.linear_backward(x, w, dy, update="adam")
     other = np.zeros_like(w)
     with pytest.raises(ValueError, match="^update: its param must be `weight` itself"):
-        _C.linear_backward(x, w, dy, update=_C.AdamUpdate(other, m, v, **kw))
+        _C.linear_backward(x, w, dy, update=_C.ParamUpdate.adam(other, m, v, **kw))
     with pytest.raises(ValueError, match="^step: expected the step number counting from 1"):
-        _C.AdamUpdate(w, m, v, **adam_kwargs(step=0))
+        _C.ParamUpdate.adam(w, m, v, **adam_kwargs(step=0))
     with pytest.raises(TypeError, match="exp_avg"):
-        _C.AdamUpdate(w, m.astype(np.float64), v, **kw)
+        _C.ParamUpdate.adam(w, m.astype(np.float64), v, **kw)
     with pytest.raises(ValueError, match="^exp_avg_sq: expected shape"):
-        _C.AdamUpdate(w, m, v[:, :3].copy(), **kw)
+        _C.ParamUpdate.adam(w, m, v[:, :3].copy(), **kw)
     with pytest.raises(ValueError, match="^max_exp_avg_sq: required when amsgrad=True"):
-        _C.AdamUpdate(w, m, v, **adam_kwargs(amsgrad=True))
+        _C.ParamUpdate.adam(w, m, v, **adam_kwargs(amsgrad=True))
     with pytest.raises(ValueError, match="^exp_avg_sq: shares memory with exp_avg"):
-        _C.AdamUpdate(w, m, m, **kw)
+        _C.ParamUpdate.adam(w, m, m, **kw)
     # the GEMM reads x while the update writes the state: disjoint
     big = np.zeros((2 * w.shape[0], w.shape[1]), np.float32)
-    with pytest.raises(ValueError, match="^x: must not share memory with update.exp_avg"):
-        _C.linear_backward(big[:5], w, dy, update=_C.AdamUpdate(w, big[:6], v, **kw))
-    with pytest.raises(ValueError, match="^dweight: must not share memory with update.exp_avg_sq"):
-        _C.linear_backward(x, w, dy, dweight=v, update=_C.AdamUpdate(w, m, v, **kw))
+    with pytest.raises(ValueError, match="^x: must not share memory with update's optimizer state"):
+        _C.linear_backward(big[:5], w, dy, update=_C.ParamUpdate.adam(w, big[:6], v, **kw))
+    with pytest.raises(ValueError, match="^dweight: must not share memory with update's optimizer state"):
+        _C.linear_backward(x, w, dy, dweight=v, update=_C.ParamUpdate.adam(w, m, v, **kw))
     # nothing was written by the failed calls
     assert not m.any()

@@ -132,26 +132,23 @@ void bind_linear(py::module_& m) {
 
           // The update writes the weight and its state while the GEMMs read the inputs and write
           // the gradients: all of them disjoint, and the weight the very tensor it updates.
-          const AdamUpdate* update = nullptr;
+          const ParamUpdate* update = nullptr;
           if (!update_.is_none()) {
-            FASTNN_CHECK(py::isinstance<AdamUpdate>(update_), TypeError,
-                         "update: expected an AdamUpdate or None, got ", py::str(py::type::of(update_)).cast<std::string>());
-            update = &update_.cast<const AdamUpdate&>();
+            FASTNN_CHECK(py::isinstance<ParamUpdate>(update_), TypeError,
+                         "update: expected a ParamUpdate or None, got ", py::str(py::type::of(update_)).cast<std::string>());
+            update = &update_.cast<const ParamUpdate&>();
             FASTNN_CHECK(update->param.raw_data() == w.raw_data() && update->param.shape() == w.shape() &&
                              update->param.dtype() == w.dtype() && update->param.device() == w.device(),
                          ValueError, "update: its param must be `weight` itself (", shape_str(w.shape()),
                          "), got a parameter of shape ", shape_str(update->param.shape()));
-            const std::pair<const Tensor*, const char*> state[] = {
-                {&update->exp_avg, "update.exp_avg"}, {&update->exp_avg_sq, "update.exp_avg_sq"},
-                {&update->max_exp_avg_sq, "update.max_exp_avg_sq"}};
             const std::pair<const Tensor*, const char*> others[] = {
                 {&x, "x"}, {&dy, "dy"}, {y ? &*y : nullptr, "y"}, {&dw, "dweight"},
                 {db ? &*db : nullptr, "dbias"}, {dx ? &*dx : nullptr, "dx"}};
             for (const auto& [t, name] : others) {
               if (!t) continue;
               check_no_overlap(*t, name, update->param, "weight");
-              for (const auto& [s, state_name] : state)
-                if (s->defined()) check_no_overlap(*t, name, *s, state_name);
+              for (const Tensor& state : update->state)
+                if (state.defined()) check_no_overlap(*t, name, state, "update's optimizer state");
             }
           }
 
@@ -170,9 +167,9 @@ void bind_linear(py::module_& m) {
         "Gradients of linear_forward -> (dx or None, dweight, dbias or None). dz = act'(y) * dy; "
         "dweight = dz^T @ x; dbias = column sums of dz; dx = dz @ weight. A given dweight / dbias is "
         "written into, or added to when accumulate=True (dx is always overwritten); None allocates. "
-        "need_dbias=False (a layer without bias) returns None for dbias. update (an AdamUpdate of "
-        "`weight`): then one Adam step of the weight follows with dweight as its gradient, fused into "
-        "the dweight GEMM on the CPU; dx is computed from the weight before the step.");
+        "need_dbias=False (a layer without bias) returns None for dbias. update (a ParamUpdate of "
+        "`weight`): then that optimizer step of the weight follows with dweight as its gradient, fused "
+        "into the dweight GEMM on the CPU; dx is computed from the weight before the step.");
 }
 
 }  // namespace fastnn::bind

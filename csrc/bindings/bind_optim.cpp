@@ -5,6 +5,9 @@
 #include "bindings/graph_slot.h"
 #include "ops/optim.h"
 
+#include <string>
+#include <variant>
+
 namespace fastnn::bind {
 
 namespace {
@@ -58,63 +61,154 @@ void check_disjoint(std::initializer_list<Named> tensors) {
   }
 }
 
-// Adam's tensors and options, checked; the gradient is the caller's.
-AdamUpdate adam_arguments(py::handle param_, py::handle exp_avg_, py::handle exp_avg_sq_,
-                          py::handle max_exp_avg_sq_, int64_t step, double lr, double beta1, double beta2,
-                          double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
-                          bool maximize) {
+// Each rule's tensors and options, checked, as a ParamUpdate: the *_step bindings add the gradient,
+// ParamUpdate's constructors leave it to the kernel that computes it. State names are the *_step's.
+struct StateNames {
+  const char* name[3];
+};
+
+void check_update_disjoint(const ParamUpdate& u, const StateNames& names, const Tensor* grad) {
+  if (grad)
+    check_disjoint({{&u.param, "param"}, {grad, "grad"}, {&u.state[0], names.name[0]},
+                    {&u.state[1], names.name[1]}, {&u.state[2], names.name[2]}});
+  else
+    check_disjoint({{&u.param, "param"}, {&u.state[0], names.name[0]}, {&u.state[1], names.name[1]},
+                    {&u.state[2], names.name[2]}});
+}
+
+constexpr StateNames kSgdNames{{"momentum_buffer", "", ""}};
+constexpr StateNames kAdamNames{{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}};
+constexpr StateNames kRmspropNames{{"square_avg", "momentum_buffer", "grad_avg"}};
+constexpr StateNames kAdagradNames{{"state_sum", "", ""}};
+
+ParamUpdate sgd_arguments(py::handle param, py::handle momentum_buffer, double lr, double momentum,
+                          double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step) {
+  ParamUpdate u;
+  u.param = param_arg(param);
+  u.state[0] = optional_like_param(momentum_buffer, u.param, "momentum_buffer", momentum != 0, "momentum != 0");
+  SgdOptions o;
+  o.lr = lr, o.momentum = momentum, o.dampening = dampening, o.weight_decay = weight_decay;
+  o.nesterov = nesterov, o.maximize = maximize, o.first_step = first_step;
+  u.options = o;
+  return u;
+}
+
+ParamUpdate adam_arguments(py::handle param, py::handle exp_avg, py::handle exp_avg_sq, py::handle max_exp_avg_sq,
+                           int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay,
+                           bool decoupled_weight_decay, bool amsgrad, bool maximize) {
   FASTNN_CHECK(step >= 1, ValueError, "step: expected the step number counting from 1, got ", step);
-  AdamUpdate u;
-  u.param = param_arg(param_);
-  u.exp_avg = like_param(exp_avg_, u.param, "exp_avg");
-  u.exp_avg_sq = like_param(exp_avg_sq_, u.param, "exp_avg_sq");
-  u.max_exp_avg_sq = optional_like_param(max_exp_avg_sq_, u.param, "max_exp_avg_sq", amsgrad, "amsgrad=True");
-  AdamOptions& o = u.options;
+  ParamUpdate u;
+  u.param = param_arg(param);
+  u.state[0] = like_param(exp_avg, u.param, "exp_avg");
+  u.state[1] = like_param(exp_avg_sq, u.param, "exp_avg_sq");
+  u.state[2] = optional_like_param(max_exp_avg_sq, u.param, "max_exp_avg_sq", amsgrad, "amsgrad=True");
+  AdamOptions o;
   o.step = step, o.lr = lr, o.beta1 = beta1, o.beta2 = beta2, o.eps = eps;
   o.weight_decay = weight_decay, o.decoupled_weight_decay = decoupled_weight_decay;
   o.amsgrad = amsgrad, o.maximize = maximize;
+  u.options = o;
+  return u;
+}
+
+ParamUpdate rmsprop_arguments(py::handle param, py::handle square_avg, py::handle momentum_buffer,
+                              py::handle grad_avg, double lr, double alpha, double eps, double weight_decay,
+                              double momentum, bool centered, bool maximize) {
+  ParamUpdate u;
+  u.param = param_arg(param);
+  u.state[0] = like_param(square_avg, u.param, "square_avg");
+  u.state[1] = optional_like_param(momentum_buffer, u.param, "momentum_buffer", momentum > 0, "momentum > 0");
+  u.state[2] = optional_like_param(grad_avg, u.param, "grad_avg", centered, "centered=True");
+  RmspropOptions o;
+  o.lr = lr, o.alpha = alpha, o.eps = eps, o.weight_decay = weight_decay;
+  o.momentum = momentum, o.centered = centered, o.maximize = maximize;
+  u.options = o;
+  return u;
+}
+
+ParamUpdate adagrad_arguments(py::handle param, py::handle state_sum, int64_t step, double lr, double lr_decay,
+                              double weight_decay, double eps, bool maximize) {
+  FASTNN_CHECK(step >= 1, ValueError, "step: expected the step number counting from 1, got ", step);
+  ParamUpdate u;
+  u.param = param_arg(param);
+  u.state[0] = like_param(state_sum, u.param, "state_sum");
+  AdagradOptions o;
+  o.step = step, o.lr = lr, o.lr_decay = lr_decay, o.weight_decay = weight_decay;
+  o.eps = eps, o.maximize = maximize;
+  u.options = o;
+  return u;
+}
+
+// A *_step call: the update with `grad`, its graph slot set, run without the GIL.
+template <class Options>
+void step_with(ParamUpdate& u, const StateNames& names, py::handle grad_, py::handle slot) {
+  Tensor grad = like_param(grad_, u.param, "grad", false);
+  check_update_disjoint(u, names, &grad);
+  std::get<Options>(u.options).slot = to_graph_slot(slot, u.param, "param");
+  py::gil_scoped_release no_gil;
+  param_update_step(u, grad);
+}
+
+// A ParamUpdate for linear_backward(update=): the same checks, no gradient.
+ParamUpdate checked(ParamUpdate u, const StateNames& names) {
+  check_update_disjoint(u, names, nullptr);
   return u;
 }
 
 }  // namespace
 
 void bind_optim(py::module_& m) {
-  py::class_<AdamUpdate>(m, "AdamUpdate", R"doc(One Adam (or AdamW) step of a weight, taken inside
-linear_backward(..., update=) as soon as the weight gradient is computed: on the CPU the update
-runs on each block of the gradient as the GEMM finishes it, while the block is still in cache.
-The arguments are adam_step's without the gradient; the result equals adam_step's bit for bit.)doc")
-      .def(py::init([](py::handle param, py::handle exp_avg, py::handle exp_avg_sq,
-                       py::handle max_exp_avg_sq, int64_t step, double lr, double beta1, double beta2,
-                       double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
-                       bool maximize) {
-             AdamUpdate u = adam_arguments(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1,
-                                           beta2, eps, weight_decay, decoupled_weight_decay, amsgrad,
-                                           maximize);
-             check_disjoint({{&u.param, "param"}, {&u.exp_avg, "exp_avg"}, {&u.exp_avg_sq, "exp_avg_sq"},
-                             {&u.max_exp_avg_sq, "max_exp_avg_sq"}});
-             return u;
-           }),
-           py::arg("param"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
-           py::arg("max_exp_avg_sq") = py::none(), py::kw_only(), py::arg("step"), py::arg("lr"),
-           py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay") = 0.0,
-           py::arg("decoupled_weight_decay") = false, py::arg("amsgrad") = false,
+  py::class_<ParamUpdate>(m, "ParamUpdate", R"doc(One optimizer step of a weight, taken inside
+linear_backward(..., update=) as soon as the weight gradient is computed: on the CPU the step runs
+on each block of the gradient as the GEMM finishes it, while the block is still in cache. Made by
+ParamUpdate.sgd / .adam / .rmsprop / .adagrad, whose arguments are those of sgd_step / adam_step /
+rmsprop_step / adagrad_step without the gradient; the result equals theirs bit for bit.)doc")
+      .def_static("sgd", [](py::handle param, py::handle momentum_buffer, double lr, double momentum,
+                            double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step) {
+             return checked(sgd_arguments(param, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov,
+                                          maximize, first_step), kSgdNames);
+           },
+           py::arg("param"), py::arg("momentum_buffer") = py::none(), py::kw_only(), py::arg("lr"),
+           py::arg("momentum") = 0.0, py::arg("dampening") = 0.0, py::arg("weight_decay") = 0.0,
+           py::arg("nesterov") = false, py::arg("maximize") = false, py::arg("first_step") = false)
+      .def_static("adam", [](py::handle param, py::handle exp_avg, py::handle exp_avg_sq, py::handle max_exp_avg_sq,
+                             int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay,
+                             bool decoupled_weight_decay, bool amsgrad, bool maximize) {
+             return checked(adam_arguments(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+                                           weight_decay, decoupled_weight_decay, amsgrad, maximize), kAdamNames);
+           },
+           py::arg("param"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("max_exp_avg_sq") = py::none(),
+           py::kw_only(), py::arg("step"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+           py::arg("weight_decay") = 0.0, py::arg("decoupled_weight_decay") = false, py::arg("amsgrad") = false,
            py::arg("maximize") = false)
-      .def_property_readonly("step", [](const AdamUpdate& u) { return u.options.step; });
+      .def_static("rmsprop", [](py::handle param, py::handle square_avg, py::handle momentum_buffer,
+                                py::handle grad_avg, double lr, double alpha, double eps, double weight_decay,
+                                double momentum, bool centered, bool maximize) {
+             return checked(rmsprop_arguments(param, square_avg, momentum_buffer, grad_avg, lr, alpha, eps,
+                                              weight_decay, momentum, centered, maximize), kRmspropNames);
+           },
+           py::arg("param"), py::arg("square_avg"), py::arg("momentum_buffer") = py::none(),
+           py::arg("grad_avg") = py::none(), py::kw_only(), py::arg("lr"), py::arg("alpha"), py::arg("eps"),
+           py::arg("weight_decay") = 0.0, py::arg("momentum") = 0.0, py::arg("centered") = false,
+           py::arg("maximize") = false)
+      .def_static("adagrad", [](py::handle param, py::handle state_sum, int64_t step, double lr, double lr_decay,
+                                double weight_decay, double eps, bool maximize) {
+             return checked(adagrad_arguments(param, state_sum, step, lr, lr_decay, weight_decay, eps, maximize),
+                            kAdagradNames);
+           },
+           py::arg("param"), py::arg("state_sum"), py::kw_only(), py::arg("step"), py::arg("lr"),
+           py::arg("lr_decay") = 0.0, py::arg("weight_decay") = 0.0, py::arg("eps") = 1e-10,
+           py::arg("maximize") = false)
+      .def_property_readonly("rule", [](const ParamUpdate& u) {
+        static const char* const names[] = {"sgd", "adam", "rmsprop", "adagrad"};
+        return std::string(names[u.options.index()]);
+      });
 
-  m.def("sgd_step", [](py::handle param_, py::handle grad_, py::handle momentum_buffer_, double lr,
-                       double momentum, double dampening, double weight_decay, bool nesterov,
-                       bool maximize, bool first_step, py::handle slot) {
-          Tensor param = param_arg(param_);
-          Tensor grad = like_param(grad_, param, "grad", false);
-          Tensor buf = optional_like_param(momentum_buffer_, param, "momentum_buffer", momentum != 0,
-                                           "momentum != 0");
-          check_disjoint({{&param, "param"}, {&grad, "grad"}, {&buf, "momentum_buffer"}});
-          SgdOptions o;
-          o.lr = lr, o.momentum = momentum, o.dampening = dampening, o.weight_decay = weight_decay;
-          o.nesterov = nesterov, o.maximize = maximize, o.first_step = first_step;
-          o.slot = to_graph_slot(slot, param, "param");
-          py::gil_scoped_release no_gil;
-          sgd_step(param, grad, buf, o);
+  m.def("sgd_step", [](py::handle param, py::handle grad, py::handle momentum_buffer, double lr, double momentum,
+                       double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step,
+                       py::handle slot) {
+          ParamUpdate u = sgd_arguments(param, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov,
+                                        maximize, first_step);
+          step_with<SgdOptions>(u, kSgdNames, grad, slot);
         },
         py::arg("param"), py::arg("grad"), py::arg("momentum_buffer") = py::none(), py::kw_only(),
         py::arg("lr"), py::arg("momentum") = 0.0, py::arg("dampening") = 0.0,
@@ -127,18 +221,13 @@ first_step, else momentum * momentum_buffer + (1 - dampening) * g, and g = g + m
 momentum_buffer (nesterov) or momentum_buffer; param -= lr * g. momentum_buffer is required when
 momentum != 0. All tensors: param's shape, dtype and device, no two sharing memory.)doc");
 
-  m.def("adam_step", [](py::handle param_, py::handle grad_, py::handle exp_avg_,
-                        py::handle exp_avg_sq_, py::handle max_exp_avg_sq_, int64_t step, double lr,
-                        double beta1, double beta2, double eps, double weight_decay,
-                        bool decoupled_weight_decay, bool amsgrad, bool maximize, py::handle slot) {
-          AdamUpdate u = adam_arguments(param_, exp_avg_, exp_avg_sq_, max_exp_avg_sq_, step, lr, beta1,
-                                        beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize);
-          Tensor grad = like_param(grad_, u.param, "grad", false);
-          check_disjoint({{&u.param, "param"}, {&grad, "grad"}, {&u.exp_avg, "exp_avg"},
-                          {&u.exp_avg_sq, "exp_avg_sq"}, {&u.max_exp_avg_sq, "max_exp_avg_sq"}});
-          u.options.slot = to_graph_slot(slot, u.param, "param");
-          py::gil_scoped_release no_gil;
-          adam_step(u.param, grad, u.exp_avg, u.exp_avg_sq, u.max_exp_avg_sq, u.options);
+  m.def("adam_step", [](py::handle param, py::handle grad, py::handle exp_avg, py::handle exp_avg_sq,
+                        py::handle max_exp_avg_sq, int64_t step, double lr, double beta1, double beta2, double eps,
+                        double weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize,
+                        py::handle slot) {
+          ParamUpdate u = adam_arguments(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+                                         weight_decay, decoupled_weight_decay, amsgrad, maximize);
+          step_with<AdamOptions>(u, kAdamNames, grad, slot);
         },
         py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
         py::arg("max_exp_avg_sq") = py::none(), py::kw_only(), py::arg("step"), py::arg("lr"),
@@ -152,24 +241,12 @@ to the gradient as L2, or with decoupled_weight_decay=True (AdamW) multiplies pa
 1 - lr * weight_decay first. max_exp_avg_sq is required with amsgrad=True. All tensors: param's
 shape, dtype and device, no two sharing memory.)doc");
 
-  m.def("rmsprop_step", [](py::handle param_, py::handle grad_, py::handle square_avg_,
-                           py::handle momentum_buffer_, py::handle grad_avg_, double lr,
-                           double alpha, double eps, double weight_decay, double momentum,
-                           bool centered, bool maximize, py::handle slot) {
-          Tensor param = param_arg(param_);
-          Tensor grad = like_param(grad_, param, "grad", false);
-          Tensor sq = like_param(square_avg_, param, "square_avg");
-          Tensor buf = optional_like_param(momentum_buffer_, param, "momentum_buffer", momentum > 0,
-                                           "momentum > 0");
-          Tensor g_avg = optional_like_param(grad_avg_, param, "grad_avg", centered, "centered=True");
-          check_disjoint({{&param, "param"}, {&grad, "grad"}, {&sq, "square_avg"},
-                          {&buf, "momentum_buffer"}, {&g_avg, "grad_avg"}});
-          RmspropOptions o;
-          o.lr = lr, o.alpha = alpha, o.eps = eps, o.weight_decay = weight_decay;
-          o.momentum = momentum, o.centered = centered, o.maximize = maximize;
-          o.slot = to_graph_slot(slot, param, "param");
-          py::gil_scoped_release no_gil;
-          rmsprop_step(param, grad, sq, buf, g_avg, o);
+  m.def("rmsprop_step", [](py::handle param, py::handle grad, py::handle square_avg, py::handle momentum_buffer,
+                           py::handle grad_avg, double lr, double alpha, double eps, double weight_decay,
+                           double momentum, bool centered, bool maximize, py::handle slot) {
+          ParamUpdate u = rmsprop_arguments(param, square_avg, momentum_buffer, grad_avg, lr, alpha, eps,
+                                            weight_decay, momentum, centered, maximize);
+          step_with<RmspropOptions>(u, kRmspropNames, grad, slot);
         },
         py::arg("param"), py::arg("grad"), py::arg("square_avg"),
         py::arg("momentum_buffer") = py::none(), py::arg("grad_avg") = py::none(), py::kw_only(),
@@ -181,20 +258,10 @@ shape, dtype and device, no two sharing memory.)doc");
 momentum_buffer is required when momentum > 0, grad_avg when centered=True. All tensors: param's
 shape, dtype and device, no two sharing memory.)doc");
 
-  m.def("adagrad_step", [](py::handle param_, py::handle grad_, py::handle state_sum_,
-                           int64_t step, double lr, double lr_decay, double weight_decay,
-                           double eps, bool maximize, py::handle slot) {
-          FASTNN_CHECK(step >= 1, ValueError, "step: expected the step number counting from 1, got ", step);
-          Tensor param = param_arg(param_);
-          Tensor grad = like_param(grad_, param, "grad", false);
-          Tensor sum = like_param(state_sum_, param, "state_sum");
-          check_disjoint({{&param, "param"}, {&grad, "grad"}, {&sum, "state_sum"}});
-          AdagradOptions o;
-          o.step = step, o.lr = lr, o.lr_decay = lr_decay, o.weight_decay = weight_decay;
-          o.eps = eps, o.maximize = maximize;
-          o.slot = to_graph_slot(slot, param, "param");
-          py::gil_scoped_release no_gil;
-          adagrad_step(param, grad, sum, o);
+  m.def("adagrad_step", [](py::handle param, py::handle grad, py::handle state_sum, int64_t step, double lr,
+                           double lr_decay, double weight_decay, double eps, bool maximize, py::handle slot) {
+          ParamUpdate u = adagrad_arguments(param, state_sum, step, lr, lr_decay, weight_decay, eps, maximize);
+          step_with<AdagradOptions>(u, kAdagradNames, grad, slot);
         },
         py::arg("param"), py::arg("grad"), py::arg("state_sum"), py::kw_only(), py::arg("step"),
         py::arg("lr"), py::arg("lr_decay") = 0.0, py::arg("weight_decay") = 0.0,

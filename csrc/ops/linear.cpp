@@ -9,7 +9,7 @@ void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, A
 
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, const Tensor* y,
                      Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate,
-                     const AdamUpdate* update) {
+                     const ParamUpdate* update) {
   if (!x.device().is_cuda()) {
     cpu::linear_backward(x, weight, dy, y, act, dx, dweight, dbias, accumulate, update);
     return;
@@ -20,9 +20,7 @@ void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, co
   no_cuda_kernel("linear_backward");
 #endif
   // On a GPU the step is bound by launches, not by the optimizer's memory traffic: no fusion.
-  if (update)
-    adam_step(update->param, dweight, update->exp_avg, update->exp_avg_sq, update->max_exp_avg_sq,
-              update->options);
+  if (update) param_update_step(*update, dweight);
 }
 
 }  // namespace fastnn

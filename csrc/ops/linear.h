@@ -21,20 +21,20 @@ void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, A
 // when the layer has no bias) are overwritten, or added to when `accumulate` (gradient buffers
 // shared across steps or micro-batches, as in torch). N == 0: dweight and dbias get zero
 // (or stay as they are when accumulating).
-// update (optional, its param is `weight`): then one Adam step of the weight, with dweight as its
-// gradient, follows, as adam_step would take it; dx is computed first, from the old weight. On
-// the CPU the update runs on each block of dweight as the GEMM finishes it (optim.h, AdamUpdate),
-// elsewhere as a separate adam_step.
+// update (optional, its param is `weight`): then one optimizer step of the weight, with dweight as
+// its gradient, follows, as its *_step would take it; dx is computed first, from the old weight.
+// On the CPU the update runs on each block of dweight as the GEMM finishes it (optim.h,
+// ParamUpdate), elsewhere as a separate *_step.
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, const Tensor* y,
                      Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate,
-                     const AdamUpdate* update = nullptr);
+                     const ParamUpdate* update = nullptr);
 
 namespace cpu {
 void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Activation act,
                     Tensor& y);
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, const Tensor* y,
                      Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate,
-                     const AdamUpdate* update);
+                     const ParamUpdate* update);
 }  // namespace cpu
 
 // The CUDA backend (ops/linear_cuda.cu); same contracts as the cpu:: functions.

@@ -57,18 +57,15 @@ void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, A
 
 namespace {
 
-// The Adam update of the rows of a weight block just finished by the weight-gradient GEMM.
+// The optimizer update of the rows of a weight block just finished by the weight-gradient GEMM.
 template <class T>
-struct FusedAdam {
-  AdamArrays<T> arrays;
-  AdamScalars<T> scalars;
-  const AdamOptions* options;
+struct FusedUpdate {
+  UpdateLoop<T> loop;
   int64_t ld;
 
   static void run(const void* context, int64_t row0, int64_t rows, int64_t col0, int64_t cols) {
-    const FusedAdam& f = *static_cast<const FusedAdam*>(context);
-    for (int64_t r = row0; r < row0 + rows; ++r)
-      adam_range(f.arrays, f.scalars, *f.options, r * f.ld + col0, r * f.ld + col0 + cols);
+    const FusedUpdate& f = *static_cast<const FusedUpdate*>(context);
+    for (int64_t r = row0; r < row0 + rows; ++r) f.loop.run(r * f.ld + col0, r * f.ld + col0 + cols);
   }
 };
 
@@ -76,7 +73,7 @@ struct FusedAdam {
 
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, const Tensor* y,
                      Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate,
-                     const AdamUpdate* update) {
+                     const ParamUpdate* update) {
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
     const int64_t n = x.size(0), out = weight.size(0);
@@ -98,17 +95,15 @@ void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, co
     }
 
     GemmProblem<T> dw = linear_dweight_problem<T>(dz, x, dweight, accumulate);
-    FusedAdam<T> adam;
-    FinishedBlocks<T> finished;
-    if (update) {
-      adam = {{update->param.data<T>(), dweight.data<T>(), update->exp_avg.data<T>(),
-               update->exp_avg_sq.data<T>(),
-               update->max_exp_avg_sq.defined() ? update->max_exp_avg_sq.data<T>() : nullptr},
-              AdamScalars<T>::from(update->options), &update->options, dweight.size(1)};
-      finished.run = FusedAdam<T>::run;
-      finished.context = &adam;
-      dw.finished = &finished;
+    if (!update) {
+      gemm(dw);
+      return;
     }
+    const FusedUpdate<T> fused{UpdateLoop<T>(*update, dweight.data<T>()), dweight.size(1)};
+    FinishedBlocks<T> finished;
+    finished.run = FusedUpdate<T>::run;
+    finished.context = &fused;
+    dw.finished = &finished;
     gemm(dw);
   });
 }

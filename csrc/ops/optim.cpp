@@ -1,5 +1,8 @@
 #include "ops/optim.h"
 
+#include <type_traits>
+#include <variant>
+
 namespace fastnn {
 
 void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum_buffer,
@@ -23,6 +26,16 @@ void rmsprop_step(const Tensor& param, const Tensor& grad, const Tensor& square_
 void adagrad_step(const Tensor& param, const Tensor& grad, const Tensor& state_sum,
                   const AdagradOptions& options) {
   FASTNN_ON_DEVICE(param.device(), adagrad_step, param, grad, state_sum, options);
+}
+
+void param_update_step(const ParamUpdate& u, const Tensor& grad) {
+  std::visit([&](const auto& o) {
+    using O = std::decay_t<decltype(o)>;
+    if constexpr (std::is_same_v<O, SgdOptions>) sgd_step(u.param, grad, u.state[0], o);
+    else if constexpr (std::is_same_v<O, AdamOptions>) adam_step(u.param, grad, u.state[0], u.state[1], u.state[2], o);
+    else if constexpr (std::is_same_v<O, RmspropOptions>) rmsprop_step(u.param, grad, u.state[0], u.state[1], u.state[2], o);
+    else adagrad_step(u.param, grad, u.state[0], o);
+  }, u.options);
 }
 
 }  // namespace fastnn

@@ -15,6 +15,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <variant>
 
 #include "core/dispatch.h"
 #include "core/cuda_graph.h"
@@ -201,30 +202,21 @@ void rmsprop_step(const Tensor& param, const Tensor& grad, const Tensor& square_
 void adagrad_step(const Tensor& param, const Tensor& grad, const Tensor& state_sum,
                   const AdagradOptions& options);
 
-// One Adam step of a parameter whose gradient a kernel is about to compute: linear_backward takes
-// one for its weight and, on the CPU, runs the update on each block of the weight gradient as the
-// GEMM finishes it (gemm.h, FinishedBlocks), while the block is still in cache. Same tensors and
-// options as adam_step, whose result it equals bit for bit; the gradient is the kernel's output.
-struct AdamUpdate {
-  Tensor param, exp_avg, exp_avg_sq, max_exp_avg_sq;  // max_exp_avg_sq: undefined unless amsgrad
-  AdamOptions options;
+// One optimizer step of a parameter whose gradient a kernel is about to compute: linear_backward
+// takes one for its weight and, on the CPU, runs it on each block of the weight gradient as the
+// GEMM finishes it (gemm.h, FinishedBlocks), while the block is still in cache. The tensors and
+// options are those of the rule's *_step, the gradient is the kernel's output; the result equals
+// the *_step's bit for bit.
+struct ParamUpdate {
+  Tensor param;
+  Tensor state[3];  // the rule's state tensors in its *_step's order; undefined where unused
+  std::variant<SgdOptions, AdamOptions, RmspropOptions, AdagradOptions> options;
 };
+
+// The *_step that `update` stands for, with `grad` as the gradient.
+void param_update_step(const ParamUpdate& update, const Tensor& grad);
 
 namespace cpu {
-// Elements [begin, end) of one Adam step over flat arrays, on the calling thread: the vector loop
-// that adam_step runs on each thread's share, so a fused update gives the same bits.
-template <class T>
-struct AdamArrays {
-  T* param;
-  const T* grad;
-  T* exp_avg;
-  T* exp_avg_sq;
-  T* max_exp_avg_sq;  // null unless amsgrad
-};
-template <class T>
-void adam_range(const AdamArrays<T>& arrays, const AdamScalars<T>& scalars, const AdamOptions& options,
-                int64_t begin, int64_t end);
-
 void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum_buffer,
               const SgdOptions& options);
 void adam_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
@@ -234,6 +226,28 @@ void rmsprop_step(const Tensor& param, const Tensor& grad, const Tensor& square_
                   const RmspropOptions& options);
 void adagrad_step(const Tensor& param, const Tensor& grad, const Tensor& state_sum,
                   const AdagradOptions& options);
+
+template <class T>
+struct UpdateArrays {
+  T* param;
+  const T* grad;
+  T* state[3];  // ParamUpdate::state's data, null where undefined
+};
+
+// One ParamUpdate's loop over elements [begin, end) on the calling thread, with its per-step
+// scalars computed once: the loop each *_step runs on every thread's share, so an update run
+// block by block inside another kernel gives the same bits.
+template <class T>
+class UpdateLoop {
+ public:
+  UpdateLoop(const ParamUpdate& update, const T* grad);
+  void run(int64_t begin, int64_t end) const;
+
+ private:
+  const ParamUpdate* update_;
+  UpdateArrays<T> arrays_;
+  std::variant<SgdScalars<T>, AdamScalars<T>, RmspropScalars<T>, AdagradScalars<T>> scalars_;
+};
 }  // namespace cpu
 
 // The CUDA backend (ops/optim_cuda.cu); same contracts as the cpu:: functions.

@@ -1,6 +1,7 @@
 // CPU optimizer kernels: one vector loop per combination of options, compiled for the baseline
 // ISA, AVX2 and AVX-512 and chosen at run time; one pass over memory, split across threads.
 #include <type_traits>
+#include <variant>
 
 #include "core/cpu_features.h"
 #include "core/parallel.h"
@@ -56,10 +57,6 @@ void for_span(int64_t begin, int64_t end, const Body& body) {
   span_baseline(begin, end, body);
 }
 
-template <class Body>
-void for_each_element(int64_t n, const Body& body) {
-  parallel_for(n, kParallelGrain, [&](int64_t begin, int64_t end) { for_span(begin, end, body); });
-}
 
 template <class T>
 T* optional_data(const Tensor& t) {
@@ -68,40 +65,38 @@ T* optional_data(const Tensor& t) {
 
 }  // namespace
 
-void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum_buffer,
-              const SgdOptions& o) {
-  dispatch_floating(param.dtype(), "param", [&](auto tag) {
-    using T = decltype(tag);
-    const SgdScalars<T> s = SgdScalars<T>::from(o);
-    T* const p = param.data<T>();
-    const T* const g = grad.data<T>();
-    T* const buf = optional_data<T>(momentum_buffer);
-    const bool maximize = o.maximize;
-    auto run = [&](auto decay, auto momentum, auto nesterov, auto first_step) {
-      for_each_element(param.numel(), [=](int64_t i) FASTNN_ALWAYS_INLINE {
-        T no_buffer = T(0);
-        sgd_update<T>(p[i], g[i], momentum ? buf[i] : no_buffer, s, maximize, decay, momentum,
-                      nesterov, first_step);
-      });
-    };
-    with_flags([&](auto decay) {
-      if (o.momentum == 0) return run(decay, std::false_type{}, std::false_type{}, std::false_type{});
-      with_flags([&](auto nesterov, auto first_step) { run(decay, std::true_type{}, nesterov, first_step); },
-                 o.nesterov, o.first_step);
-    }, o.weight_decay != 0);
-  });
+// Each rule's loop over [begin, end): the option flags become compile-time constants (with_flags),
+// so every combination is its own branch-free vector loop.
+
+template <class T>
+void sgd_range(const UpdateArrays<T>& a, const SgdScalars<T>& s, const SgdOptions& o, int64_t begin, int64_t end) {
+  T* const p = a.param;
+  const T* const g = a.grad;
+  T* const buf = a.state[0];
+  const bool maximize = o.maximize;
+  auto run = [&](auto decay, auto momentum, auto nesterov, auto first_step) {
+    for_span(begin, end, [=](int64_t i) FASTNN_ALWAYS_INLINE {
+      T no_buffer = T(0);
+      sgd_update<T>(p[i], g[i], momentum ? buf[i] : no_buffer, s, maximize, decay, momentum, nesterov, first_step);
+    });
+  };
+  with_flags([&](auto decay) {
+    if (o.momentum == 0) return run(decay, std::false_type{}, std::false_type{}, std::false_type{});
+    with_flags([&](auto nesterov, auto first_step) { run(decay, std::true_type{}, nesterov, first_step); },
+               o.nesterov, o.first_step);
+  }, o.weight_decay != 0);
 }
 
 template <class T>
-void adam_range(const AdamArrays<T>& a, const AdamScalars<T>& s, const AdamOptions& o, int64_t begin,
+void adam_range(const UpdateArrays<T>& a, const AdamScalars<T>& s, const AdamOptions& o, int64_t begin,
                 int64_t end) {
+  T* const p = a.param;
+  const T* const g = a.grad;
+  T* const m = a.state[0];
+  T* const v = a.state[1];
+  T* const v_max = a.state[2];
   const bool maximize = o.maximize;
   auto run = [&](auto decay, auto decoupled, auto amsgrad) {
-    T* const p = a.param;
-    const T* const g = a.grad;
-    T* const m = a.exp_avg;
-    T* const v = a.exp_avg_sq;
-    T* const v_max = a.max_exp_avg_sq;
     for_span(begin, end, [=](int64_t i) FASTNN_ALWAYS_INLINE {
       T no_max = T(0);
       adam_update<T>(p[i], g[i], m[i], v[i], amsgrad ? v_max[i] : no_max, s, maximize, decay, decoupled,
@@ -114,58 +109,92 @@ void adam_range(const AdamArrays<T>& a, const AdamScalars<T>& s, const AdamOptio
   }, o.amsgrad);
 }
 
-template void adam_range<float>(const AdamArrays<float>&, const AdamScalars<float>&, const AdamOptions&,
-                                int64_t, int64_t);
-template void adam_range<double>(const AdamArrays<double>&, const AdamScalars<double>&,
-                                 const AdamOptions&, int64_t, int64_t);
+template <class T>
+void rmsprop_range(const UpdateArrays<T>& a, const RmspropScalars<T>& s, const RmspropOptions& o, int64_t begin,
+                   int64_t end) {
+  T* const p = a.param;
+  const T* const g = a.grad;
+  T* const sq = a.state[0];
+  T* const buf = a.state[1];
+  T* const g_avg = a.state[2];
+  const bool maximize = o.maximize;
+  with_flags([&](auto decay, auto centered, auto momentum) {
+    for_span(begin, end, [=](int64_t i) FASTNN_ALWAYS_INLINE {
+      T no_buffer = T(0), no_avg = T(0);
+      rmsprop_update<T>(p[i], g[i], sq[i], momentum ? buf[i] : no_buffer, centered ? g_avg[i] : no_avg, s,
+                        maximize, decay, centered, momentum);
+    });
+  }, o.weight_decay != 0, o.centered, o.momentum > 0);
+}
 
-void adam_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
-               const Tensor& exp_avg_sq, const Tensor& max_exp_avg_sq, const AdamOptions& o) {
-  dispatch_floating(param.dtype(), "param", [&](auto tag) {
+template <class T>
+void adagrad_range(const UpdateArrays<T>& a, const AdagradScalars<T>& s, const AdagradOptions& o, int64_t begin,
+                   int64_t end) {
+  T* const p = a.param;
+  const T* const g = a.grad;
+  T* const sum = a.state[0];
+  const bool maximize = o.maximize;
+  with_flags([&](auto decay) {
+    for_span(begin, end, [=](int64_t i) FASTNN_ALWAYS_INLINE { adagrad_update<T>(p[i], g[i], sum[i], s, maximize, decay); });
+  }, o.weight_decay != 0);
+}
+
+template <class T>
+UpdateLoop<T>::UpdateLoop(const ParamUpdate& u, const T* grad)
+    : update_(&u),
+      arrays_{u.param.data<T>(), grad, {optional_data<T>(u.state[0]), optional_data<T>(u.state[1]),
+                                        optional_data<T>(u.state[2])}},
+      scalars_(std::visit([](const auto& o) -> decltype(scalars_) {
+        using O = std::decay_t<decltype(o)>;
+        if constexpr (std::is_same_v<O, SgdOptions>) return SgdScalars<T>::from(o);
+        else if constexpr (std::is_same_v<O, AdamOptions>) return AdamScalars<T>::from(o);
+        else if constexpr (std::is_same_v<O, RmspropOptions>) return RmspropScalars<T>::from(o);
+        else return AdagradScalars<T>::from(o);
+      }, u.options)) {}
+
+template <class T>
+void UpdateLoop<T>::run(int64_t begin, int64_t end) const {
+  const auto& o = update_->options;
+  switch (o.index()) {
+    case 0: return sgd_range(arrays_, std::get<0>(scalars_), std::get<0>(o), begin, end);
+    case 1: return adam_range(arrays_, std::get<1>(scalars_), std::get<1>(o), begin, end);
+    case 2: return rmsprop_range(arrays_, std::get<2>(scalars_), std::get<2>(o), begin, end);
+    default: return adagrad_range(arrays_, std::get<3>(scalars_), std::get<3>(o), begin, end);
+  }
+}
+
+template class UpdateLoop<float>;
+template class UpdateLoop<double>;
+
+namespace {
+
+// One pass over the whole parameter, split across the threads.
+void run_update(const ParamUpdate& u, const Tensor& grad) {
+  dispatch_floating(u.param.dtype(), "param", [&](auto tag) {
     using T = decltype(tag);
-    const AdamScalars<T> s = AdamScalars<T>::from(o);
-    const AdamArrays<T> a{param.data<T>(), grad.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(),
-                          optional_data<T>(max_exp_avg_sq)};
-    parallel_for(param.numel(), kParallelGrain, [&](int64_t begin, int64_t end) { adam_range(a, s, o, begin, end); });
+    const UpdateLoop<T> loop(u, grad.data<T>());
+    parallel_for(u.param.numel(), kParallelGrain, [&](int64_t begin, int64_t end) { loop.run(begin, end); });
   });
+}
+
+}  // namespace
+
+void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum_buffer, const SgdOptions& o) {
+  run_update(ParamUpdate{param, {momentum_buffer, Tensor(), Tensor()}, o}, grad);
+}
+
+void adam_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+               const Tensor& max_exp_avg_sq, const AdamOptions& o) {
+  run_update(ParamUpdate{param, {exp_avg, exp_avg_sq, max_exp_avg_sq}, o}, grad);
 }
 
 void rmsprop_step(const Tensor& param, const Tensor& grad, const Tensor& square_avg,
                   const Tensor& momentum_buffer, const Tensor& grad_avg, const RmspropOptions& o) {
-  dispatch_floating(param.dtype(), "param", [&](auto tag) {
-    using T = decltype(tag);
-    const RmspropScalars<T> s = RmspropScalars<T>::from(o);
-    T* const p = param.data<T>();
-    const T* const g = grad.data<T>();
-    T* const sq = square_avg.data<T>();
-    T* const buf = optional_data<T>(momentum_buffer);
-    T* const g_avg = optional_data<T>(grad_avg);
-    const bool maximize = o.maximize;
-    with_flags([&](auto decay, auto centered, auto momentum) {
-      for_each_element(param.numel(), [=](int64_t i) FASTNN_ALWAYS_INLINE {
-        T no_buffer = T(0), no_avg = T(0);
-        rmsprop_update<T>(p[i], g[i], sq[i], momentum ? buf[i] : no_buffer,
-                          centered ? g_avg[i] : no_avg, s, maximize, decay, centered, momentum);
-      });
-    }, o.weight_decay != 0, o.centered, o.momentum > 0);
-  });
+  run_update(ParamUpdate{param, {square_avg, momentum_buffer, grad_avg}, o}, grad);
 }
 
-void adagrad_step(const Tensor& param, const Tensor& grad, const Tensor& state_sum,
-                  const AdagradOptions& o) {
-  dispatch_floating(param.dtype(), "param", [&](auto tag) {
-    using T = decltype(tag);
-    const AdagradScalars<T> s = AdagradScalars<T>::from(o);
-    T* const p = param.data<T>();
-    const T* const g = grad.data<T>();
-    T* const sum = state_sum.data<T>();
-    const bool maximize = o.maximize;
-    with_flags([&](auto decay) {
-      for_each_element(param.numel(), [=](int64_t i) FASTNN_ALWAYS_INLINE {
-        adagrad_update<T>(p[i], g[i], sum[i], s, maximize, decay);
-      });
-    }, o.weight_decay != 0);
-  });
+void adagrad_step(const Tensor& param, const Tensor& grad, const Tensor& state_sum, const AdagradOptions& o) {
+  run_update(ParamUpdate{param, {state_sum, Tensor(), Tensor()}, o}, grad);
 }
 
 }  // namespace fastnn::cpu

@@ -1,5 +1,4 @@
 """Adagrad, with torch.optim.Adagrad's arguments, defaults and arithmetic."""
-from fastnn import _C
 from fastnn.optim.optimizer import Optimizer, _check_compat_flags
 
 
@@ -37,9 +36,13 @@ class Adagrad(Optimizer):
             state["step"] = 0.0
             state["sum"] = new_tensor(group["initial_accumulator_value"])
 
-    def _update(self, group, data, grad, state, new_tensor):
+    def _prepare(self, group, state, new_tensor):
         self._init_state(group, state, new_tensor)  # groups added after construction
-        state["step"] += 1
-        _C.adagrad_step(data, grad, state["sum"], step=int(state["step"]), lr=group["lr"],
-                        lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
-                        maximize=group["maximize"], slot=self._graph_slot())
+        step = state["step"] + 1
+
+        def commit():
+            state["step"] = step
+
+        return ("adagrad", [state["sum"]], dict(step=int(step), lr=group["lr"], lr_decay=group["lr_decay"],
+                                                 weight_decay=group["weight_decay"], eps=group["eps"],
+                                                 maximize=group["maximize"]), commit)

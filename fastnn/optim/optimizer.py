@@ -75,9 +75,9 @@ class _FlatState:
 class Optimizer:
     """Base class of fastnn's optimizers, with torch.optim.Optimizer's interface.
 
-    Subclasses implement ``_update(group, data, grad, state, new_tensor)``: create any missing state
-    entries in ``state`` (tensors from ``new_tensor(fill=0.0)``, shaped like ``data``), then make one
-    kernel call that updates ``data`` and the state in place.
+    Subclasses implement ``_prepare(group, state, new_tensor)`` (see there): this step's update of
+    one target, as the kernel to call and its arguments. ``step()`` runs it on each target;
+    ``Module.backward(dy, optimizer=self)`` runs it on large CPU weights inside the backward pass.
     """
 
     def __init__(self, params, defaults: dict):
@@ -176,10 +176,64 @@ class Optimizer:
                           self._update(group, data, grad, state,
                                        _refuse_new_state if no_new_state else new_tensor))
 
+    # ---- the step inside a backward pass ------------------------------------------------------------
+
     def _begin_step_in_backward(self):
-        """A :class:`StepInBackward` for ``Module.backward(dy, optimizer=self)``, or None when this
-        optimizer has no update to take inside a backward pass (then ``step()`` follows it)."""
-        return None
+        """A :class:`StepInBackward` for ``Module.backward(dy, optimizer=self)``, or None when no
+        update can be taken inside the backward pass (then ``step()`` follows it). Each large weight
+        of a coalesced CPU group is updated by its layer's backward, on each block of the gradient the
+        GEMM has just computed (``_C.ParamUpdate``); the rest in ``finish``. Not inside a CUDA graph
+        capture, and not on a GPU (a GPU step is bound by launches, not by this memory traffic)."""
+        if _cuda._capturing() is not None or _cuda._preparing() is not None:
+            return None
+        fused = StepInBackward(self)
+        for group in self.param_groups:
+            fs = self._flat_state_for(group)
+            if fs is None or fs.flat.data.device != "cpu":
+                continue
+            weights = [p for p in group["params"] if len(p.shape) == 2 and p.numel() >= _FUSED_MIN_ELEMENTS]
+            if not weights:
+                continue
+            had = set(fs.state)
+            rule, states, options, commit = self._prepare(group, fs.state, fs.new_tensor)
+            make = getattr(_C.ParamUpdate, rule)
+            for p in weights:
+                shape = list(p.shape)
+                fused.updates[id(p)] = make(p.data, *[s if s is None else s._flat_slice(p.offset, shape)
+                                                      for s in states], **options)
+            fused.groups[id(group)] = (fs, rule, states, options, commit, set(fs.state) - had)
+        return fused if fused.updates else None
+
+    def _finish_step_in_backward(self, fused):
+        self._slot_calls = 0
+        for group in self.param_groups:
+            entry = fused.groups.get(id(group))
+            if entry is None:
+                self._step_group(group)
+                continue
+            fs, rule, states, options, commit, _ = entry
+            flat = fs.flat
+            grad = flat.settled_grad()
+            kernel = getattr(_C, rule + "_step")
+            for offset, numel in _runs_not_done(flat.params, fused.done):
+                view = [numel]
+                kernel(flat.data._flat_slice(offset, view), grad._flat_slice(offset, view),
+                       *[s if s is None else s._flat_slice(offset, view) for s in states], **options)
+            commit()
+            fs.publish(self.state)
+
+    def _abort_step_in_backward(self, fused):
+        for group in self.param_groups:
+            entry = fused.groups.get(id(group))
+            if entry is None:
+                continue
+            fs, _, _, _, commit, created = entry
+            if any(id(p) in fused.done for p in group["params"]):
+                commit()
+                fs.publish(self.state)
+            else:  # nothing ran: forget the state this step created, as if it never began
+                for key in created:
+                    del fs.state[key]
 
     def _graph_slot(self):
         """The graph slot of this step's next update call: None in an eager step."""
@@ -196,8 +250,18 @@ class Optimizer:
         self._slot_calls += 1
         return slot
 
-    def _update(self, group, data, grad, state, new_tensor) -> None:
+    def _prepare(self, group, state, new_tensor):
+        """This step's update of one target (a flat group's buffer or one parameter) whose optimizer
+        state is ``state``, not yet run: ``(rule, states, options, commit)``. The kernels are
+        ``_C.<rule>_step(data, grad, *states, **options)`` and ``_C.ParamUpdate.<rule>(data, *states,
+        **options)``; ``states`` are state tensors (created here from ``new_tensor(fill=0.0)`` when
+        missing) or None; ``commit()`` records in ``state`` that the step ran (e.g. the step count)."""
         raise NotImplementedError
+
+    def _update(self, group, data, grad, state, new_tensor) -> None:
+        rule, states, options, commit = self._prepare(group, state, new_tensor)
+        getattr(_C, rule + "_step")(data, grad, *states, slot=self._graph_slot(), **options)
+        commit()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero every gradient: one call per coalesced group, one per parameter otherwise.
@@ -352,6 +416,34 @@ class StepInBackward:
         """The backward pass failed: the parameters already updated keep their step (their state
         says so); the others keep the values and state they had."""
         self.optimizer._abort_step_in_backward(self)
+
+
+# Weights from this size (1 MB in float32, beyond a core's L2) are updated inside the backward pass:
+# Adam fused into the weight-gradient GEMM took 0.93x the time of the GEMM then adam_step at
+# 128 x 784 / 1024 -> 1024 (Zen 3, 2 threads, interleaved): it reads the gradient from cache
+# instead of DRAM. Smaller ones are stepped with the rest of the flat buffer.
+_FUSED_MIN_ELEMENTS = 1 << 18
+
+
+def _runs_not_done(params, done):
+    """(offset, numel) of each run of consecutive flat parameters not in ``done`` (ids)."""
+    runs, start, end = [], None, None
+    for p in params:
+        if id(p) in done:
+            if start is not None:
+                runs.append((start, end - start))
+                start = None
+            continue
+        if start is None:
+            start = p.offset
+        end = p.offset + p.numel()
+    if start is not None:
+        runs.append((start, end - start))
+    return runs
+
+
+def _no_commit():
+    pass
 
 
 def _check_compat_flags(foreach=None, fused=None, differentiable=False) -> None:

@@ -1,5 +1,4 @@
 """RMSprop, with torch.optim.RMSprop's arguments, defaults and arithmetic."""
-from fastnn import _C
 from fastnn.optim.optimizer import Optimizer, _check_compat_flags
 
 
@@ -24,7 +23,7 @@ class RMSprop(Optimizer):
                         weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
 
-    def _update(self, group, data, grad, state, new_tensor):
+    def _prepare(self, group, state, new_tensor):
         momentum, centered = group["momentum"], group["centered"]
         if not state:
             state["step"] = 0.0
@@ -33,10 +32,12 @@ class RMSprop(Optimizer):
             state["momentum_buffer"] = new_tensor()
         if centered and "grad_avg" not in state:
             state["grad_avg"] = new_tensor()
-        state["step"] += 1
-        _C.rmsprop_step(data, grad, state["square_avg"],
-                        state["momentum_buffer"] if momentum > 0 else None,
-                        state["grad_avg"] if centered else None,
-                        lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
-                        weight_decay=group["weight_decay"], momentum=momentum, centered=centered,
-                        maximize=group["maximize"], slot=self._graph_slot())
+        step = state["step"] + 1
+
+        def commit():
+            state["step"] = step
+
+        return ("rmsprop", [state["square_avg"], state["momentum_buffer"] if momentum > 0 else None,
+                            state["grad_avg"] if centered else None],
+                dict(lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+                     momentum=momentum, centered=centered, maximize=group["maximize"]), commit)

@@ -1,6 +1,5 @@
 """Stochastic gradient descent, with torch.optim.SGD's arguments, defaults and arithmetic."""
-from fastnn import _C
-from fastnn.optim.optimizer import Optimizer, _check_compat_flags
+from fastnn.optim.optimizer import Optimizer, _check_compat_flags, _no_commit
 
 
 class SGD(Optimizer):
@@ -25,7 +24,7 @@ class SGD(Optimizer):
                         nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults)
 
-    def _update(self, group, data, grad, state, new_tensor):
+    def _prepare(self, group, state, new_tensor):
         momentum = group["momentum"]
         buf, first_step = None, False
         if momentum != 0:
@@ -33,7 +32,6 @@ class SGD(Optimizer):
             if buf is None:
                 buf = state["momentum_buffer"] = new_tensor()
                 first_step = True
-        _C.sgd_step(data, grad, buf, lr=group["lr"], momentum=momentum, dampening=group["dampening"],
-                    weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-                    maximize=group["maximize"], first_step=first_step,
-                    slot=self._graph_slot())
+        return ("sgd", [buf], dict(lr=group["lr"], momentum=momentum, dampening=group["dampening"],
+                                   weight_decay=group["weight_decay"], nesterov=group["nesterov"],
+                                   maximize=group["maximize"], first_step=first_step), _no_commit)
