@@ -247,7 +247,7 @@ def test_parameter_groups_fall_back_to_step(rng):
         model = lecture_like()
         params = list(model.parameters())
         opt = optim.Adam([{"params": params[:4]}, {"params": params[4:], "lr": 1e-2}], lr=1e-3)
-        assert opt._begin_step_in_backward() is None
+        assert opt._begin_step_in_backward(model) is None
         train(model, opt, x, y, 2, in_backward)
         results.append(snapshot(model, opt))
     assert_same_training(*results)
@@ -270,6 +270,31 @@ def test_linear_backward_with_optimizer(rng):
         results.append((np.asarray(dx), snapshot(lin, opt)))
     assert np.array_equal(results[0][0], results[1][0])
     assert_same_training(results[0][1], results[1][1])
+
+
+@pytest.mark.filterwarnings("ignore:optimizer contains a parameter group with duplicate parameters")
+def test_a_weight_two_layers_share_is_stepped_after_both(rng):
+    """Tied weights: the second layer's gradient adds to the first's, so the shared weight is not
+    updated inside the backward pass; the rest is, and the result is backward then step()'s."""
+    x = rng.standard_normal((8, 512)).astype(np.float32)
+    dy = rng.standard_normal((8, 512)).astype(np.float32)
+    results = []
+    for in_backward in (False, True):
+        fastnn.manual_seed(2)
+        first, second, own = nn.Linear(512, 512), nn.Linear(512, 512), nn.Linear(512, 512)
+        second.register_parameter("weight", first.weight)
+        model = nn.Sequential(own, nn.ReLU(), first, nn.ReLU(), second)
+        opt = optim.Adam(model.parameters(), lr=1e-2)
+        if in_backward:
+            step = opt._begin_step_in_backward(model)
+            assert list(step.updates) == [id(own.weight)]
+            step.abort()
+        for _ in range(2):
+            model(x)
+            model.backward(dy, optimizer=opt) if in_backward else (model.backward(dy), opt.step())
+            opt.zero_grad()
+        results.append(snapshot(model, opt))
+    assert_same_training(*results)
 
 
 class Boom(nn.Module):

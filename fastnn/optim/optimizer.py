@@ -178,8 +178,8 @@ class Optimizer:
 
     # ---- the step inside a backward pass ------------------------------------------------------------
 
-    def _begin_step_in_backward(self):
-        """A :class:`StepInBackward` for ``Module.backward(dy, optimizer=self)``, or None when no
+    def _begin_step_in_backward(self, module):
+        """A :class:`StepInBackward` for ``module.backward(dy, optimizer=self)``, or None when no
         update can be taken inside the backward pass (then ``step()`` follows it). Each large weight
         of a coalesced CPU group is updated by its layer's backward, on each block of the gradient the
         GEMM has just computed (``_C.ParamUpdate``); the rest in ``finish``. Not inside a CUDA graph
@@ -187,11 +187,15 @@ class Optimizer:
         if _cuda._capturing() is not None or _cuda._preparing() is not None:
             return None
         fused = StepInBackward(self)
+        single_use = None
         for group in self.param_groups:
             fs = self._flat_state_for(group)
             if fs is None or fs.flat.data.device != "cpu":
                 continue
             weights = [p for p in group["params"] if len(p.shape) == 2 and p.numel() >= _FUSED_MIN_ELEMENTS]
+            if weights:
+                single_use = _single_use_parameters(module) if single_use is None else single_use
+                weights = [p for p in weights if id(p) in single_use]
             if not weights:
                 continue
             had = set(fs.state)
@@ -423,6 +427,18 @@ class StepInBackward:
 # 128 x 784 / 1024 -> 1024 (Zen 3, 2 threads, interleaved): it reads the gradient from cache
 # instead of DRAM. Smaller ones are stepped with the rest of the flat buffer.
 _FUSED_MIN_ELEMENTS = 1 << 18
+
+
+def _single_use_parameters(module) -> set:
+    """ids of the parameters exactly one place in ``module`` holds. Only those may take their step
+    inside the backward pass: a weight two layers share (or a layer used twice) gets its gradient
+    from both, and must be stepped once both have added theirs."""
+    counts: dict = {}
+    for m in module.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                counts[id(p)] = counts.get(id(p), 0) + 1
+    return {key for key, count in counts.items() if count == 1}
 
 
 def _runs_not_done(params, done):
