@@ -30,8 +30,8 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, double alpha, double beta
 // Work on blocks of C as soon as they hold their final values, while they are still in L1/L2:
 // run(context, row0, rows, col0, cols) once for each block of a partition of C, on the thread
 // that computed it (blocks are disjoint; threads run them concurrently). linear_backward's fused
-// optimizer update is one: the Adam update reads the weight gradient's rows right after the GEMM
-// stores them, instead of a separate pass reading them back from DRAM.
+// optimizer step is one: it reads the weight gradient's rows right after the GEMM stores them,
+// instead of a separate pass reading them back from DRAM.
 template <class T>
 struct FinishedBlocks {
   void (*run)(const void* context, int64_t row0, int64_t rows, int64_t col0, int64_t cols) = nullptr;
