@@ -5,6 +5,7 @@
 #include "bindings/graph_slot.h"
 #include "ops/optim.h"
 
+#include <iterator>
 #include <string>
 #include <variant>
 
@@ -62,24 +63,28 @@ void check_disjoint(std::initializer_list<Named> tensors) {
 }
 
 // Each rule's tensors and options, checked, as a ParamUpdate: the *_step bindings add the gradient,
-// ParamUpdate's constructors leave it to the kernel that computes it. State names are the *_step's.
-struct StateNames {
-  const char* name[3];
+// ParamUpdate's constructors leave it to the kernel that computes it. The names, in the order of
+// ParamUpdate::options' alternatives: the rule's, and its state tensors' as the *_step calls them.
+struct RuleNames {
+  const char* rule;
+  const char* state[3];
 };
+constexpr RuleNames kRuleNames[] = {
+    {"sgd", {"momentum_buffer", "", ""}},
+    {"adam", {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}},
+    {"rmsprop", {"square_avg", "momentum_buffer", "grad_avg"}},
+    {"adagrad", {"state_sum", "", ""}},
+};
+static_assert(std::size(kRuleNames) == std::variant_size_v<decltype(ParamUpdate::options)>);
 
-void check_update_disjoint(const ParamUpdate& u, const StateNames& names, const Tensor* grad) {
-  if (grad)
-    check_disjoint({{&u.param, "param"}, {grad, "grad"}, {&u.state[0], names.name[0]},
-                    {&u.state[1], names.name[1]}, {&u.state[2], names.name[2]}});
-  else
-    check_disjoint({{&u.param, "param"}, {&u.state[0], names.name[0]}, {&u.state[1], names.name[1]},
-                    {&u.state[2], names.name[2]}});
+const RuleNames& names_of(const ParamUpdate& u) { return kRuleNames[u.options.index()]; }
+
+void check_update_disjoint(const ParamUpdate& u, const Tensor* grad) {
+  const RuleNames& names = names_of(u);
+  const Tensor none;
+  check_disjoint({{&u.param, "param"}, {grad ? grad : &none, "grad"}, {&u.state[0], names.state[0]},
+                  {&u.state[1], names.state[1]}, {&u.state[2], names.state[2]}});
 }
-
-constexpr StateNames kSgdNames{{"momentum_buffer", "", ""}};
-constexpr StateNames kAdamNames{{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}};
-constexpr StateNames kRmspropNames{{"square_avg", "momentum_buffer", "grad_avg"}};
-constexpr StateNames kAdagradNames{{"state_sum", "", ""}};
 
 ParamUpdate sgd_arguments(py::handle param, py::handle momentum_buffer, double lr, double momentum,
                           double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step) {
@@ -139,18 +144,18 @@ ParamUpdate adagrad_arguments(py::handle param, py::handle state_sum, int64_t st
 }
 
 // A *_step call: the update with `grad`, its graph slot set, run without the GIL.
-template <class Options>
-void step_with(ParamUpdate& u, const StateNames& names, py::handle grad_, py::handle slot) {
+void step_with(ParamUpdate& u, py::handle grad_, py::handle slot_) {
   Tensor grad = like_param(grad_, u.param, "grad", false);
-  check_update_disjoint(u, names, &grad);
-  std::get<Options>(u.options).slot = to_graph_slot(slot, u.param, "param");
+  check_update_disjoint(u, &grad);
+  const GraphSlot slot = to_graph_slot(slot_, u.param, "param");
+  std::visit([&](auto& options) { options.slot = slot; }, u.options);
   py::gil_scoped_release no_gil;
   param_update_step(u, grad);
 }
 
 // A ParamUpdate for linear_backward(update=): the same checks, no gradient.
-ParamUpdate checked(ParamUpdate u, const StateNames& names) {
-  check_update_disjoint(u, names, nullptr);
+ParamUpdate checked(ParamUpdate u) {
+  check_update_disjoint(u, nullptr);
   return u;
 }
 
@@ -165,7 +170,7 @@ rmsprop_step / adagrad_step without the gradient; the result equals theirs bit f
       .def_static("sgd", [](py::handle param, py::handle momentum_buffer, double lr, double momentum,
                             double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step) {
              return checked(sgd_arguments(param, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov,
-                                          maximize, first_step), kSgdNames);
+                                          maximize, first_step));
            },
            py::arg("param"), py::arg("momentum_buffer") = py::none(), py::kw_only(), py::arg("lr"),
            py::arg("momentum") = 0.0, py::arg("dampening") = 0.0, py::arg("weight_decay") = 0.0,
@@ -174,7 +179,7 @@ rmsprop_step / adagrad_step without the gradient; the result equals theirs bit f
                              int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay,
                              bool decoupled_weight_decay, bool amsgrad, bool maximize) {
              return checked(adam_arguments(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-                                           weight_decay, decoupled_weight_decay, amsgrad, maximize), kAdamNames);
+                                           weight_decay, decoupled_weight_decay, amsgrad, maximize));
            },
            py::arg("param"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("max_exp_avg_sq") = py::none(),
            py::kw_only(), py::arg("step"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
@@ -184,7 +189,7 @@ rmsprop_step / adagrad_step without the gradient; the result equals theirs bit f
                                 py::handle grad_avg, double lr, double alpha, double eps, double weight_decay,
                                 double momentum, bool centered, bool maximize) {
              return checked(rmsprop_arguments(param, square_avg, momentum_buffer, grad_avg, lr, alpha, eps,
-                                              weight_decay, momentum, centered, maximize), kRmspropNames);
+                                              weight_decay, momentum, centered, maximize));
            },
            py::arg("param"), py::arg("square_avg"), py::arg("momentum_buffer") = py::none(),
            py::arg("grad_avg") = py::none(), py::kw_only(), py::arg("lr"), py::arg("alpha"), py::arg("eps"),
@@ -192,23 +197,19 @@ rmsprop_step / adagrad_step without the gradient; the result equals theirs bit f
            py::arg("maximize") = false)
       .def_static("adagrad", [](py::handle param, py::handle state_sum, int64_t step, double lr, double lr_decay,
                                 double weight_decay, double eps, bool maximize) {
-             return checked(adagrad_arguments(param, state_sum, step, lr, lr_decay, weight_decay, eps, maximize),
-                            kAdagradNames);
+             return checked(adagrad_arguments(param, state_sum, step, lr, lr_decay, weight_decay, eps, maximize));
            },
            py::arg("param"), py::arg("state_sum"), py::kw_only(), py::arg("step"), py::arg("lr"),
            py::arg("lr_decay") = 0.0, py::arg("weight_decay") = 0.0, py::arg("eps") = 1e-10,
            py::arg("maximize") = false)
-      .def_property_readonly("rule", [](const ParamUpdate& u) {
-        static const char* const names[] = {"sgd", "adam", "rmsprop", "adagrad"};
-        return std::string(names[u.options.index()]);
-      });
+      .def_property_readonly("rule", [](const ParamUpdate& u) { return std::string(names_of(u).rule); });
 
   m.def("sgd_step", [](py::handle param, py::handle grad, py::handle momentum_buffer, double lr, double momentum,
                        double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step,
                        py::handle slot) {
           ParamUpdate u = sgd_arguments(param, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov,
                                         maximize, first_step);
-          step_with<SgdOptions>(u, kSgdNames, grad, slot);
+          step_with(u, grad, slot);
         },
         py::arg("param"), py::arg("grad"), py::arg("momentum_buffer") = py::none(), py::kw_only(),
         py::arg("lr"), py::arg("momentum") = 0.0, py::arg("dampening") = 0.0,
@@ -227,7 +228,7 @@ momentum != 0. All tensors: param's shape, dtype and device, no two sharing memo
                         py::handle slot) {
           ParamUpdate u = adam_arguments(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
                                          weight_decay, decoupled_weight_decay, amsgrad, maximize);
-          step_with<AdamOptions>(u, kAdamNames, grad, slot);
+          step_with(u, grad, slot);
         },
         py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
         py::arg("max_exp_avg_sq") = py::none(), py::kw_only(), py::arg("step"), py::arg("lr"),
@@ -246,7 +247,7 @@ shape, dtype and device, no two sharing memory.)doc");
                            double momentum, bool centered, bool maximize, py::handle slot) {
           ParamUpdate u = rmsprop_arguments(param, square_avg, momentum_buffer, grad_avg, lr, alpha, eps,
                                             weight_decay, momentum, centered, maximize);
-          step_with<RmspropOptions>(u, kRmspropNames, grad, slot);
+          step_with(u, grad, slot);
         },
         py::arg("param"), py::arg("grad"), py::arg("square_avg"),
         py::arg("momentum_buffer") = py::none(), py::arg("grad_avg") = py::none(), py::kw_only(),
@@ -261,7 +262,7 @@ shape, dtype and device, no two sharing memory.)doc");
   m.def("adagrad_step", [](py::handle param, py::handle grad, py::handle state_sum, int64_t step, double lr,
                            double lr_decay, double weight_decay, double eps, bool maximize, py::handle slot) {
           ParamUpdate u = adagrad_arguments(param, state_sum, step, lr, lr_decay, weight_decay, eps, maximize);
-          step_with<AdagradOptions>(u, kAdagradNames, grad, slot);
+          step_with(u, grad, slot);
         },
         py::arg("param"), py::arg("grad"), py::arg("state_sum"), py::kw_only(), py::arg("step"),
         py::arg("lr"), py::arg("lr_decay") = 0.0, py::arg("weight_decay") = 0.0,

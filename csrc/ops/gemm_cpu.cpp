@@ -396,7 +396,7 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
     parallel_for(p.m, std::max<int64_t>(1, p.m / threads),
                  [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n); }, ks.mr);
   }
-  if (p.finished && !plan.finish_blocks) finish_whole(p, threads);
+  if (!plan.finish_blocks) finish_whole(p, threads);  // a no-op without p.finished
 }
 
 // X W^T with more rows than kDotMaxRows and at most this many, and many more columns, runs as

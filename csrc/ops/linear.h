@@ -38,11 +38,14 @@ void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, co
 }  // namespace cpu
 
 // The CUDA backend (ops/linear_cuda.cu); same contracts as the cpu:: functions.
+// On a GPU the step is bound by launches, not by the optimizer's memory traffic, so the update
+// runs as its *_step after the gradients' kernels.
 namespace cuda {
 void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Activation act,
                     Tensor& y);
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, const Tensor* y,
-                     Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate);
+                     Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate,
+                     const ParamUpdate* update);
 }  // namespace cuda
 
 }  // namespace fastnn

@@ -19,7 +19,8 @@ void linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias, A
 }
 
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, const Tensor* y,
-                     Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate) {
+                     Activation act, Tensor* dx, Tensor& dweight, Tensor* dbias, bool accumulate,
+                     const ParamUpdate* update) {
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
     const int64_t n = x.size(0), out = weight.size(0);
@@ -60,6 +61,7 @@ void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, co
       gemm_detail::launch_gemm(cpu::linear_dx_problem<T>(dz, weight, *dx));
     }
   });
+  if (update) param_update_step(*update, dweight);
 }
 
 }  // namespace cuda

@@ -1,5 +1,5 @@
 """Adagrad, with torch.optim.Adagrad's arguments, defaults and arithmetic."""
-from fastnn.optim.optimizer import Optimizer, _check_compat_flags
+from fastnn.optim.optimizer import Optimizer, _check_compat_flags, _next_step
 
 
 class Adagrad(Optimizer):
@@ -38,10 +38,7 @@ class Adagrad(Optimizer):
 
     def _prepare(self, group, state, new_tensor):
         self._init_state(group, state, new_tensor)  # groups added after construction
-        step = state["step"] + 1
-
-        def commit():
-            state["step"] = step
+        step, commit = _next_step(state)
 
         return ("adagrad", [state["sum"]], dict(step=int(step), lr=group["lr"], lr_decay=group["lr_decay"],
                                                  weight_decay=group["weight_decay"], eps=group["eps"],

@@ -1,5 +1,5 @@
 """Adam and AdamW, with torch.optim's arguments, defaults and arithmetic."""
-from fastnn.optim.optimizer import Optimizer, _check_compat_flags
+from fastnn.optim.optimizer import Optimizer, _check_compat_flags, _next_step
 
 
 class Adam(Optimizer):
@@ -39,11 +39,8 @@ class Adam(Optimizer):
         amsgrad = group["amsgrad"]
         if amsgrad and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = new_tensor()
-        step = state["step"] + 1
+        step, commit = _next_step(state)
         beta1, beta2 = group["betas"]
-
-        def commit():
-            state["step"] = step
 
         return ("adam", [state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"] if amsgrad else None],
                 dict(step=int(step), lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],

@@ -462,6 +462,17 @@ def _no_commit():
     pass
 
 
+def _next_step(state):
+    """This step's count for a rule that keeps one in ``state["step"]``, and the ``commit`` that
+    records it once the update has run (a failed step leaves the count where it was)."""
+    step = state["step"] + 1
+
+    def commit():
+        state["step"] = step
+
+    return step, commit
+
+
 def _check_compat_flags(foreach=None, fused=None, differentiable=False) -> None:
     """torch's implementation switches: fastnn always runs one fused pass, so only conflicts matter."""
     if differentiable:

@@ -1,5 +1,5 @@
 """RMSprop, with torch.optim.RMSprop's arguments, defaults and arithmetic."""
-from fastnn.optim.optimizer import Optimizer, _check_compat_flags
+from fastnn.optim.optimizer import Optimizer, _check_compat_flags, _next_step
 
 
 class RMSprop(Optimizer):
@@ -32,10 +32,7 @@ class RMSprop(Optimizer):
             state["momentum_buffer"] = new_tensor()
         if centered and "grad_avg" not in state:
             state["grad_avg"] = new_tensor()
-        step = state["step"] + 1
-
-        def commit():
-            state["step"] = step
+        step, commit = _next_step(state)
 
         return ("rmsprop", [state["square_avg"], state["momentum_buffer"] if momentum > 0 else None,
                             state["grad_avg"] if centered else None],
