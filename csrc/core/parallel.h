@@ -56,4 +56,28 @@ void parallel_for(int64_t n, int64_t grain, F&& f, int64_t align = 16) {
   }, &ctx);
 }
 
+// Calls f(begin, end) over [0, n) cut into pieces of `piece` elements (the last may be shorter),
+// which the threads claim one at a time as they finish theirs. For long jobs on a machine shared
+// with other processes: a core that loses time to another process takes fewer pieces, where
+// parallel_for's one chunk per thread would leave the other core waiting for it at the end.
+template <class F>
+void parallel_pieces(int64_t n, int64_t piece, F&& f) {
+  if (n <= 0) return;
+  piece = std::max<int64_t>(piece, 1);
+  const int64_t pieces = (n + piece - 1) / piece;
+  if (pieces <= 1 || num_threads() <= 1 || in_parallel()) {
+    for (int64_t begin = 0; begin < n; begin += piece) f(begin, std::min(n, begin + piece));
+    return;
+  }
+  struct Ctx {
+    F* f;
+    int64_t n, piece;
+  } ctx{&f, n, piece};
+  detail::run_chunks(pieces, [](void* p, int64_t c) {
+    auto* x = static_cast<Ctx*>(p);
+    const int64_t begin = c * x->piece;
+    (*x->f)(begin, std::min(x->n, begin + x->piece));
+  }, &ctx);
+}
+
 }  // namespace fastnn

@@ -121,7 +121,7 @@ template void pack_b_generic<float>(bool, const float*, int64_t, int64_t, int64_
 template void pack_b_generic<double>(bool, const double*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, double*);
 
 // ---------------------------------------------------------------------------------------------
-// Per-thread packing buffers. They live as long as the (persistent) OpenMP worker threads and
+// Per-thread packing buffers. They live as long as the pool's (persistent) worker threads and
 // only grow, so after the first call of a given size a GEMM allocates nothing.
 
 class PackBuffer {
@@ -150,7 +150,7 @@ class PackBuffer {
   size_t capacity_ = 0;
 };
 
-thread_local PackBuffer tl_pack_b, tl_pack_a;
+thread_local PackBuffer tl_pack_b, tl_pack_a, tl_shared_b;
 
 // ---------------------------------------------------------------------------------------------
 // The driver.
@@ -194,14 +194,28 @@ class NextBlockPrefetch {
   int64_t rows_ = 0, lines_ = 0, stride_ = 0, per_call_ = 0, row_ = 0, line_ = 0;
 };
 
+// The columns a packed block of `cols` columns takes: whole nr-wide panels, the last narrowed.
+inline int64_t packed_cols(int64_t cols, int nr, int vec) {
+  return cols / nr * nr + (cols % nr ? packed_width(cols % nr, nr, vec) : 0);
+}
+
+// Where block (jc, pc) of nc columns starts in B packed whole (pack_b_shared): every block left of
+// it is plan.nc wide, a multiple of nr, so the blocks of columns [0, jc) fill jc * k elements.
+template <class T>
+int64_t shared_block_offset(const GemmProblem<T>& p, const KernelSet<T>& ks, int64_t jc, int64_t pc, int64_t nc) {
+  return jc * p.k + pc * packed_cols(nc, ks.nr, ks.vec);
+}
+
 // C[m0:m1, n0:n1] on the calling thread: BLIS's loops around the micro-kernel (which runs the
 // innermost one, over k). Order jc -> pc -> ir -> jr: one micro-panel of A (mr x kc, a few KB)
 // is reused across the whole width of the B block, which streams from L2.
 template <class T>
 void gemm_block(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& plan, int64_t m0,
-                int64_t m1, int64_t n0, int64_t n1) {
+                int64_t m1, int64_t n0, int64_t n1, const T* shared_b = nullptr) {
   const int mr = ks.mr, nr = ks.nr;
-  T* bpack = plan.pack_b ? tl_pack_b.get<T>(static_cast<size_t>(plan.kc) * ((plan.nc + nr - 1) / nr * nr)) : nullptr;
+  T* bpack = plan.pack_b && !shared_b
+                 ? tl_pack_b.get<T>(static_cast<size_t>(plan.kc) * ((plan.nc + nr - 1) / nr * nr))
+                 : nullptr;
 
   // Rows in micro-panels of near-equal height (128 = 18 x 6 + 4 x 5, not 21 x 6 + 2): a panel of
   // 3-5 rows runs at the full rate per row, one of 2 rows at 3/4 of it, and every panel streams the
@@ -226,7 +240,10 @@ void gemm_block(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& pla
       const T* bsrc;
       int64_t panel_stride;
       bool prefetching = false;
-      if (plan.pack_b) {
+      if (shared_b) {
+        bsrc = shared_b + shared_block_offset(p, ks, jc, pc, nc);
+        panel_stride = kc * nr;
+      } else if (plan.pack_b) {
         ks.pack_b(p.trans_b, p.b, p.ldb, pc, jc, kc, nc, nr, ks.vec, bpack);
         bsrc = bpack;
         panel_stride = kc * nr;
@@ -316,6 +333,33 @@ constexpr int64_t kDotMaxCols = 16;
 // 1.2-1.5x, 32 rows 1.07-1.13x; at 48 rows packing was 0-10% faster.
 constexpr int64_t kDotMaxRows = 32;
 
+// B packed whole, once, all threads taking part, for a row split: each thread's rows then read the
+// same packed blocks rather than every thread packing all of B for itself.
+// B packed whole for a row split stays allocated with the calling thread, so it is bounded (the
+// MLP's batch-128 layers take 0.4-0.5 MB); a larger B is packed block by block by each thread.
+constexpr int64_t kSharedBMaxBytes = int64_t{4} << 20;
+
+// Pieces of C per thread in gemm_blocked's split (see there).
+constexpr int64_t kPiecesPerThread = 4;
+
+template <class T>
+const T* pack_b_shared(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& plan, int threads) {
+  const int nr = ks.nr;
+  T* packed = tl_shared_b.get<T>(static_cast<size_t>(p.k * packed_cols(p.n, nr, ks.vec)));
+  for (int64_t jc = 0; jc < p.n; jc += plan.nc) {
+    const int64_t nc = std::min(plan.nc, p.n - jc), panels = (nc + nr - 1) / nr;
+    for (int64_t pc = 0; pc < p.k; pc += plan.kc) {
+      const int64_t kc = std::min(plan.kc, p.k - pc);
+      T* block = packed + shared_block_offset(p, ks, jc, pc, nc);
+      parallel_for(panels, std::max<int64_t>(1, panels / threads), [&](int64_t b, int64_t e) {
+        ks.pack_b(p.trans_b, p.b, p.ldb, pc, jc + b * nr, kc, std::min(nc, e * nr) - b * nr, nr, ks.vec,
+                  block + b * kc * nr);
+      }, 1);
+    }
+  }
+  return packed;
+}
+
 // The blocked GEMM of gemm_block on `threads` threads, each owning a slice of C. split_rows: split
 // C's rows even where its columns would do.
 template <class T>
@@ -387,11 +431,26 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
   const bool narrow_tiles = ks.nr * int64_t(sizeof(T)) < 256;
   const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0;
   plan.pack_b = p.trans_b || rows_per_thread >= 256 || (narrow_tiles && rows_per_thread >= (b_rows_alias ? 32 : 64));
+  // The threads claim pieces of C as they go (parallel_pieces), about kPiecesPerThread each, not
+  // one fixed share each: on this shared machine one core often runs slower than the other for a
+  // while (another tenant), and a fixed split leaves the faster thread waiting at the end. The
+  // lecture step at batch 128, in-process against one share per thread, 60 alternating rounds on
+  // Zen 3: quiet 0.98-0.99x, host disturbed 0.95-0.96x (its X W^T at 1024 -> 1024 0.84-0.88x),
+  // a process busy on one core 0.93-0.95x; batch 1024 disturbed 0.94x. Column pieces stay within
+  // one nc block each (A is read once per block anyway), row pieces read B packed once for all
+  // (pack_b_shared), else each piece would pack all of B again.
+  auto round_up = [](int64_t x, int64_t to) { return (x + to - 1) / to * to; };
+  const int64_t pieces = int64_t(threads) * kPiecesPerThread;
   if (threads <= 1) {
     gemm_block(p, ks, plan, 0, p.m, 0, p.n);
   } else if (split_n) {
-    parallel_for(p.n, std::max<int64_t>(1, p.n / threads),
-                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); }, ks.vec);
+    const int64_t count = std::max(pieces, (p.n + plan.nc - 1) / plan.nc);
+    parallel_pieces(p.n, round_up((p.n + count - 1) / count, ks.nr),
+                    [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); });
+  } else if (!plan.pack_b || p.k * packed_cols(p.n, ks.nr, ks.vec) * int64_t(sizeof(T)) <= kSharedBMaxBytes) {
+    const T* shared_b = plan.pack_b ? pack_b_shared(p, ks, plan, threads) : nullptr;
+    parallel_pieces(p.m, round_up((p.m + pieces - 1) / pieces, ks.mr),
+                    [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n, shared_b); });
   } else {
     parallel_for(p.m, std::max<int64_t>(1, p.m / threads),
                  [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n); }, ks.mr);
