@@ -339,8 +339,9 @@ constexpr int64_t kDotMaxRows = 32;
 // MLP's batch-128 layers take 0.4-0.5 MB); a larger B is packed block by block by each thread.
 constexpr int64_t kSharedBMaxBytes = int64_t{4} << 20;
 
-// Pieces of C per thread in gemm_blocked's split (see there).
+// Pieces of C per thread in gemm_blocked's split, and the shortest K that takes them (see there).
 constexpr int64_t kPiecesPerThread = 4;
+constexpr int64_t kMinPiecesK = 64;
 
 template <class T>
 const T* pack_b_shared(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& plan, int threads) {
@@ -438,16 +439,21 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
   // Zen 3: quiet 0.98-0.99x, host disturbed 0.95-0.96x (its X W^T at 1024 -> 1024 0.84-0.88x),
   // a process busy on one core 0.93-0.95x; batch 1024 disturbed 0.94x. Column pieces stay within
   // one nc block each (A is read once per block anyway), row pieces read B packed once for all
-  // (pack_b_shared), else each piece would pack all of B again.
+  // (pack_b_shared), else each piece would pack all of B again. With a short K, writing C bounds
+  // the time, and one long stripe of C per thread writes it fastest: 1024 x 10 -> 1024 (dX of the
+  // output layer at batch 1024) ran 1.10x slower in 128-column pieces.
   auto round_up = [](int64_t x, int64_t to) { return (x + to - 1) / to * to; };
   const int64_t pieces = int64_t(threads) * kPiecesPerThread;
   if (threads <= 1) {
     gemm_block(p, ks, plan, 0, p.m, 0, p.n);
+  } else if (split_n && p.k < kMinPiecesK) {
+    parallel_for(p.n, std::max<int64_t>(1, p.n / threads),
+                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); }, ks.vec);
   } else if (split_n) {
     const int64_t count = std::max(pieces, (p.n + plan.nc - 1) / plan.nc);
     parallel_pieces(p.n, round_up((p.n + count - 1) / count, ks.nr),
                     [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); });
-  } else if (!plan.pack_b || p.k * packed_cols(p.n, ks.nr, ks.vec) * int64_t(sizeof(T)) <= kSharedBMaxBytes) {
+  } else if (p.k >= kMinPiecesK && (!plan.pack_b || p.k * packed_cols(p.n, ks.nr, ks.vec) * int64_t(sizeof(T)) <= kSharedBMaxBytes)) {
     const T* shared_b = plan.pack_b ? pack_b_shared(p, ks, plan, threads) : nullptr;
     parallel_pieces(p.m, round_up((p.m + pieces - 1) / pieces, ks.mr),
                     [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n, shared_b); });
