@@ -199,11 +199,19 @@ inline int64_t packed_cols(int64_t cols, int nr, int vec) {
   return cols / nr * nr + (cols % nr ? packed_width(cols % nr, nr, vec) : 0);
 }
 
-// Where block (jc, pc) of nc columns starts in B packed whole (pack_b_shared): every block left of
-// it is plan.nc wide, a multiple of nr, so the blocks of columns [0, jc) fill jc * k elements.
+// Where block (jc, pc) of nc columns starts in B packed whole (pack_b_shared): the blocks of the
+// columns before jc, each plan.nc wide and all of K deep, then the K blocks before pc.
 template <class T>
-int64_t shared_block_offset(const GemmProblem<T>& p, const KernelSet<T>& ks, int64_t jc, int64_t pc, int64_t nc) {
-  return jc * p.k + pc * packed_cols(nc, ks.nr, ks.vec);
+int64_t shared_block_offset(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& plan, int64_t jc,
+                            int64_t pc, int64_t nc) {
+  return jc / plan.nc * packed_cols(plan.nc, ks.nr, ks.vec) * p.k + pc * packed_cols(nc, ks.nr, ks.vec);
+}
+
+// The elements of all of B packed: where a block past the last would start.
+template <class T>
+int64_t shared_b_elements(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& plan) {
+  const int64_t last_cols = p.n % plan.nc;
+  return shared_block_offset(p, ks, plan, p.n - last_cols, 0, 0) + packed_cols(last_cols, ks.nr, ks.vec) * p.k;
 }
 
 // C[m0:m1, n0:n1] on the calling thread: BLIS's loops around the micro-kernel (which runs the
@@ -241,7 +249,7 @@ void gemm_block(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& pla
       int64_t panel_stride;
       bool prefetching = false;
       if (shared_b) {
-        bsrc = shared_b + shared_block_offset(p, ks, jc, pc, nc);
+        bsrc = shared_b + shared_block_offset(p, ks, plan, jc, pc, nc);
         panel_stride = kc * nr;
       } else if (plan.pack_b) {
         ks.pack_b(p.trans_b, p.b, p.ldb, pc, jc, kc, nc, nr, ks.vec, bpack);
@@ -333,25 +341,25 @@ constexpr int64_t kDotMaxCols = 16;
 // 1.2-1.5x, 32 rows 1.07-1.13x; at 48 rows packing was 0-10% faster.
 constexpr int64_t kDotMaxRows = 32;
 
-// B packed whole, once, all threads taking part, for a row split: each thread's rows then read the
-// same packed blocks rather than every thread packing all of B for itself.
-// B packed whole for a row split stays allocated with the calling thread, so it is bounded (the
-// MLP's batch-128 layers take 0.4-0.5 MB); a larger B is packed block by block by each thread.
-constexpr int64_t kSharedBMaxBytes = int64_t{4} << 20;
-
 // Pieces of C per thread in gemm_blocked's split, and the shortest K that takes them (see there).
 constexpr int64_t kPiecesPerThread = 4;
 constexpr int64_t kMinPiecesK = 64;
 
+// B packed whole for a row split stays allocated with the calling thread, so it is bounded (the
+// MLP's batch-128 layers take 0.4-0.5 MB); a larger B is packed block by block by each thread.
+constexpr int64_t kSharedBMaxBytes = int64_t{4} << 20;
+
+// B packed whole, once, all threads taking part, for a row split in pieces: every piece then reads
+// the same packed blocks, where packing per piece would pack all of B once per piece.
 template <class T>
 const T* pack_b_shared(const GemmProblem<T>& p, const KernelSet<T>& ks, const Plan& plan, int threads) {
   const int nr = ks.nr;
-  T* packed = tl_shared_b.get<T>(static_cast<size_t>(p.k * packed_cols(p.n, nr, ks.vec)));
+  T* packed = tl_shared_b.get<T>(static_cast<size_t>(shared_b_elements(p, ks, plan)));
   for (int64_t jc = 0; jc < p.n; jc += plan.nc) {
     const int64_t nc = std::min(plan.nc, p.n - jc), panels = (nc + nr - 1) / nr;
     for (int64_t pc = 0; pc < p.k; pc += plan.kc) {
       const int64_t kc = std::min(plan.kc, p.k - pc);
-      T* block = packed + shared_block_offset(p, ks, jc, pc, nc);
+      T* block = packed + shared_block_offset(p, ks, plan, jc, pc, nc);
       parallel_for(panels, std::max<int64_t>(1, panels / threads), [&](int64_t b, int64_t e) {
         ks.pack_b(p.trans_b, p.b, p.ldb, pc, jc + b * nr, kc, std::min(nc, e * nr) - b * nr, nr, ks.vec,
                   block + b * kc * nr);
@@ -437,11 +445,12 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
   // while (another tenant), and a fixed split leaves the faster thread waiting at the end. The
   // lecture step at batch 128, in-process against one share per thread, 60 alternating rounds on
   // Zen 3: quiet 0.98-0.99x, host disturbed 0.95-0.96x (its X W^T at 1024 -> 1024 0.84-0.88x),
-  // a process busy on one core 0.93-0.95x; batch 1024 disturbed 0.94x. Column pieces stay within
-  // one nc block each (A is read once per block anyway), row pieces read B packed once for all
-  // (pack_b_shared), else each piece would pack all of B again. With a short K, writing C bounds
-  // the time, and one long stripe of C per thread writes it fastest: 1024 x 10 -> 1024 (dX of the
-  // output layer at batch 1024) ran 1.10x slower in 128-column pieces.
+  // a process busy on one core 0.93-0.95x; batch 1024 disturbed 0.94x. A column piece is at most
+  // one B block wide and reads all of A (128-wide pieces at 128 x 1024 -> 1024 read A's 512 KB
+  // twice as often as 256-wide ones and ran as fast); row pieces read B packed once for all
+  // (pack_b_shared). With a short K, writing C bounds the time, and one long stripe of C per thread
+  // writes it fastest: 1024 x 10 -> 1024 (dX of the output layer at batch 1024) ran 1.10x slower
+  // in 128-column pieces.
   auto round_up = [](int64_t x, int64_t to) { return (x + to - 1) / to * to; };
   const int64_t pieces = int64_t(threads) * kPiecesPerThread;
   if (threads <= 1) {
@@ -453,7 +462,8 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
     const int64_t count = std::max(pieces, (p.n + plan.nc - 1) / plan.nc);
     parallel_pieces(p.n, round_up((p.n + count - 1) / count, ks.nr),
                     [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); });
-  } else if (p.k >= kMinPiecesK && (!plan.pack_b || p.k * packed_cols(p.n, ks.nr, ks.vec) * int64_t(sizeof(T)) <= kSharedBMaxBytes)) {
+  } else if (p.k >= kMinPiecesK &&
+             (!plan.pack_b || shared_b_elements(p, ks, plan) * int64_t(sizeof(T)) <= kSharedBMaxBytes)) {
     const T* shared_b = plan.pack_b ? pack_b_shared(p, ks, plan, threads) : nullptr;
     parallel_pieces(p.m, round_up((p.m + pieces - 1) / pieces, ks.mr),
                     [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n, shared_b); });
