@@ -11,6 +11,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace fastnn {
 
@@ -27,35 +28,6 @@ namespace detail {
 void run_chunks(int64_t chunks, void (*fn)(void*, int64_t), void* ctx);
 }  // namespace detail
 
-// Calls f(begin, end) over contiguous chunks of [0, n), at most one per thread, in parallel when
-// n is at least 2 * grain. Chunk boundaries are multiples of `align` so vector loops keep whole
-// vectors.
-template <class F>
-void parallel_for(int64_t n, int64_t grain, F&& f, int64_t align = 16) {
-  if (n <= 0) return;
-  const int64_t max_chunks = std::min<int64_t>(num_threads(), n / std::max<int64_t>(grain, 1));
-  if (max_chunks <= 1 || in_parallel()) {
-    f(int64_t{0}, n);
-    return;
-  }
-  int64_t chunk = (n + max_chunks - 1) / max_chunks;
-  chunk = (chunk + align - 1) / align * align;
-  const int64_t chunks = (n + chunk - 1) / chunk;
-  if (chunks <= 1) {
-    f(int64_t{0}, n);
-    return;
-  }
-  struct Ctx {
-    F* f;
-    int64_t n, chunk;
-  } ctx{&f, n, chunk};
-  detail::run_chunks(chunks, [](void* p, int64_t c) {
-    auto* x = static_cast<Ctx*>(p);
-    const int64_t begin = c * x->chunk, end = std::min(x->n, begin + x->chunk);
-    (*x->f)(begin, end);
-  }, &ctx);
-}
-
 // Calls f(begin, end) over [0, n) cut into pieces of `piece` elements (the last may be shorter),
 // which the threads claim one at a time as they finish theirs. For long jobs on a machine shared
 // with other processes: a core that loses time to another process takes fewer pieces, where
@@ -70,7 +42,7 @@ void parallel_pieces(int64_t n, int64_t piece, F&& f) {
     return;
   }
   struct Ctx {
-    F* f;
+    std::remove_reference_t<F>* f;
     int64_t n, piece;
   } ctx{&f, n, piece};
   detail::run_chunks(pieces, [](void* p, int64_t c) {
@@ -78,6 +50,22 @@ void parallel_pieces(int64_t n, int64_t piece, F&& f) {
     const int64_t begin = c * x->piece;
     (*x->f)(begin, std::min(x->n, begin + x->piece));
   }, &ctx);
+}
+
+// Calls f(begin, end) over contiguous chunks of [0, n), at most one per thread, in parallel when
+// n is at least 2 * grain. Chunk boundaries are multiples of `align` so vector loops keep whole
+// vectors.
+template <class F>
+void parallel_for(int64_t n, int64_t grain, F&& f, int64_t align = 16) {
+  if (n <= 0) return;
+  const int64_t max_chunks = std::min<int64_t>(num_threads(), n / std::max<int64_t>(grain, 1));
+  if (max_chunks <= 1 || in_parallel()) {
+    f(int64_t{0}, n);
+    return;
+  }
+  int64_t chunk = (n + max_chunks - 1) / max_chunks;
+  chunk = (chunk + align - 1) / align * align;
+  parallel_pieces(n, chunk, f);
 }
 
 }  // namespace fastnn
