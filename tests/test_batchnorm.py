@@ -500,6 +500,31 @@ def test_fused_forward_is_bitwise_batchnorm_then_dropout(device, dtype, rng, act
     np.testing.assert_array_equal(host(relu_only), np.maximum(host(plain), 0) if act == "relu" else host(plain))
 
 
+@pytest.mark.parametrize("shape", [(2, 1), (9, 33), (127, 1030), (1000, 7)])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_backward_is_bitwise_dropout_backward_then_batchnorm(device, dtype, rng, shape, training):
+    # the backward forms relu + dropout's gradient as it reads dy (no pass of its own): the same
+    # value in the same dtype, so every bit as dropout_backward then BatchNorm's backward; rows not a
+    # multiple of the statistics' 8-row blocks, columns not of any vector width; a NaN in y counts
+    # as not positive there as in dropout_backward
+    x, w, b, rm, rv, dy = make(rng, shape, dtype)
+    y, mean, invstd = _C.batchnorm_forward(on(device, x), on(device, w), on(device, b), on(device, rm),
+                                           on(device, rv), training, activation="relu", dropout=(0.3, 7, 2))
+    y = host(y).copy()
+    y.flat[::5] = np.nan
+    want = _C.batchnorm_backward(on(device, x), _C.dropout_backward(on(device, dy), 0.3, 7, 2, on(device, y), "relu"),
+                                 on(device, w), mean, invstd, training)
+    got = _C.batchnorm_backward(on(device, x), on(device, dy), on(device, w), mean, invstd, training,
+                                y=on(device, y), activation="relu", p=0.3)
+    for name, a, b in zip(("dx", "dweight", "dbias"), got, want):
+        np.testing.assert_array_equal(host(a), host(b), err_msg=name)
+    # dx written over dy: each element is read before it is written
+    g = on(device, dy)
+    _C.batchnorm_backward(on(device, x), g, on(device, w), mean, invstd, training, dx=g, y=on(device, y),
+                          activation="relu", p=0.3)
+    np.testing.assert_array_equal(host(g), host(want[0]))
+
+
 def test_fused_forward_on_the_one_read_and_streaming_paths(rng, one_read):
     # the one-read path (column blocks) runs the epilogue as a pass of its own, and a fused
     # forward large enough to stream keeps y in the caches instead: both bit for bit as unfused

@@ -30,6 +30,10 @@ struct Zmm<float> {
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+  // where > 0 ? a * b : 0, lane by lane (a NaN `where` gives 0, as the scalar `where > 0` does)
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg mul_where_positive(reg where, reg a, reg b) {
+    return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(where, zero(), _CMP_GT_OQ), a, b);
+  }
   static constexpr mask first(int n) { return static_cast<mask>((1u << n) - 1u); }  // n in 1..16
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 float reduce(reg v) { return _mm512_reduce_add_ps(v); }
 };
@@ -50,6 +54,9 @@ struct Zmm<double> {
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg sub(reg a, reg b) { return _mm512_sub_pd(a, b); }
+  static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 reg mul_where_positive(reg where, reg a, reg b) {
+    return _mm512_maskz_mul_pd(_mm512_cmp_pd_mask(where, zero(), _CMP_GT_OQ), a, b);
+  }
   static constexpr mask first(int n) { return static_cast<mask>((1u << n) - 1u); }  // n in 1..8
   static FASTNN_FORCE_INLINE FASTNN_TARGET_AVX512 double reduce(reg v) { return _mm512_reduce_add_pd(v); }
 };
