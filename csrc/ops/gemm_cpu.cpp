@@ -453,23 +453,26 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
   // in 128-column pieces.
   auto round_up = [](int64_t x, int64_t to) { return (x + to - 1) / to * to; };
   const int64_t pieces = int64_t(threads) * kPiecesPerThread;
+  // The fixed split instead: with a short K, or rows whose B packed once would pass kSharedBMaxBytes.
+  const bool claim_pieces =
+      p.k >= kMinPiecesK &&
+      (split_n || !plan.pack_b || shared_b_elements(p, ks, plan) * int64_t(sizeof(T)) <= kSharedBMaxBytes);
   if (threads <= 1) {
     gemm_block(p, ks, plan, 0, p.m, 0, p.n);
-  } else if (split_n && p.k < kMinPiecesK) {
+  } else if (!claim_pieces && split_n) {
     parallel_for(p.n, std::max<int64_t>(1, p.n / threads),
                  [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); }, ks.vec);
+  } else if (!claim_pieces) {
+    parallel_for(p.m, std::max<int64_t>(1, p.m / threads),
+                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n); }, ks.mr);
   } else if (split_n) {
     const int64_t count = std::max(pieces, (p.n + plan.nc - 1) / plan.nc);
     parallel_pieces(p.n, round_up((p.n + count - 1) / count, ks.nr),
                     [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, 0, p.m, b, e); });
-  } else if (p.k >= kMinPiecesK &&
-             (!plan.pack_b || shared_b_elements(p, ks, plan) * int64_t(sizeof(T)) <= kSharedBMaxBytes)) {
+  } else {
     const T* shared_b = plan.pack_b ? pack_b_shared(p, ks, plan, threads) : nullptr;
     parallel_pieces(p.m, round_up((p.m + pieces - 1) / pieces, ks.mr),
                     [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n, shared_b); });
-  } else {
-    parallel_for(p.m, std::max<int64_t>(1, p.m / threads),
-                 [&](int64_t b, int64_t e) { gemm_block(p, ks, plan, b, e, 0, p.n); }, ks.mr);
   }
   if (!plan.finish_blocks) finish_whole(p, threads);  // a no-op without p.finished
 }
