@@ -1,4 +1,5 @@
-"""The CPU allocator keeps freed large blocks for the next tensor of the same size (tensor.cpp)."""
+"""The CPU allocator keeps freed large blocks for the next tensor of the same size (tensor.cpp), and
+asks for huge pages for blocks of 2 MiB and more (core/host_memory.h)."""
 import os
 import subprocess
 import sys
@@ -76,6 +77,31 @@ def test_a_malformed_cap_raises_a_value_error_naming_it(monkeypatch):
     with pytest.raises(ValueError, match="FASTNN_CPU_CACHE_MB"):
         _C.zeros(BIG, "float32")
     _C.zeros([4, 4], "float32")  # small tensors never consult it
+
+
+def data_address(t):
+    return np.asarray(t).__array_interface__["data"][0]
+
+
+def test_blocks_of_2_mib_and_more_start_on_a_huge_page_boundary(monkeypatch):
+    # the madvise(MADV_HUGEPAGE) hint covers the whole 2 MiB pages inside the block, so the block
+    # must start on one; whether the kernel then backs them with huge pages is its choice (THP mode)
+    for shape in ([1024, 1024], [1024, 784], [512, 1025]):
+        t = _C.zeros(shape, "float32")
+        assert data_address(t) % (2 << 20) == 0, shape
+        assert not np.asarray(t).any()
+        np.asarray(t)[-1, -1] = 1.0  # the whole block is writable, past its last whole huge page
+    monkeypatch.setenv("FASTNN_HUGE_PAGES", "0")
+    off = _C.zeros([1024, 1023], "float32")  # a size not in the cache: a fresh block, no hint
+    np.asarray(off)[:] = 2.0
+    assert float(np.asarray(off).sum()) == 2.0 * 1024 * 1023
+
+
+def test_a_malformed_huge_pages_switch_raises_a_value_error_naming_it(monkeypatch):
+    monkeypatch.setenv("FASTNN_HUGE_PAGES", "yes")
+    with pytest.raises(ValueError, match="FASTNN_HUGE_PAGES: expected 0 or 1"):
+        _C.zeros([1024, 1021], "float32")
+    _C.zeros([512, 512], "float32")  # under 2 MiB: never consulted
 
 
 def test_a_forked_child_allocates_from_the_cache_it_inherited():

@@ -10,6 +10,7 @@
 #include "core/dispatch.h"
 #include "core/env.h"
 #include "core/free_blocks.h"
+#include "core/host_memory.h"
 #include "core/macros.h"
 
 namespace fastnn {
@@ -139,14 +140,10 @@ void host_empty_cache() { host_cache().empty(); }
 
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
   if (device.is_cuda()) return cuda_allocate(nbytes, device);
-  // 64-byte alignment: one cache line, and a full AVX-512 vector.
   const size_t rounded = (nbytes + 63) / 64 * 64;
   const bool cacheable = rounded >= kHostCacheMinBytes && host_cache_cap(true) > 0;
   void* p = cacheable ? host_cache().take(rounded) : nullptr;
-  if (rounded && !p) {
-    p = std::aligned_alloc(64, rounded);
-    if (!p) throw std::bad_alloc();
-  }
+  if (rounded && !p) p = host_allocate(rounded);
   debug_stats().owned_bytes += static_cast<int64_t>(rounded);
   return std::make_shared<Storage>(p, nbytes, device, [rounded, cacheable](void* q) {
     debug_stats().owned_bytes -= static_cast<int64_t>(rounded);

@@ -7,6 +7,7 @@
 #include <new>
 
 #include "core/cpu_features.h"
+#include "core/host_memory.h"
 #include "core/parallel.h"
 #include "ops/gemm.h"
 
@@ -135,11 +136,9 @@ class PackBuffer {
     const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
     if (bytes > capacity_) {
       std::free(data_);
-      data_ = std::aligned_alloc(64, bytes);
-      if (!data_) {
-        capacity_ = 0;
-        throw std::bad_alloc();
-      }
+      data_ = nullptr;
+      capacity_ = 0;
+      data_ = host_allocate(bytes);
       capacity_ = bytes;
     }
     return static_cast<T*>(data_);
