@@ -191,8 +191,8 @@ FASTNN_FORCE_INLINE void over_lines(int64_t w, bool ahead, Prefetch prefetch, Bo
 }
 
 // The one-read path's elementwise pass over a block's columns [cb, ce) of rows [r0, r0 + count):
-// each row's segments (`inputs`, e.g. x and dy) are fetched kBlockApplyPrefetchRows rows ahead,
-// then row(r) runs. The block should be in L3, but its rows are short segments 16 KiB apart,
+// each row's segments (`inputs`, e.g. x and dy; nullptr ones skipped) are fetched
+// kBlockApplyPrefetchRows rows ahead, then row(r) runs. The block should be in L3, but its rows are short segments 16 KiB apart,
 // which the hardware prefetchers do not follow: without this, every ISA waited on L3 for each
 // row (AVX2 on Zen 3, 4096x4096 float32 backward: 3 GB/s).
 template <class T, size_t N, class Row>
@@ -202,7 +202,8 @@ FASTNN_FORCE_INLINE void over_block_rows(const T* const (&inputs)[N], int64_t co
   for (int64_t r = r0; r < r0 + count; ++r) {
     if (r + d < r0 + count)
       for (int64_t c = cb; c < ce; c += 64 / sizeof(T))
-        for (const T* in : inputs) __builtin_prefetch(in + (r + d) * cols + c, 0, 3);
+        for (const T* in : inputs)
+          if (in) __builtin_prefetch(in + (r + d) * cols + c, 0, 3);
     row(r);
   }
 }
@@ -537,7 +538,7 @@ struct BackwardApplyRows {
   // The one-read path's elementwise pass over block [cb, ce), every row, by exactness segments.
   static FASTNN_FORCE_INLINE void block(const Args& a, int64_t cb, int64_t ce) {
     const ExactSegments segs(a.exact, cb, ce);
-    const T* inputs[] = {a.x, a.dy, kGated ? a.relu_y : a.dy};
+    const T* inputs[] = {a.x, a.dy, a.relu_y};
     over_block_rows(inputs, a.cols, 0, a.rows, cb, ce, [&](int64_t r) FASTNN_ALWAYS_INLINE {
       for (int i = 0; i < segs.count; ++i) segment(a, r, segs.begin[i], segs.begin[i + 1], segs.exact[i]);
     });
@@ -604,7 +605,7 @@ struct BackwardApplyRows {
   static FASTNN_TARGET_AVX512 void block_avx512(const Args& a, int64_t cb, int64_t ce) {
     const ExactSegments segs(a.exact, cb, ce);
     const bool stream = streamable(a.dx + cb, a.cols, a.stream);
-    const T* inputs[] = {a.x, a.dy, kGated ? a.relu_y : a.dy};
+    const T* inputs[] = {a.x, a.dy, a.relu_y};
     over_block_rows(inputs, a.cols, 0, a.rows, cb, ce, [&](int64_t r) FASTNN_TARGET_AVX512 {
       for (int i = 0; i < segs.count; ++i)
         rows_avx512<1>(a, r, segs.begin[i], segs.begin[i + 1], segs.exact[i], stream);
