@@ -192,9 +192,9 @@ FASTNN_FORCE_INLINE void over_lines(int64_t w, bool ahead, Prefetch prefetch, Bo
 
 // The one-read path's elementwise pass over a block's columns [cb, ce) of rows [r0, r0 + count):
 // each row's segments (`inputs`, e.g. x and dy; nullptr ones skipped) are fetched
-// kBlockApplyPrefetchRows rows ahead, then row(r) runs. The block should be in L3, but its rows are short segments 16 KiB apart,
-// which the hardware prefetchers do not follow: without this, every ISA waited on L3 for each
-// row (AVX2 on Zen 3, 4096x4096 float32 backward: 3 GB/s).
+// kBlockApplyPrefetchRows rows ahead, then row(r) runs. The block should be in L3, but its rows
+// are short segments 16 KiB apart, which the hardware prefetchers do not follow: without this,
+// every ISA waited on L3 for each row (AVX2 on Zen 3, 4096x4096 float32 backward: 3 GB/s).
 template <class T, size_t N, class Row>
 FASTNN_FORCE_INLINE void over_block_rows(const T* const (&inputs)[N], int64_t cols, int64_t r0, int64_t count,
                                          int64_t cb, int64_t ce, Row row) {

@@ -136,7 +136,7 @@ class PackBuffer {
     const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
     if (bytes > capacity_) {
       std::free(data_);
-      data_ = nullptr;
+      data_ = nullptr;  // empty, not dangling, should host_allocate throw
       capacity_ = 0;
       data_ = host_allocate(bytes);
       capacity_ = bytes;
