@@ -25,8 +25,10 @@ constexpr size_t kHugePageBytes = size_t{2} << 20;
 // `bytes` (a multiple of 64) of uninitialised memory for std::free; throws std::bad_alloc.
 inline void* host_allocate(size_t bytes) {
   const bool huge = bytes >= kHugePageBytes && env_flag("FASTNN_HUGE_PAGES").value_or(true);
-  void* p = std::aligned_alloc(huge ? kHugePageBytes : 64, bytes);
-  if (!p) throw std::bad_alloc();
+  // posix_memalign, not aligned_alloc: C11 leaves aligned_alloc undefined unless the size is a
+  // multiple of the alignment, and most blocks here are not whole huge pages.
+  void* p = nullptr;
+  if (posix_memalign(&p, huge ? kHugePageBytes : 64, bytes) != 0) throw std::bad_alloc();
 #if defined(MADV_HUGEPAGE)
   // A hint: where THP is off ("never") or already on for all memory ("always") it changes nothing,
   // and its failure is no error.

@@ -47,6 +47,9 @@ constexpr auto kSpin = std::chrono::microseconds(100);
 
 thread_local bool tls_in_parallel = false;
 
+// A ticket's low half while its job's fields change: above every chunk index, so nothing is claimed.
+constexpr uint64_t kClosed = 0xffffffffu;
+
 class ThreadPool {
  public:
   explicit ThreadPool(int threads) { resize(threads); }
@@ -63,10 +66,19 @@ class ThreadPool {
   }
 
   void run(int64_t chunks, void (*fn)(void*, int64_t), void* ctx) {
+    if (chunks >= int64_t{kClosed}) {  // more chunks than a ticket counts: none in parallel
+      for (int64_t c = 0; c < chunks; ++c) fn(ctx, c);
+      return;
+    }
     std::lock_guard<std::mutex> job(run_mu_);  // one job at a time (several Python threads)
+    // Close the last job's ticket before its fields change. A worker that read that ticket with
+    // every chunk claimed, then this job's larger chunks_, would otherwise claim a chunk past the
+    // last job's end with a compare-exchange that still succeeds, and run this job's fn_ (or the
+    // last one's, on this job's ctx_) on it; against the closed ticket that claim fails.
+    ticket_.store((job_id_ << 32) | kClosed, std::memory_order_seq_cst);
     fn_ = fn;
     ctx_ = ctx;
-    chunks_ = chunks;
+    chunks_.store(chunks, std::memory_order_release);
     done_.store(0, std::memory_order_relaxed);
     error_ = nullptr;
     // Publishing the ticket (job id in the high half, next chunk in the low half) releases the
@@ -79,7 +91,7 @@ class ThreadPool {
     }
     work(job_id);
     // Wait for chunks other threads claimed; yield so a worker sharing this core can finish.
-    for (int spins = 0; done_.load(std::memory_order_acquire) < chunks_; ++spins) {
+    for (int spins = 0; done_.load(std::memory_order_acquire) < chunks; ++spins) {
       if (spins < 64) cpu_relax();
       else std::this_thread::yield();
     }
@@ -93,8 +105,9 @@ class ThreadPool {
     for (;;) {
       uint64_t t = ticket_.load(std::memory_order_acquire);
       if ((t >> 32) != job_id) break;
-      const int64_t c = static_cast<int64_t>(t & 0xffffffffu);
-      if (c >= chunks_) break;
+      const int64_t c = static_cast<int64_t>(t & kClosed);
+      // Acquire: a chunks_ written after the ticket was closed makes the claim below see it closed.
+      if (c >= chunks_.load(std::memory_order_acquire)) break;
       if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
       // The job cannot change while this chunk is unfinished: run() waits for done_.
       try {
@@ -156,7 +169,7 @@ class ThreadPool {
   uint64_t job_id_ = 0;
   void (*fn_)(void*, int64_t) = nullptr;
   void* ctx_ = nullptr;
-  int64_t chunks_ = 0;
+  std::atomic<int64_t> chunks_{0};
   std::exception_ptr error_;
 };
 
@@ -196,6 +209,42 @@ void set_num_threads(int n) {
 }
 
 bool in_parallel() { return tls_in_parallel; }
+
+namespace {
+struct SelfCheckJob {
+  static constexpr int64_t kMaxChunks = 9;
+  uint32_t kind;
+  int64_t chunks;
+  std::atomic<int> runs[kMaxChunks];
+  std::atomic<int64_t>* faults;
+};
+
+// One function per kind of job, as each parallel_for call site instantiates its own.
+template <uint32_t kKind>
+void self_check_chunk(void* p, int64_t c) {
+  auto* job = static_cast<SelfCheckJob*>(p);
+  if (job->kind != kKind || c < 0 || c >= job->chunks) job->faults->fetch_add(1);
+  else job->runs[c].fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace
+
+int64_t parallel_self_check(int64_t jobs) {
+  std::atomic<int64_t> faults{0};
+  SelfCheckJob a{}, b{};
+  a.kind = 1, b.kind = 2;
+  a.faults = b.faults = &faults;
+  for (int64_t i = 0; i < jobs; ++i) {
+    SelfCheckJob& job = i % 2 ? b : a;
+    // Chunk counts that rise from job to job: a worker that has seen one job's chunks all claimed
+    // then meets a larger count in the next.
+    job.chunks = 1 + i % SelfCheckJob::kMaxChunks;
+    for (auto& r : job.runs) r.store(0, std::memory_order_relaxed);
+    detail::run_chunks(job.chunks, i % 2 ? self_check_chunk<2> : self_check_chunk<1>, &job);
+    for (int64_t c = 0; c < job.chunks; ++c)
+      if (job.runs[c].load(std::memory_order_relaxed) != 1) faults.fetch_add(1);
+  }
+  return faults.load();
+}
 
 namespace detail {
 void run_chunks(int64_t chunks, void (*fn)(void*, int64_t), void* ctx) { pool().run(chunks, fn, ctx); }

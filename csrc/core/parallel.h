@@ -22,6 +22,11 @@ int num_threads();            // threads a parallel_for may use, the caller incl
 void set_num_threads(int n);  // 1 disables the pool
 bool in_parallel();           // true inside a parallel_for chunk (nested calls run inline)
 
+// Runs `jobs` tiny pool jobs back to back (alternating kinds and chunk counts, nothing between
+// them, like a GEMM's packing loops) and returns how many chunks ran wrongly: out of their job's
+// range, with another job's function or context, or not exactly once. 0 is right.
+int64_t parallel_self_check(int64_t jobs);
+
 namespace detail {
 // Runs fn(ctx, c) for c in [0, chunks), spread over the pool; returns when all are done and
 // rethrows the first exception a chunk threw.
