@@ -42,4 +42,14 @@ def test_thread_pool_has_no_data_race_under_thread_sanitizer(tmp_path):
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 exitcode=66")
     env.pop("LD_PRELOAD", None)
     out = subprocess.run([str(binary)], env=env, capture_output=True, text=True, timeout=300)
+    if "unexpected memory mapping" in out.stderr:
+        # Older TSan runtimes cannot map their shadow under the high-entropy address randomisation
+        # of recent kernels; without randomisation they can.
+        setarch = shutil.which("setarch")
+        if setarch is None:
+            pytest.skip("ThreadSanitizer cannot run under this kernel's address randomisation")
+        out = subprocess.run([setarch, os.uname().machine, "-R", str(binary)], env=env, capture_output=True,
+                             text=True, timeout=300)
+        if "unexpected memory mapping" in out.stderr or "Operation not permitted" in out.stderr:
+            pytest.skip("ThreadSanitizer cannot run under this kernel's address randomisation")
     assert out.returncode == 0 and "ThreadSanitizer" not in out.stderr, out.stdout + out.stderr[-4000:]
