@@ -75,10 +75,18 @@ constexpr int64_t kStreamPassBytes = int64_t{16} << 20;
 // All of that was measured on Zen 5 (AVX-512). On Zen 3 (AVX2, a cloud VM sharing its L3 with
 // other tenants' cores) the same 4096x4096 float32 ran 41-42% / 26-30% of the copy rate one-read
 // against 65-74% / 51-60% in two passes, in the same runs; blocks of 1-8 MiB all lost, the
-// narrowest most: there the short strided segments, not L3's size, are the limit. So the path is
-// taken under AVX-512 only; FASTNN_BN_ONE_READ=1 forces it where the shape allows (the tests run it
-// on AVX2 machines that way), 0 turns it off.
+// narrowest most: there the short strided segments, not L3's size, are the limit.
+// On Zen 4 (AVX-512, a 2-core VM on a shared 32 MiB L3; medians of 5 calls, 8-15 interleaved
+// rounds, 2-3 runs each, % of a numpy copy in the same rounds) the row count decides: with
+// 4096 rows two passes won (4096x4096 forward 120-127% against 98-111%, backward 91-97% against
+// 72-89%; 8192x2048 forward 109-125% against 62-71%), blocks of 2 or 8-12 MiB no better; with 1024
+// and 2048 rows one read won or drew (1024x16384 forward 127-166% against 114-130%, backward
+// 102-132% against 91-115%; 2048x8192 backward 95-107% against 85-98%, forward 101-118% against
+// 111-122%). So the path is taken under AVX-512, for at most kOneReadMaxRows rows;
+// FASTNN_BN_ONE_READ=1 forces it wherever the block width allows (the tests run it on AVX2
+// machines and on taller inputs that way), 0 turns it off.
 constexpr int64_t kOneReadAboveBytes = int64_t{24} << 20;
+constexpr int64_t kOneReadMaxRows = 2048;
 constexpr int64_t kBlockBytes = int64_t{4} << 20;
 constexpr int64_t kMinBlockCols = 128;
 // Rows ahead that the one-read path prefetches: its short row segments are done before 8 rows'
@@ -101,7 +109,7 @@ int64_t one_read_block(int64_t rows, int64_t cols, int inputs) {
   const int64_t row_bytes = rows * static_cast<int64_t>(sizeof(T)) * inputs;
   if (row_bytes * cols <= kOneReadAboveBytes) return 0;
   const std::optional<bool> forced = env_flag("FASTNN_BN_ONE_READ");
-  if (!forced.value_or(cpu_isa() == CpuIsa::avx512)) return 0;
+  if (!forced.value_or(cpu_isa() == CpuIsa::avx512 && rows <= kOneReadMaxRows)) return 0;
   const int64_t w = std::min(kStrip, kBlockBytes / row_bytes / kExactGroup * kExactGroup);
   return w >= kMinBlockCols ? w : 0;
 }

@@ -83,8 +83,10 @@ def memory_rows(b: Bench, torch, n_rows, n_cols):
                   note="float32: a vectorised polynomial, a few ulp")
 
     c = n_cols
-    # the one-read path is taken under AVX-512 only (kOneReadAboveBytes in batchnorm_cpu.cpp)
-    one_read = fastnn.build_info()["cpu_isa"] == "AVX-512" or os.environ.get("FASTNN_BN_ONE_READ") == "1"
+    # the one-read path: AVX-512 and at most 2048 rows, unless FASTNN_BN_ONE_READ says otherwise
+    # (one_read_block, kOneReadMaxRows in batchnorm_cpu.cpp)
+    forced = os.environ.get("FASTNN_BN_ONE_READ")
+    one_read = forced == "1" or (forced != "0" and fastnn.build_info()["cpu_isa"] == "AVX-512" and n_rows <= 2048)
     bn_fwd_note = ("x read once from memory: column blocks in L3 between statistics and y" if one_read
                    else "two passes over x (statistics, then y)")
     bn_bwd_note = ("x and dy read once from memory: column blocks in L3 between sums and dx" if one_read
