@@ -19,6 +19,9 @@ SIZES = [1, 7, 33, 100, 1000]
 # tile (6 x 64 / 6 x 32 / 6 x 16) or vector width and that cross the K-block boundary (KC = 512)
 SHAPES = [s for s in itertools.product(SIZES, repeat=3) if math.prod(s) <= 3_300_000]
 SHAPES += [(13, 517, 70), (6, 64, 512), (12, 128, 1025), (300, 130, 41), (1000, 10, 784), (5, 1000, 513)]
+# short K (kShortK = 64 in gemm_cpu.cpp: row split, B blocks up to 256 KB packed): C wider than one
+# such block (float32 1088 columns at K = 60, float64 544), K on either side of the bound
+SHAPES += [(50, 3000, 60), (200, 1100, 64), (40, 700, 65)]
 TRANS = list(itertools.product([False, True], repeat=2))
 # grouped by M: the leak-check fixture's gc.collect() costs ~0.1 s per test
 SHAPE_GROUPS = {m: [s for s in SHAPES if s[0] == m] for m in sorted({s[0] for s in SHAPES})}
@@ -201,7 +204,8 @@ def test_gemm_bad_inputs():
 
 # One script, run under each FASTNN_ISA cap: the AVX-512, AVX2 and scalar micro-kernels (and
 # their packers and epilogues) must all agree with a float64 reference. M = 128 and 256 with
-# trans_a: A^T's rows 512 bytes apart, so the narrower kernels copy its micro-panels (pack_a).
+# trans_a: A^T's rows 512 bytes apart, so the narrower kernels copy its micro-panels (pack_a);
+# 300 x 3000 x 40: the short-K row split, wider than one of its B blocks under every tile width.
 ISA_SCRIPT = textwrap.dedent("""
     import itertools, sys
     import numpy as np
@@ -213,7 +217,7 @@ ISA_SCRIPT = textwrap.dedent("""
     thread_mismatches = []
     for dt, (m, n, k), (ta, tb) in itertools.product(
             [np.float32, np.float64], [(1, 1, 1), (7, 33, 13), (13, 517, 70), (100, 10, 1000), (300, 70, 600),
-             (128, 300, 70), (256, 700, 300)],
+             (128, 300, 70), (256, 700, 300), (300, 3000, 40)],
             itertools.product([False, True], repeat=2)):
         a = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)
         b = rng.standard_normal((n, k) if tb else (k, n)).astype(dt)
