@@ -3,6 +3,7 @@ its own job's function and context, however closely jobs follow each other."""
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -53,3 +54,49 @@ def test_thread_pool_has_no_data_race_under_thread_sanitizer(tmp_path):
         if "unexpected memory mapping" in out.stderr or "Operation not permitted" in out.stderr:
             pytest.skip("ThreadSanitizer cannot run under this kernel's address randomisation")
     assert out.returncode == 0 and "ThreadSanitizer" not in out.stderr, out.stdout + out.stderr[-4000:]
+
+
+def fake_topology(root, siblings, name="core_cpus_list"):
+    """A sysfs cpu directory where logical CPU i lists siblings[i] as the CPUs on its core."""
+    for cpu, sib in enumerate(siblings):
+        d = root / f"cpu{cpu}" / "topology"
+        d.mkdir(parents=True)
+        (d / name).write_text(sib + "\n")
+    return str(root)
+
+
+def test_physical_cores_counts_smt_siblings_once(tmp_path):
+    """The pool's default size is one thread per physical core (as PyTorch's): a 4-core laptop with
+    SMT shows 8 logical CPUs, whose siblings (0 and 4, 1 and 5, ...) share one core's FMA units and
+    caches."""
+    root = fake_topology(tmp_path, ["0,4", "1,5", "2,6", "3,7", "0,4", "1,5", "2,6", "3,7"])
+    assert _C._physical_cores(list(range(8)), root) == 4
+    assert _C._physical_cores([0, 4], root) == 1, "an affinity mask of one core's two siblings: one thread"
+    assert _C._physical_cores([0, 1, 2, 3], root) == 4, "one sibling of each core: every core counts"
+    assert _C._physical_cores([5], root) == 1
+
+
+def test_physical_cores_older_kernels_and_unreadable_topology(tmp_path):
+    """Kernels before 5.x name the file thread_siblings_list; a CPU without topology (a container
+    hiding sysfs) gives 0, and the pool then takes one thread per logical CPU."""
+    old = fake_topology(tmp_path / "old", ["0-1", "0-1", "2-3", "2-3"], name="thread_siblings_list")
+    assert _C._physical_cores([0, 1, 2, 3], old) == 2
+    assert _C._physical_cores([0, 1], str(tmp_path / "missing")) == 0
+    assert _C._physical_cores([0, 9], old) == 0
+
+
+def test_default_threads_one_per_physical_core():
+    """Without FASTNN_NUM_THREADS / OMP_NUM_THREADS a fresh process sizes its pool from the CPUs it may
+    run on, counted by core; either variable overrides that."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS")}
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
+    env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
+    script = ("import os, fastnn; from fastnn import _C; cpus = sorted(os.sched_getaffinity(0)); "
+              "print(fastnn.get_num_threads(), _C._physical_cores(cpus) or len(cpus))")
+    got, expected = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                   check=True, timeout=120).stdout.split()
+    assert got == expected and int(got) >= 1
+    env["OMP_NUM_THREADS"] = "3"
+    out = subprocess.run([sys.executable, "-c", "import fastnn; print(fastnn.get_num_threads())"], env=env,
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.strip() == "3"

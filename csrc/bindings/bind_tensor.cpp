@@ -158,6 +158,8 @@ copy nothing.)doc")
     set_num_threads(n);
   }, py::arg("n"));
   m.def("get_num_threads", []() { return num_threads(); });
+  m.def("_physical_cores", &physical_cores, py::arg("cpus"), py::arg("sysfs_cpu_root") = "/sys/devices/system/cpu",
+        "Physical cores of the logical CPUs `cpus` per the sysfs topology under sysfs_cpu_root; 0 if unreadable.");
   m.def("_parallel_self_check", &parallel_self_check, py::arg("jobs"), py::call_guard<py::gil_scoped_release>(),
         "Runs `jobs` tiny thread-pool jobs back to back; returns how many chunks ran wrongly (0 is right).");
   m.def("_cpu_cache_stats", []() {

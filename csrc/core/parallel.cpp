@@ -8,11 +8,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <cctype>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <mutex>
 #include <new>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,9 +39,27 @@ int default_threads() {
       if (n >= 1) return n;
     }
   }
+  // One thread per physical core, not per logical CPU: two threads on one core's SMT siblings
+  // share its FMA units and its L1 and L2, which the GEMM's blocks are sized to have to
+  // themselves, and the memory-bound kernels gain nothing from a second thread on a core.
   cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    std::vector<int> cpus;
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+    const int cores = physical_cores(cpus, "/sys/devices/system/cpu");
+    return std::max(1, cores > 0 ? cores : static_cast<int>(cpus.size()));
+  }
   return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// The first line of a small text file, trailing whitespace dropped; empty if it cannot be read.
+std::string first_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line)) return {};
+  while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
+  return line;
 }
 
 // How long an idle worker spins (yielding) before it sleeps: long enough to cover the Python
@@ -227,6 +248,19 @@ void self_check_chunk(void* p, int64_t c) {
   else job->runs[c].fetch_add(1, std::memory_order_relaxed);
 }
 }  // namespace
+
+int physical_cores(const std::vector<int>& cpus, const std::string& sysfs_cpu_root) {
+  // Logical CPUs on one core list the same siblings: count the distinct lists.
+  std::set<std::string> cores;
+  for (int cpu : cpus) {
+    const std::string topology = sysfs_cpu_root + "/cpu" + std::to_string(cpu) + "/topology/";
+    std::string siblings = first_line(topology + "core_cpus_list");
+    if (siblings.empty()) siblings = first_line(topology + "thread_siblings_list");
+    if (siblings.empty()) return 0;
+    cores.insert(siblings);
+  }
+  return static_cast<int>(cores.size());
+}
 
 int64_t parallel_self_check(int64_t jobs) {
   std::atomic<int64_t> faults{0};

@@ -294,7 +294,7 @@ def run(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a one-minute subset")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cpu, or cuda: fastnn's CUDA backend vs PyTorch on the same GPU (fastnn.bench.gpu)")
-    p.add_argument("--threads", type=int, default=None, help="threads for both libraries (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="threads for both libraries (default: one per physical core, fastnn.get_num_threads())")
     p.add_argument("--output", default=None, help="directory for results.md/json/png (default benchmarks/results/<date>)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile rows (they compile for ~1 min)")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
