@@ -22,13 +22,13 @@ constexpr int64_t kParallelGrain = 32768;
 
 int num_threads();            // threads a parallel_for may use, the caller included
 void set_num_threads(int n);  // 1 disables the pool
+bool in_parallel();           // true inside a parallel_for chunk (nested calls run inline)
 
 // The physical cores that the logical CPUs `cpus` belong to, from the topology under
 // `sysfs_cpu_root` (/sys/devices/system/cpu: cpuN/topology/core_cpus_list, or
 // thread_siblings_list on older kernels); 0 where that topology cannot be read. The pool's
 // default size: one thread per core the process may run on, as PyTorch's and MKL's defaults.
 int physical_cores(const std::vector<int>& cpus, const std::string& sysfs_cpu_root);
-bool in_parallel();           // true inside a parallel_for chunk (nested calls run inline)
 
 // Runs `jobs` tiny pool jobs back to back (alternating kinds and chunk counts, nothing between
 // them, like a GEMM's packing loops) and returns how many chunks ran wrongly: out of their job's
