@@ -192,6 +192,26 @@ def test_cpu_memory_rows_take_their_copy_rate_from_their_own_rounds():
     assert f"of {mem.copy_gbps:.0f} GB/s" in md and "measured in the same rounds" in md
 
 
+def test_copy_rate_is_the_faster_of_memcpy_and_streaming_stores(monkeypatch):
+    # memcpy's ordinary stores read every destination line first (3 bytes moved per 2 copied), so
+    # a kernel with streaming stores would read as 150% of it: the base is the faster copy.
+    from fastnn import _C
+    from fastnn.bench import harness
+
+    for streaming in (False, True):  # odd sizes and thread counts: parts are rounded to whole lines
+        rate = _C._probe_copy_gbps(1_000_003, 3, 1, streaming=streaming)
+        assert 0 < rate < float("inf")
+    calls = []
+
+    def probe(nbytes, threads, repeats, streaming=False):
+        calls.append((nbytes, threads, repeats, streaming))
+        return 45.0 if streaming else 30.0
+
+    monkeypatch.setattr(harness._C, "_probe_copy_gbps", probe)
+    assert harness.copy_rate(64 << 20, 2, 3) == 45.0
+    assert sorted(calls) == [(64 << 20, 2, 3, False), (64 << 20, 2, 3, True)]
+
+
 def test_commit_is_fastnns_own_or_given(tmp_path, monkeypatch):
     """A git repository that holds an installed fastnn (pyenv's checkout holds site-packages) is not
     fastnn's: its commit never heads a results table; $FASTNN_COMMIT, else "unknown", does."""

@@ -139,7 +139,8 @@ copy nothing.)doc")
   m.def("_probe_peak_gflops", &probe_peak_gflops, py::arg("threads"), py::arg("seconds") = 0.05,
         py::call_guard<py::gil_scoped_release>(), "float32 FMA-loop throughput, GFLOP/s");
   m.def("_probe_copy_gbps", &probe_copy_gbps, py::arg("bytes"), py::arg("threads"), py::arg("repeats") = 5,
-        py::call_guard<py::gil_scoped_release>(), "memcpy bandwidth (read + write bytes), GB/s");
+        py::arg("streaming") = false,
+        py::call_guard<py::gil_scoped_release>(), "copy bandwidth (read + write bytes), GB/s: memcpy, or with streaming a copy with streaming stores");
 
   m.def("_cuda_memory_stats", [](py::handle device) {
     const CudaMemoryStats s = cuda_memory_stats(parse_device(device));
