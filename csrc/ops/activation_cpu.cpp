@@ -53,6 +53,162 @@ void dispatch_activation(Activation a, F&& f) {
   }
 }
 
+
+// Softmax rows [b, e) of `cols` values: the max, then exp(x - max) (at most 1, so fast_math's
+// vectorised exp) summed as it is stored, then one scaling pass over the row, in L1 or L2 by then.
+// libm's exp per element, twice (once for the sum, once for the output), kept the loops scalar:
+// 4096 x 1000 float32 took 16.1 ms against torch's 1.8. A row whose max is infinite (or that is
+// all NaN) keeps that scalar form, whose inf - inf = NaN and 0 / 0 the CUDA kernels reproduce.
+template <bool kLog, class T>
+void softmax_row_nonfinite_max(const T* xr, T* yr, int64_t cols) {
+  T m = 0;  // the max taken as 0 (activation_kernels.cuh does the same)
+  T s = 0;
+  for (int64_t c = 0; c < cols; ++c) s += std::exp(xr[c] - m);
+  if (kLog) {
+    const T lse = m + std::log(s);
+    for (int64_t c = 0; c < cols; ++c) yr[c] = xr[c] - lse;
+  } else {
+    const T inv = T(1) / s;
+    for (int64_t c = 0; c < cols; ++c) yr[c] = std::exp(xr[c] - m) * inv;
+  }
+}
+
+// Below this many columns a row's loops are too short to vectorise (a 10-class row is all loop
+// epilogue), so softmax_few_columns exponentiates a tile of rows as one flat loop instead.
+constexpr int64_t kFewColumns = 64;
+constexpr int64_t kTileElements = 1024;
+
+template <bool kLog, class T>
+FASTNN_FORCE_INLINE void softmax_few_columns(const T* in, T* out, int64_t cols, int64_t b, int64_t e) {
+  alignas(64) T ex[kTileElements];
+  T maxes[kTileElements];
+  const int64_t tile_rows = kTileElements / cols;
+  for (int64_t r0 = b; r0 < e; r0 += tile_rows) {
+    const int64_t rows = std::min(e - r0, tile_rows), n = rows * cols;
+    const T* x = in + r0 * cols;
+    for (int64_t r = 0; r < rows; ++r) {
+      T m = -INFINITY;
+      for (int64_t c = 0; c < cols; ++c) m = x[r * cols + c] > m ? x[r * cols + c] : m;
+      maxes[r] = m;
+      for (int64_t c = 0; c < cols; ++c) ex[r * cols + c] = x[r * cols + c] - m;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) ex[i] = fastmath::exp_nonpositive(ex[i]);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * cols;
+      T* yr = out + (r0 + r) * cols;
+      if (!std::isfinite(maxes[r])) {
+        softmax_row_nonfinite_max<kLog>(xr, yr, cols);
+        continue;
+      }
+      T s = 0;
+      for (int64_t c = 0; c < cols; ++c) s += ex[r * cols + c];
+      if (kLog) {
+        const T lse = maxes[r] + std::log(s);
+        for (int64_t c = 0; c < cols; ++c) yr[c] = xr[c] - lse;
+      } else {
+        const T inv = T(1) / s;
+        for (int64_t c = 0; c < cols; ++c) yr[c] = ex[r * cols + c] * inv;
+      }
+    }
+  }
+}
+
+template <bool kLog, class T>
+FASTNN_FORCE_INLINE void softmax_rows(const T* in, T* out, int64_t cols, int64_t b, int64_t e) {
+  if (cols < kFewColumns) return softmax_few_columns<kLog>(in, out, cols, b, e);
+  for (int64_t r = b; r < e; ++r) {
+    const T* xr = in + r * cols;
+    T* yr = out + r * cols;
+    T m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t c = 0; c < cols; ++c) m = xr[c] > m ? xr[c] : m;  // NaN is passed over
+    if (!std::isfinite(m)) {
+      softmax_row_nonfinite_max<kLog>(xr, yr, cols);
+      continue;
+    }
+    T s = 0;
+    if (kLog) {
+#pragma omp simd reduction(+ : s)
+      for (int64_t c = 0; c < cols; ++c) s += fastmath::exp_nonpositive(xr[c] - m);
+      const T lse = m + std::log(s);
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) yr[c] = xr[c] - lse;
+    } else {
+#pragma omp simd reduction(+ : s)
+      for (int64_t c = 0; c < cols; ++c) {
+        const T v = fastmath::exp_nonpositive(xr[c] - m);
+        yr[c] = v;
+        s += v;
+      }
+      const T inv = T(1) / s;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
+    }
+  }
+}
+
+// softmax: dx = y (dy - sum(dy y)); log-softmax: dx = dy - exp(y) sum(dy), with y <= 0 as
+// log-softmax makes it (a row with a positive y, which no log-softmax gives, takes libm's exp).
+template <bool kLog, class T>
+FASTNN_FORCE_INLINE void softmax_grad_rows(const T* y, const T* dy, T* dx, int64_t cols, int64_t b, int64_t e) {
+  for (int64_t r = b; r < e; ++r) {
+    const T* yr = y + r * cols;
+    const T* gr = dy + r * cols;
+    T* xr = dx + r * cols;
+    T s = 0;
+    if (kLog) {
+      T y_max = -INFINITY;
+#pragma omp simd reduction(+ : s) reduction(max : y_max)
+      for (int64_t c = 0; c < cols; ++c) {
+        s += gr[c];
+        y_max = yr[c] > y_max ? yr[c] : y_max;
+      }
+      if (y_max > T(0)) {
+        for (int64_t c = 0; c < cols; ++c) xr[c] = gr[c] - std::exp(yr[c]) * s;
+        continue;
+      }
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) xr[c] = gr[c] - fastmath::exp_nonpositive(yr[c]) * s;
+    } else {
+#pragma omp simd reduction(+ : s)
+      for (int64_t c = 0; c < cols; ++c) s += gr[c] * yr[c];
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) xr[c] = yr[c] * (gr[c] - s);
+    }
+  }
+}
+
+template <bool kLog, class T>
+FASTNN_TARGET_AVX512 void softmax_avx512(const T* in, T* out, int64_t cols, int64_t b, int64_t e) {
+  softmax_rows<kLog>(in, out, cols, b, e);
+}
+template <bool kLog, class T>
+FASTNN_TARGET_AVX2 void softmax_avx2(const T* in, T* out, int64_t cols, int64_t b, int64_t e) {
+  softmax_rows<kLog>(in, out, cols, b, e);
+}
+template <bool kLog, class T>
+void softmax_base(const T* in, T* out, int64_t cols, int64_t b, int64_t e) { softmax_rows<kLog>(in, out, cols, b, e); }
+
+template <bool kLog, class T>
+FASTNN_TARGET_AVX512 void softmax_grad_avx512(const T* y, const T* dy, T* dx, int64_t cols, int64_t b, int64_t e) {
+  softmax_grad_rows<kLog>(y, dy, dx, cols, b, e);
+}
+template <bool kLog, class T>
+FASTNN_TARGET_AVX2 void softmax_grad_avx2(const T* y, const T* dy, T* dx, int64_t cols, int64_t b, int64_t e) {
+  softmax_grad_rows<kLog>(y, dy, dx, cols, b, e);
+}
+template <bool kLog, class T>
+void softmax_grad_base(const T* y, const T* dy, T* dx, int64_t cols, int64_t b, int64_t e) {
+  softmax_grad_rows<kLog>(y, dy, dx, cols, b, e);
+}
+
+// The variant for the CPU's widest ISA.
+template <class F>
+F* isa_variant(F* avx512, F* avx2, F* base) {
+  return cpu_isa() == CpuIsa::avx512 ? avx512 : cpu_isa() == CpuIsa::avx2 ? avx2 : base;
+}
+
 }  // namespace
 
 void activation_forward(Activation a, const Tensor& x, Tensor& y) {
@@ -92,25 +248,12 @@ void softmax_forward(const Tensor& x, Tensor& y, bool log) {
   const int64_t rows = cols ? x.numel() / cols : 0;
   dispatch_floating(x.dtype(), "x", [&](auto tag) {
     using T = decltype(tag);
+    auto* kernel = log ? isa_variant(softmax_avx512<true, T>, softmax_avx2<true, T>, softmax_base<true, T>)
+                       : isa_variant(softmax_avx512<false, T>, softmax_avx2<false, T>, softmax_base<false, T>);
     const T* in = x.data<T>();
     T* out = y.data<T>();
     parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const T* xr = in + r * cols;
-        T* yr = out + r * cols;
-        T m = -INFINITY;
-        for (int64_t c = 0; c < cols; ++c) m = std::max(m, xr[c]);
-        if (std::isinf(m)) m = 0;  // all -inf row: keep NaN-free arithmetic below
-        T s = 0;
-        for (int64_t c = 0; c < cols; ++c) s += std::exp(xr[c] - m);
-        if (log) {
-          const T lse = m + std::log(s);
-          for (int64_t c = 0; c < cols; ++c) yr[c] = xr[c] - lse;
-        } else {
-          const T inv = T(1) / s;
-          for (int64_t c = 0; c < cols; ++c) yr[c] = std::exp(xr[c] - m) * inv;
-        }
-      }
+      kernel(in, out, cols, b, e);
     }, 1);
   });
 }
@@ -120,25 +263,13 @@ void softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool log) {
   const int64_t rows = cols ? y.numel() / cols : 0;
   dispatch_floating(y.dtype(), "y", [&](auto tag) {
     using T = decltype(tag);
+    auto* kernel = log ? isa_variant(softmax_grad_avx512<true, T>, softmax_grad_avx2<true, T>, softmax_grad_base<true, T>)
+                       : isa_variant(softmax_grad_avx512<false, T>, softmax_grad_avx2<false, T>, softmax_grad_base<false, T>);
     const T* out = y.data<T>();
     const T* g = dy.data<T>();
     T* gx = dx.data<T>();
     parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const T* yr = out + r * cols;
-        const T* gr = g + r * cols;
-        T* xr = gx + r * cols;
-        T s = 0;
-        if (log) {
-          // d log_softmax: dx = dy - softmax * sum(dy)
-          for (int64_t c = 0; c < cols; ++c) s += gr[c];
-          for (int64_t c = 0; c < cols; ++c) xr[c] = gr[c] - std::exp(yr[c]) * s;
-        } else {
-          // d softmax: dx = y * (dy - sum(dy * y))
-          for (int64_t c = 0; c < cols; ++c) s += gr[c] * yr[c];
-          for (int64_t c = 0; c < cols; ++c) xr[c] = yr[c] * (gr[c] - s);
-        }
-      }
+      kernel(out, g, gx, cols, b, e);
     }, 1);
   });
 }
