@@ -124,6 +124,32 @@ def test_softmax_wide_rows_treat_special_values_as_narrow_ones(dtype, log):
                  dtype)
 
 
+@pytest.mark.parametrize("kind", ["relu", "tanh", "sigmoid"])
+def test_large_passes_stream_the_same_values(kind):
+    # Passes over more than 16 MB write through an L1 buffer with streaming stores; every output
+    # element must be what the plain loop of a small call gives, whatever the alignment of out,
+    # in place too.
+    rng = np.random.default_rng(5)
+    n = 3_000_001
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    dy = rng.standard_normal(n).astype(np.float32)
+    pieces = [(b, min(n, b + 100_000)) for b in range(0, n, 100_000)]  # 0.8 MB moved each: no streaming
+    want_y = np.concatenate([_C.activation_forward(x[b:e], kind).numpy() for b, e in pieces])
+    want_dx = np.concatenate([_C.activation_backward(want_y[b:e], dy[b:e], kind).numpy() for b, e in pieces])
+    assert np.array_equal(_C.activation_forward(x, kind).numpy(), want_y)  # out 64-byte aligned
+    assert np.array_equal(_C.activation_backward(want_y, dy, kind).numpy(), want_dx)
+    buf = np.zeros(n + 16, np.float32)
+    out = buf[3:3 + n]  # 12 bytes past numpy's 16-byte alignment: never on a 64-byte line
+    _C.activation_forward(x, kind, out=out)
+    assert np.array_equal(out, want_y)
+    _C.activation_backward(want_y, dy, kind, out=out)
+    assert np.array_equal(out, want_dx)
+    inplace = x.copy()
+    t = _C.as_tensor(inplace)
+    _C.activation_forward(t, kind, out=t)
+    assert np.array_equal(inplace, want_y)
+
+
 def test_log_softmax_backward_takes_any_y(dtype):
     # dx = dy - exp(y) sum(dy): the vector exp assumes y <= 0, as log-softmax outputs are; a row with
     # a positive y (a caller's own values) must still get the formula's value.

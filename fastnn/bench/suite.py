@@ -123,6 +123,12 @@ def memory_rows(b: Bench, torch, n_rows, n_cols):
     b.compare("memory", f"softmax cross-entropy fwd+bwd ({rows}x{classes})",
               lambda: _C.cross_entropy(logits, labels, dlogits=dlog), torch_ce, 2 * logits_bytes, "GB/s", b.copy,
               note="fused: one pass gives loss and dlogits")
+    probs_t = torch.empty_like(lt)
+    for log in (False, True):
+        b.compare("memory", f"{'log-' if log else ''}softmax fwd ({rows}x{classes})",
+                  lambda log=log: _C.softmax_forward(logits, log, out=dlog),
+                  lambda log=log: (torch._log_softmax if log else torch._softmax)(lt, -1, False, out=probs_t),
+                  2 * logits_bytes, "GB/s", b.copy)
 
 
 def optimizer_rows(b: Bench, torch, numel):
