@@ -236,6 +236,20 @@ def test_relu_backward_needs_only_y(rng):
     np.testing.assert_array_equal(a, np.where(as_np(y) > 0, dy * (1 / 0.7), 0.0))
 
 
+def test_large_relu_backward_streams_the_same_values(rng):
+    # Over 16 MB moved, dx is written through an L1 buffer with streaming stores: every element must
+    # equal a small call's, with dx 64-byte aligned (fastnn's storage) or not (a numpy view).
+    n = 3_000_001
+    y = np.maximum(rng.standard_normal(n), 0).astype(np.float32)
+    dy = rng.standard_normal(n).astype(np.float32)
+    want = np.concatenate([_C.dropout_backward(dy[b:b + 100_000], 0.3, 1, 0, y[b:b + 100_000], "relu").numpy()
+                           for b in range(0, n, 100_000)])
+    assert np.array_equal(_C.dropout_backward(dy, 0.3, 1, 0, y, "relu").numpy(), want)
+    out = np.zeros(n + 16, np.float32)[5:5 + n]
+    _C.dropout_backward(dy, 0.3, 1, 0, y, "relu", out)
+    assert np.array_equal(out, want)
+
+
 def test_nan_propagates(dtype):
     x = np.full(1000, np.nan, dtype=dtype)
     y = as_np(_C.dropout_forward(x, 0.5, 1, 2))

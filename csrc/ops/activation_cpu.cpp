@@ -4,121 +4,51 @@
 // AVX-512, and cpu_isa() picks at run time.
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include "core/cpu_features.h"
 #include "core/parallel.h"
+#include "core/streaming.h"
 #include "ops/activation.h"
 
 namespace fastnn::cpu {
 namespace {
 
-// Passes that move more than this many bytes (inputs + output) write their output with streaming
-// stores: a whole 64-byte line without first reading it (an ordinary store's read for ownership
-// makes a copy move 3 bytes per 2), past caches the output would have left before its next read.
-// batchnorm_cpu.cpp's kStreamPassBytes measured where that starts to pay.
-constexpr int64_t kStreamPassBytes = int64_t{16} << 20;
-// Elements computed into an L1 buffer, then streamed out (compilers emit no streaming stores from
-// a plain loop, and the activations are plain loops).
-constexpr int64_t kStreamChunk = 1024;
-
-#if defined(__x86_64__)
-// `lines` 64-byte lines from src to dst (64-byte aligned) with streaming stores.
-FASTNN_TARGET_AVX512 void stream_lines_avx512(void* dst, const void* src, int64_t lines) {
-  auto* d = static_cast<__m512i*>(dst);
-  const auto* s = static_cast<const __m512i*>(src);
-  for (int64_t i = 0; i < lines; ++i) _mm512_stream_si512(d + i, _mm512_load_si512(s + i));
-}
-FASTNN_TARGET_AVX2 void stream_lines_avx2(void* dst, const void* src, int64_t lines) {
-  auto* d = static_cast<__m256i*>(dst);
-  const auto* s = static_cast<const __m256i*>(src);
-  for (int64_t i = 0; i < 2 * lines; ++i) _mm256_stream_si256(d + i, _mm256_load_si256(s + i));
-}
-void stream_lines_base(void* dst, const void* src, int64_t lines) {
-  auto* d = static_cast<__m128i*>(dst);
-  const auto* s = static_cast<const __m128i*>(src);
-  for (int64_t i = 0; i < 4 * lines; ++i) _mm_stream_si128(d + i, _mm_load_si128(s + i));
-}
-#endif
-
-// out[i] = elem(i) for i in [b, e): at once, or (Stream, x86) in chunks computed into an L1 buffer
-// and streamed out, the unaligned ends with ordinary stores.
-template <class T, class Elem>
-FASTNN_FORCE_INLINE void for_outputs(T* out, int64_t b, int64_t e, void (*stream)(void*, const void*, int64_t),
-                                     Elem elem) {
-  int64_t i = b;
-#if defined(__x86_64__)
-  if (stream) {
-    constexpr int64_t kPerLine = 64 / sizeof(T);
-    const int64_t misaligned = static_cast<int64_t>(reinterpret_cast<uintptr_t>(out + i) % 64);
-    if (misaligned % sizeof(T) == 0) {
-      const int64_t head = std::min(e - i, misaligned ? (64 - misaligned) / static_cast<int64_t>(sizeof(T)) : 0);
-#pragma omp simd
-      for (int64_t k = i; k < i + head; ++k) out[k] = elem(k);
-      i += head;
-      alignas(64) T buffer[kStreamChunk];
-      for (; i + kStreamChunk <= e; i += kStreamChunk) {
-#pragma omp simd
-        for (int64_t k = 0; k < kStreamChunk; ++k) buffer[k] = elem(i + k);
-        stream(out + i, buffer, kStreamChunk / kPerLine);
-      }
-      _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
-    }
-  }
-#endif
-#pragma omp simd
-  for (int64_t k = i; k < e; ++k) out[k] = elem(k);
-}
-
 template <Activation A, class T>
 FASTNN_FORCE_INLINE void forward_range(const T* in, T* out, int64_t b, int64_t e,
-                                       void (*stream)(void*, const void*, int64_t)) {
+                                       StreamLines stream) {
   for_outputs(out, b, e, stream, [=](int64_t i) FASTNN_ALWAYS_INLINE { return activation_apply(A, in[i]); });
 }
 
 template <Activation A, class T>
 FASTNN_FORCE_INLINE void backward_range(const T* y, const T* dy, T* dx, int64_t b, int64_t e,
-                                        void (*stream)(void*, const void*, int64_t)) {
+                                        StreamLines stream) {
   for_outputs(dx, b, e, stream, [=](int64_t i) FASTNN_ALWAYS_INLINE { return activation_grad(A, y[i], dy[i]); });
 }
 
-#if defined(__x86_64__)
-constexpr auto kStreamAvx512 = &stream_lines_avx512;
-constexpr auto kStreamAvx2 = &stream_lines_avx2;
-constexpr auto kStreamBase = &stream_lines_base;
-#else
-constexpr void (*kStreamAvx512)(void*, const void*, int64_t) = nullptr;
-constexpr void (*kStreamAvx2)(void*, const void*, int64_t) = nullptr;
-constexpr void (*kStreamBase)(void*, const void*, int64_t) = nullptr;
-#endif
-
 template <Activation A, class T>
 FASTNN_TARGET_AVX512 void forward_avx512(const T* in, T* out, int64_t b, int64_t e, bool stream) {
-  forward_range<A>(in, out, b, e, stream ? kStreamAvx512 : nullptr);
+  forward_range<A>(in, out, b, e, stream ? stream_lines_for(CpuIsa::avx512) : nullptr);
 }
 template <Activation A, class T>
 FASTNN_TARGET_AVX2 void forward_avx2(const T* in, T* out, int64_t b, int64_t e, bool stream) {
-  forward_range<A>(in, out, b, e, stream ? kStreamAvx2 : nullptr);
+  forward_range<A>(in, out, b, e, stream ? stream_lines_for(CpuIsa::avx2) : nullptr);
 }
 template <Activation A, class T>
 void forward_base(const T* in, T* out, int64_t b, int64_t e, bool stream) {
-  forward_range<A>(in, out, b, e, stream ? kStreamBase : nullptr);
+  forward_range<A>(in, out, b, e, stream ? stream_lines_for(CpuIsa::scalar) : nullptr);
 }
 
 template <Activation A, class T>
 FASTNN_TARGET_AVX512 void backward_avx512(const T* y, const T* dy, T* dx, int64_t b, int64_t e, bool stream) {
-  backward_range<A>(y, dy, dx, b, e, stream ? kStreamAvx512 : nullptr);
+  backward_range<A>(y, dy, dx, b, e, stream ? stream_lines_for(CpuIsa::avx512) : nullptr);
 }
 template <Activation A, class T>
 FASTNN_TARGET_AVX2 void backward_avx2(const T* y, const T* dy, T* dx, int64_t b, int64_t e, bool stream) {
-  backward_range<A>(y, dy, dx, b, e, stream ? kStreamAvx2 : nullptr);
+  backward_range<A>(y, dy, dx, b, e, stream ? stream_lines_for(CpuIsa::avx2) : nullptr);
 }
 template <Activation A, class T>
 void backward_base(const T* y, const T* dy, T* dx, int64_t b, int64_t e, bool stream) {
-  backward_range<A>(y, dy, dx, b, e, stream ? kStreamBase : nullptr);
+  backward_range<A>(y, dy, dx, b, e, stream ? stream_lines_for(CpuIsa::scalar) : nullptr);
 }
 
 // f(tag) with tag an Activation constant (none included).

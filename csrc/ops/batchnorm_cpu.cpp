@@ -25,6 +25,7 @@
 #include "core/env.h"
 #include "core/simd_avx512.h"
 #include "core/parallel.h"
+#include "core/streaming.h"
 #include "ops/batchnorm.h"
 
 
@@ -56,12 +57,7 @@ constexpr int64_t kApplyChunk = 1024;
 constexpr int kApplyRows = 4;
 constexpr int64_t kCoefBytesPerRow = int64_t{16} << 10;
 
-// Bytes the elementwise pass moves (inputs + output) above which its output takes streaming
-// stores: a pass that large has evicted most of its own output from the 32 MiB L3 by the time the
-// next op reads it. Timed with that read (a numpy sum of the output), float32, 2 threads:
-// passes of 4-8 MiB (forward of 512x1024, 1024x1024) took 15-29% longer with streaming, 12-16 MiB
-// gained nothing, 24 MiB and more (backward of 2048x1024, forward of 4096x1024) gained 6-10%.
-constexpr int64_t kStreamPassBytes = int64_t{16} << 20;
+// The elementwise pass streams its output above kStreamPassBytes moved (core/streaming.h).
 
 // The one-read training path (ForwardTrainBlocks, BackwardTrainBlocks) for inputs larger than
 // L3 can hold twice over: each thread walks its columns in blocks of at most kBlockBytes of input

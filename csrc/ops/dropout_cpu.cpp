@@ -10,6 +10,7 @@
 
 #include "core/cpu_features.h"
 #include "core/parallel.h"
+#include "core/streaming.h"
 #include "ops/dropout.h"
 
 
@@ -229,6 +230,28 @@ auto range_for_isa() {
   return range;
 }
 
+// The fused relu + dropout backward, dx = (y > 0) ? dy * scale : 0 from the output alone, over
+// [b, e), compiled per ISA like the mask kernels (the generic build's loop is SSE2).
+template <class T>
+FASTNN_FORCE_INLINE void relu_grad_range(const T* y, const T* dy, T* dx, T scale, int64_t b, int64_t e,
+                                         StreamLines stream) {
+  for_outputs(dx, b, e, stream, [=](int64_t i) FASTNN_ALWAYS_INLINE { return dropout_relu_grad(y[i], dy[i], scale); });
+}
+#if defined(__x86_64__)
+template <class T>
+FASTNN_TARGET_AVX512 void relu_grad_avx512(const T* y, const T* dy, T* dx, T scale, int64_t b, int64_t e, bool stream) {
+  relu_grad_range(y, dy, dx, scale, b, e, stream ? stream_lines_for(CpuIsa::avx512) : nullptr);
+}
+template <class T>
+FASTNN_TARGET_AVX2 void relu_grad_avx2(const T* y, const T* dy, T* dx, T scale, int64_t b, int64_t e, bool stream) {
+  relu_grad_range(y, dy, dx, scale, b, e, stream ? stream_lines_for(CpuIsa::avx2) : nullptr);
+}
+#endif
+template <class T>
+void relu_grad_baseline(const T* y, const T* dy, T* dx, T scale, int64_t b, int64_t e, bool stream) {
+  relu_grad_range(y, dy, dx, scale, b, e, stream ? stream_lines_for(CpuIsa::scalar) : nullptr);
+}
+
 template <Kind kKind, class T>
 void dropout_run(const T* in, T* out, bool* mask, int64_t n, const DropoutParams& p) {
   auto* range = range_for_isa<kKind, T>();
@@ -298,9 +321,13 @@ void dropout_backward(const Tensor& dy, const Tensor& y, Tensor& dx, const Dropo
     if (act == Activation::relu) {
       const T* out = y.data<T>();
       const T scale = static_cast<T>(params.scale);
-      parallel_for(dy.numel(), kParallelGrain, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) gx[i] = dropout_relu_grad(out[i], g[i], scale);
-      });
+      auto* range = &relu_grad_baseline<T>;
+#if defined(__x86_64__)
+      if (cpu_isa() == CpuIsa::avx512) range = &relu_grad_avx512<T>;
+      else if (cpu_isa() == CpuIsa::avx2) range = &relu_grad_avx2<T>;
+#endif
+      const bool stream = 3 * dy.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes;
+      parallel_for(dy.numel(), kParallelGrain, [&](int64_t b, int64_t e) { range(out, g, gx, scale, b, e, stream); });
     } else if (params.keeps_all() || params.keeps_none()) {
       scale_uniform(g, gx, dy.numel(), false, params.keeps_all() ? T(1) : T(0));
     } else {
