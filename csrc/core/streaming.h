@@ -58,7 +58,8 @@ constexpr int64_t kStreamChunk = 1024;
 // out[i] = elem(i) for i in [b, e): in one plain loop, or with `stream` in chunks computed into an
 // L1 buffer and streamed out, the ends that are not whole aligned lines with ordinary stores
 // (threads' ranges may share a line there). elem must be an always-inline lambda so the loops
-// vectorise with the caller's ISA.
+// vectorise with the caller's ISA. A thread's last for_outputs with `stream` must be followed by
+// end_streaming before its work is done (one fence per row of a softmax cost more than it saved).
 template <class T, class Elem>
 FASTNN_FORCE_INLINE void for_outputs(T* out, int64_t b, int64_t e, StreamLines stream, Elem elem) {
   int64_t i = b;
@@ -69,17 +70,27 @@ FASTNN_FORCE_INLINE void for_outputs(T* out, int64_t b, int64_t e, StreamLines s
 #pragma omp simd
     for (int64_t k = i; k < i + head; ++k) out[k] = elem(k);
     i += head;
+    constexpr int64_t kPerLine = 64 / static_cast<int64_t>(sizeof(T));
     alignas(64) T buffer[kStreamChunk];
-    for (; i + kStreamChunk <= e; i += kStreamChunk) {
+    for (int64_t n; (n = std::min(kStreamChunk, (e - i) / kPerLine * kPerLine)) > 0; i += n) {
 #pragma omp simd
-      for (int64_t k = 0; k < kStreamChunk; ++k) buffer[k] = elem(i + k);
-      stream(out + i, buffer, kStreamChunk * static_cast<int64_t>(sizeof(T)) / 64);
+      for (int64_t k = 0; k < n; ++k) buffer[k] = elem(i + k);
+      stream(out + i, buffer, n / kPerLine);
     }
-    _mm_sfence();  // streaming stores are weakly ordered: done before the pool's join
   }
 #endif
 #pragma omp simd
   for (int64_t k = i; k < e; ++k) out[k] = elem(k);
+}
+
+// Streaming stores are weakly ordered: they must be complete before another thread (the pool's
+// join) reads what they wrote.
+inline void end_streaming(StreamLines stream) {
+#if defined(__x86_64__)
+  if (stream) _mm_sfence();
+#else
+  (void)stream;
+#endif
 }
 
 }  // namespace fastnn::cpu

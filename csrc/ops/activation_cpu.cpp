@@ -17,12 +17,14 @@ template <Activation A, class T>
 FASTNN_FORCE_INLINE void forward_range(const T* in, T* out, int64_t b, int64_t e,
                                        StreamLines stream) {
   for_outputs(out, b, e, stream, [=](int64_t i) FASTNN_ALWAYS_INLINE { return activation_apply(A, in[i]); });
+  end_streaming(stream);
 }
 
 template <Activation A, class T>
 FASTNN_FORCE_INLINE void backward_range(const T* y, const T* dy, T* dx, int64_t b, int64_t e,
                                         StreamLines stream) {
   for_outputs(dx, b, e, stream, [=](int64_t i) FASTNN_ALWAYS_INLINE { return activation_grad(A, y[i], dy[i]); });
+  end_streaming(stream);
 }
 
 template <Activation A, class T>

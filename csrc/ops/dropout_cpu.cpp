@@ -236,6 +236,7 @@ template <class T>
 FASTNN_FORCE_INLINE void relu_grad_range(const T* y, const T* dy, T* dx, T scale, int64_t b, int64_t e,
                                          StreamLines stream) {
   for_outputs(dx, b, e, stream, [=](int64_t i) FASTNN_ALWAYS_INLINE { return dropout_relu_grad(y[i], dy[i], scale); });
+  end_streaming(stream);
 }
 #if defined(__x86_64__)
 template <class T>
