@@ -192,6 +192,26 @@ def test_cpu_memory_rows_take_their_copy_rate_from_their_own_rounds():
     assert f"of {mem.copy_gbps:.0f} GB/s" in md and "measured in the same rounds" in md
 
 
+def test_rows_are_judged_against_the_runs_highest_fma_rate():
+    # The opening peak probe can itself be disturbed: every probe beside a row raises the peak, and
+    # finish() re-judges every row (disturbed, GEMM "% of peak") against the final one.
+    from fastnn.bench.harness import Bench
+
+    b = Bench(threads=1, quick=True, log=lambda *a: None)
+    b.peak = 1.0  # as if the opening probe had been starved
+    a = np.ones(1 << 16, np.float32)
+    gemm = b.compare("gemm", "dot", lambda: a @ a, lambda: a @ a, 2.0 * a.size, "GFLOP/s", b.peak)
+    mem = b.compare("memory", "copy", lambda: a.copy(), lambda: a.copy(), 2 * a.nbytes, "GB/s", b.copy)
+    assert gemm.fma_peak_based and not mem.fma_peak_based
+    assert gemm.probe_gflops > 1.0 and b.peak >= gemm.probe_gflops  # the probes raised the peak
+    mem_fraction = mem.peak_fraction
+    b.peak = 10 * max(gemm.probe_gflops, mem.probe_gflops)  # a later probe saw 10x more: these were starved
+    b.finish()
+    assert gemm.disturbed and mem.disturbed
+    assert gemm.peak_fraction == pytest.approx(gemm.rate / b.peak)
+    assert mem.peak_fraction == mem_fraction  # memory rows keep their copy rate base
+
+
 def test_copy_rate_is_the_faster_of_memcpy_and_streaming_stores(monkeypatch):
     # memcpy's ordinary stores read every destination line first (3 bytes moved per 2 copied), so
     # a kernel with streaming stores would read as 150% of it: the base is the faster copy.

@@ -330,6 +330,7 @@ def run(argv=None) -> int:
         step_rows(b, torch, [128, 1024], with_compile=not args.no_compile)
         load_rows(b, torch)
         epoch_row(b)
+    b.finish()
     machine = machine_info(b, torch.__version__, fastnn.__version__)
     out = output_dir(args)
     save(machine, b.rows, out)
