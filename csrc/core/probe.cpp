@@ -13,6 +13,7 @@
 
 #include "core/cpu_features.h"
 #include "core/parallel.h"
+#include "core/streaming.h"
 
 namespace fastnn {
 
@@ -66,27 +67,6 @@ double fma_flops(long iters) {
   return fma_loop_scalar(iters);
 }
 
-// dst = src with streaming stores, which write whole lines without reading them first (an ordinary
-// store's write-allocate reads every destination line: 3 bytes moved per 2 copied). Buffers and
-// length are multiples of 64 bytes.
-void copy_streaming(char* dst, const char* src, size_t bytes) {
-#ifdef FASTNN_PROBE_X86
-  for (size_t i = 0; i < bytes; i += 64) {
-    const __m128i a = _mm_load_si128(reinterpret_cast<const __m128i*>(src + i));
-    const __m128i b = _mm_load_si128(reinterpret_cast<const __m128i*>(src + i + 16));
-    const __m128i c = _mm_load_si128(reinterpret_cast<const __m128i*>(src + i + 32));
-    const __m128i d = _mm_load_si128(reinterpret_cast<const __m128i*>(src + i + 48));
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
-  }
-  _mm_sfence();
-#else
-  std::memcpy(dst, src, bytes);
-#endif
-}
-
 }  // namespace
 
 double probe_peak_gflops(int threads, double seconds) {
@@ -129,8 +109,12 @@ double probe_copy_gbps(size_t bytes, int threads, int repeats, bool streaming) {
       auto* c = static_cast<Ctx*>(p);
       const size_t begin = std::min(c->bytes, c->part * t), end = std::min(c->bytes, begin + c->part);
       if (end <= begin) return;
-      if (c->streaming) copy_streaming(c->dst + begin, c->src + begin, end - begin);
-      else std::memcpy(c->dst + begin, c->src + begin, end - begin);
+      // streaming: the kernels' own streaming copy (core/streaming.h), SSE2 so every x86 has it;
+      // parts are whole 64-byte lines of 4096-aligned buffers
+      const cpu::StreamLines stream = c->streaming ? cpu::stream_lines_for(CpuIsa::scalar) : nullptr;
+      if (!stream) return void(std::memcpy(c->dst + begin, c->src + begin, end - begin));
+      stream(c->dst + begin, c->src + begin, static_cast<int64_t>((end - begin) / 64));
+      cpu::end_streaming(stream);
     }, &ctx);
     best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
   }

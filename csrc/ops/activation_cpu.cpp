@@ -227,9 +227,7 @@ void activation_forward(Activation a, const Tensor& x, Tensor& y) {
     using T = decltype(tag);
     dispatch_activation(a, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
-      void (*range)(const T*, T*, int64_t, int64_t, bool) =
-          cpu_isa() == CpuIsa::avx512 ? forward_avx512<A, T> : cpu_isa() == CpuIsa::avx2 ? forward_avx2<A, T>
-                                                                                         : forward_base<A, T>;
+      auto* range = isa_variant(forward_avx512<A, T>, forward_avx2<A, T>, forward_base<A, T>);
       const T* in = x.data<T>();
       T* out = y.data<T>();
       const bool stream = 2 * x.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes;
@@ -243,10 +241,7 @@ void activation_backward(Activation a, const Tensor& y, const Tensor& dy, Tensor
     using T = decltype(tag);
     dispatch_activation(a, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
-      void (*range)(const T*, const T*, T*, int64_t, int64_t, bool) =
-          cpu_isa() == CpuIsa::avx512 ? backward_avx512<A, T>
-          : cpu_isa() == CpuIsa::avx2 ? backward_avx2<A, T>
-                                      : backward_base<A, T>;
+      auto* range = isa_variant(backward_avx512<A, T>, backward_avx2<A, T>, backward_base<A, T>);
       const T* out = y.data<T>();
       const T* g = dy.data<T>();
       T* gx = dx.data<T>();
