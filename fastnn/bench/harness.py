@@ -191,6 +191,8 @@ class Bench:
         rate = torch_rate = frac = None
         if copies:
             peak = statistics.median(copies)
+        elif fma_peak_based:
+            peak = self.peak  # this row's own probes may have just raised it
         if work:
             scale = 1e-9
             rate, torch_rate = work * scale / med_f, work * scale / med_r
