@@ -47,15 +47,18 @@ def philox_np(c0, c1, c2, c3, k0, k1):
 
 
 def threshold(p):
-    return math.floor(p * 2.0**32 + 0.5)
+    return math.floor(p * 2.0**16 + 0.5)
 
 
 def mask_np(n, p, seed, offset):
-    """keep[i] = word i % 4 of Philox((i // 4, offset), seed) >= round(p * 2^32)."""
-    q = np.arange((n + 3) // 4, dtype=np.uint64)
+    """keep[i] = 16-bit half i % 8 of Philox((i // 8, offset), seed) >= round(p * 2^16): the low half
+    of word (i % 8) // 2 for even i, the high half for odd i."""
+    q = np.arange((n + 7) // 8, dtype=np.uint64)
     words = philox_np(q, q >> _SHIFT, np.full_like(q, offset & 0xFFFFFFFF), np.full_like(q, offset >> 32),
                       seed & 0xFFFFFFFF, seed >> 32)
-    return (np.stack(words, axis=1).ravel()[:n] >= threshold(p))
+    w = np.stack(words, axis=1)  # (quads, 4)
+    halves = np.stack([w & np.uint64(0xFFFF), w >> np.uint64(16)], axis=2)  # (quads, 4, low/high)
+    return halves.ravel()[:n] >= threshold(p)
 
 
 def scale_of(p):
@@ -113,10 +116,14 @@ def test_threshold_edges():
     assert as_np(_C.dropout_mask(n, 0.0, 1, 2)).all()
     assert not as_np(_C.dropout_mask(n, 1.0, 1, 2)).any()
     # the smallest p above 0 and the largest below 1 that still move the threshold
-    for p in (2.0**-32, 1 - 2.0**-32, 3 * 2.0**-33):
+    for p in (2.0**-16, 1 - 2.0**-16, 3 * 2.0**-17):
         np.testing.assert_array_equal(as_np(_C.dropout_mask(n, p, 5, 6)), mask_np(n, p, 5, 6))
-    # p so close to 1 that round(p * 2^32) = 2^32: nothing kept, output zero, not NaN
-    p = 1 - 2.0**-40
+    # p = 2^-17 - 2^-30 rounds to threshold 0: every element kept, the output x times 1 exactly
+    p = 2.0**-17 - 2.0**-30
+    assert as_np(_C.dropout_mask(n, p, 5, 6)).all()
+    assert (as_np(_C.dropout_forward(np.full(n, 3.0), p, 5, 6)) == 3.0).all()
+    # p so close to 1 that round(p * 2^16) = 2^16: nothing kept, output zero, not NaN
+    p = 1 - 2.0**-18
     assert not as_np(_C.dropout_mask(n, p, 1, 2)).any()
     y = as_np(_C.dropout_forward(np.ones(n), p, 1, 2))
     assert (y == 0).all()
@@ -140,7 +147,7 @@ def test_streams_differ_by_seed_and_offset():
 
 
 def test_same_mask_for_one_and_two_threads():
-    n = 1_000_003  # well past the parallel grain, and no multiple of the 256-element block
+    n = 1_000_003  # well past the parallel grain, and no multiple of the 512-element block
     x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
     before = fastnn.get_num_threads()
     try:
@@ -154,6 +161,25 @@ def test_same_mask_for_one_and_two_threads():
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
     np.testing.assert_array_equal(results[0][0], mask_np(n, 0.3, 11, 12))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_past_the_cache_take_the_same_mask(dtype):
+    """Passes larger than the caches write their output with streaming stores (whole aligned lines
+    from an L1 buffer, the ragged ends with ordinary stores): the same values as the plain loop.
+    2^21 + 13 float32 elements move just over the 16 MiB at which that starts."""
+    n = (1 << 21) + 13 if dtype == np.float32 else (1 << 20) + 13
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(n).astype(dtype)
+    dy = rng.standard_normal(n).astype(dtype)
+    keep = mask_np(n, 0.3, 21, 22)
+    scale = dtype(1 / (1 - 0.3))
+    y = as_np(_C.dropout_forward(x, 0.3, 21, 22, activation="relu"))
+    np.testing.assert_array_equal(y, np.maximum(x, 0) * np.where(keep, scale, dtype(0)))
+    y = as_np(_C.dropout_forward(x, 0.3, 21, 22))
+    np.testing.assert_array_equal(y, x * np.where(keep, scale, dtype(0)))
+    dx = as_np(_C.dropout_backward(dy, 0.3, 21, 22))
+    np.testing.assert_array_equal(dx, dy * np.where(keep, scale, dtype(0)))
 
 
 def test_same_mask_on_every_isa_variant():

@@ -140,7 +140,7 @@ batchnorm_detail::DeviceEpilogue<T> device_epilogue(const BatchnormEpilogue& e, 
     d.scale = T(0);
   } else if (!e.dropout.keeps_all()) {
     d.dropout = d.kMask;
-    d.threshold = static_cast<uint32_t>(e.dropout.threshold);  // in (0, 2^32) here
+    d.threshold = e.dropout.threshold;  // in (0, 2^16) here
     d.scale = static_cast<T>(e.dropout.scale);
   }
   return d;

@@ -48,14 +48,13 @@ struct DeviceEpilogue {
     if (dropout == kUniform) return v * scale;
     if (dropout == kMask) {
       const DropoutKey k = key.get();
-      uint32_t w[4];
-      dropout_words(k.seed, k.offset, static_cast<uint64_t>(i) >> 2, w);
-      v = v * dropout_factor(w[i & 3] >= threshold, scale);
+      v = v * dropout_factor(dropout_keep_element(k.seed, k.offset, threshold, static_cast<uint64_t>(i)), scale);
     }
     return v;
   }
 
-  // VW values from element i, i a multiple of VW and VW <= 4: one Philox call for all of them.
+  // VW values from element i, i a multiple of VW and VW <= kDropoutPerQuad (a power of two, so the
+  // VW elements share one Philox quad): one Philox call for all of them.
   template <int VW>
   __device__ __forceinline__ void vector(T* v, int64_t i) const {
 #pragma unroll
@@ -67,9 +66,11 @@ struct DeviceEpilogue {
     } else if (dropout == kMask) {
       const DropoutKey k = key.get();
       uint32_t w[4];
-      dropout_words(k.seed, k.offset, static_cast<uint64_t>(i) >> 2, w);
+      dropout_words(k.seed, k.offset, static_cast<uint64_t>(i) / kDropoutPerQuad, w);
+      const int first = static_cast<int>(i % kDropoutPerQuad);
 #pragma unroll
-      for (int e = 0; e < VW; ++e) v[e] = v[e] * dropout_factor(w[(i + e) & 3] >= threshold, scale);
+      for (int e = 0; e < VW; ++e)
+        v[e] = v[e] * dropout_factor(dropout_keep(dropout_half(w, first + e), threshold), scale);
     }
   }
 };

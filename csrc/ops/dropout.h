@@ -31,7 +31,7 @@ struct DropoutKey {
 struct DropoutParams {
   uint64_t seed = 0;
   uint64_t offset = 0;
-  uint64_t threshold = 0;  // keep element i iff its Philox word >= threshold (2^32: keep none)
+  uint32_t threshold = 0;  // keep element i iff its 16 Philox bits >= threshold (2^16: keep none)
   double scale = 1.0;      // 1 / (1 - p), or 0 for p = 1
   GraphSlot slot;          // in a graph capture: the key is read from here (a fresh one each replay)
 

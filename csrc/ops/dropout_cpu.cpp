@@ -1,6 +1,6 @@
-// Dropout on the CPU: one pass over memory. Each thread walks its range in blocks of 256 elements:
-// a vectorised loop of 64 independent Philox calls fills 256 mask words in L1, then a vectorised
-// loop applies them. The integer Philox math is exact, so every ISA variant (AVX-512, AVX2,
+// Dropout on the CPU: one pass over memory. Each thread walks its range in blocks of 512 elements:
+// a vectorised loop of 64 independent Philox calls fills 512 16-bit mask halves in L1, then a
+// vectorised loop applies them. The integer Philox math is exact, so every ISA variant (AVX-512, AVX2,
 // baseline) and every chunking produces the same mask bits as the scalar definition in philox.h.
 #include <algorithm>
 #include <cstring>
@@ -20,26 +20,25 @@ namespace {
 // Philox calls per block. Block boundaries are multiples of this in counter space, and 2^32 is one
 // too, so no block crosses a carry into the counter's high word.
 constexpr int64_t kQuads = 64;
-constexpr int64_t kBlock = 4 * kQuads;
-// Philox costs a few ns per 4 elements on one core: worth a thread sooner than a plain copy.
+constexpr int64_t kBlock = kDropoutPerQuad * kQuads;  // elements
+// Philox costs about 1 ns per 8 elements on one core: worth a thread sooner than a plain copy.
 constexpr int64_t kDropoutGrain = kParallelGrain / 4;
 
 enum class Kind { forward, forward_relu, backward, mask };
 
-// words[4j + r] = word r of Philox quad q0 + j for j < count (count <= kQuads). The portable
-// version: a loop of independent calls that the compiler vectorises as best it can.
+// halves[8j + e] = dropout_half(words of Philox quad q0 + j, e) for j < count (count <= kQuads).
+// The SIMD versions store the words themselves, which on x86 (little-endian) are those halves in
+// that order. The portable version: a loop of independent calls that the compiler vectorises as
+// best it can.
 template <CpuIsa kIsa>
-FASTNN_FORCE_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int count, uint32_t* words) {
+FASTNN_FORCE_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int count, uint16_t* halves) {
   const uint32_t q_lo = static_cast<uint32_t>(q0), q_hi = static_cast<uint32_t>(q0 >> 32);
   const uint32_t o_lo = static_cast<uint32_t>(p.offset), o_hi = static_cast<uint32_t>(p.offset >> 32);
   const uint32_t k_lo = static_cast<uint32_t>(p.seed), k_hi = static_cast<uint32_t>(p.seed >> 32);
   for (int j = 0; j < count; ++j) {
     uint32_t w[4];
     philox4x32_10(q_lo + static_cast<uint32_t>(j), q_hi, o_lo, o_hi, k_lo, k_hi, w);
-    words[4 * j + 0] = w[0];
-    words[4 * j + 1] = w[1];
-    words[4 * j + 2] = w[2];
-    words[4 * j + 3] = w[3];
+    for (int e = 0; e < kDropoutPerQuad; ++e) halves[kDropoutPerQuad * j + e] = static_cast<uint16_t>(dropout_half(w, e));
   }
 }
 
@@ -47,9 +46,9 @@ FASTNN_FORCE_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int c
 // Hand-vectorised Philox: compilers widen every 32x32->64 product to 64-bit lanes and gain little
 // (AVX2 no faster than scalar). Here each 32-bit state word sits in the low half of a 64-bit lane,
 // so one vpmuludq gives a product's high and low words at once, and the words are transposed on the
-// way out so that word r of quad j lands at 4j + r. Scalar: 1.8 ns per mask element on one core.
+// way out so that word r of quad j lands at 4j + r. Scalar: 1.8 ns per 32-bit word on one core.
 // Not always_inline: the caller is generic until inlined into its ISA wrapper, and one call per
-// 256 elements costs nothing. These blocks compute whole groups of quads, possibly past `count`:
+// 512 elements costs nothing. These blocks compute whole groups of quads, possibly past `count`:
 // harmless, as words has room for kQuads (a multiple of every group) and blocks are aligned to
 // kQuads, so the low counter word never wraps.
 // Groups of quads whose Philox rounds run side by side in the SIMD versions (independent chains).
@@ -88,7 +87,8 @@ struct PhiloxLanes64Avx2 {
 
 template <>
 FASTNN_TARGET_AVX2 void philox_block<CpuIsa::avx2>(const DropoutParams& p, uint64_t q0,
-                                                                int count, uint32_t* words) {
+                                                                int count, uint16_t* halves) {
+  uint32_t* words = reinterpret_cast<uint32_t*>(halves);  // written by vector stores only
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
   const uint32_t k_lo = static_cast<uint32_t>(p.seed), k_hi = static_cast<uint32_t>(p.seed >> 32);
@@ -117,7 +117,9 @@ FASTNN_TARGET_AVX2 void philox_block<CpuIsa::avx2>(const DropoutParams& p, uint6
 // the xors never mix into the low halves. kPhiloxGroups groups of 8 quads run side by side, as
 // independent dependency chains. Fused relu+dropout forward, one core, per element: 0.37 ns with
 // 32-bit lanes; 64-bit lanes 0.31 (1 group), 0.29 (2), 0.24 ns (4 groups); 2 threads on 4096^2
-// 3.2-3.3 -> 2.5 ms, where the memory becomes the limit.
+// 3.2-3.3 -> 2.5 ms, where the memory becomes the limit (all on Zen 5, with a 32-bit word an
+// element). Zen 4 splits each 512-bit multiply in two: 0.44-0.51 ns an element with 32-bit words,
+// 0.27-0.31 with 16 bits; 4096^2 on 2 threads 3.7-4.7 -> 2.6 ms with streaming stores.
 struct PhiloxLanes64 {
   __m512i c0, c1, c2, c3;
 
@@ -151,7 +153,8 @@ struct PhiloxLanes64 {
 
 template <>
 FASTNN_TARGET_AVX512 void philox_block<CpuIsa::avx512>(const DropoutParams& p, uint64_t q0,
-                                                                    int count, uint32_t* words) {
+                                                                    int count, uint16_t* halves) {
+  uint32_t* words = reinterpret_cast<uint32_t*>(halves);  // written by vector stores only
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
   const uint32_t k_lo = static_cast<uint32_t>(p.seed), k_hi = static_cast<uint32_t>(p.seed >> 32);
@@ -174,50 +177,52 @@ FASTNN_TARGET_AVX512 void philox_block<CpuIsa::avx512>(const DropoutParams& p, u
 }
 #endif
 
-// Elements [begin, end) of one dropout call. Only for thresholds in (0, 2^32): callers handle
-// keep-all and keep-none without drawing numbers.
+// Elements [begin, end) of one dropout call. Only for thresholds in (0, 2^16): callers handle
+// keep-all and keep-none without drawing numbers. With `stream` the output takes streaming stores.
 template <CpuIsa kIsa, Kind kKind, class T>
 FASTNN_FORCE_INLINE void dropout_range(const T* in, T* out, bool* mask, int64_t begin, int64_t end,
-                                 const DropoutParams& p) {
-  alignas(64) uint32_t words[kBlock];
-  const uint32_t threshold = static_cast<uint32_t>(p.threshold);
+                                       const DropoutParams& p, bool stream) {
+  const StreamLines lines = stream ? stream_lines_for(kIsa) : nullptr;
+  alignas(64) uint16_t halves[kBlock];
+  const uint32_t threshold = p.threshold;
   const T scale = static_cast<T>(p.scale);
-  for (int64_t q = begin / 4; q * 4 < end;) {
-    const int64_t q_end = std::min((q / kQuads + 1) * kQuads, (end + 3) / 4);
-    philox_block<kIsa>(p, static_cast<uint64_t>(q), static_cast<int>(q_end - q), words);
-    const int64_t first = std::max(begin, 4 * q), len = std::min(end, 4 * q_end) - first;
-    const uint32_t* w = words + (first - 4 * q);
+  constexpr int64_t E = kDropoutPerQuad;
+  for (int64_t q = begin / E; q * E < end;) {
+    const int64_t q_end = std::min((q / kQuads + 1) * kQuads, (end + E - 1) / E);
+    philox_block<kIsa>(p, static_cast<uint64_t>(q), static_cast<int>(q_end - q), halves);
+    const int64_t first = std::max(begin, E * q), len = std::min(end, E * q_end) - first;
+    const uint16_t* h = halves + (first - E * q);
     if constexpr (kKind == Kind::mask) {
       bool* m = mask + first;
-      for (int64_t k = 0; k < len; ++k) m[k] = w[k] >= threshold;
+      for (int64_t k = 0; k < len; ++k) m[k] = dropout_keep(h[k], threshold);
     } else {
       const T* a = in + first;
-      T* b = out + first;
-      for (int64_t k = 0; k < len; ++k) {
+      for_outputs(out + first, 0, len, lines, [=](int64_t k) FASTNN_ALWAYS_INLINE {
         const T v = kKind == Kind::forward_relu ? activation_apply(Activation::relu, a[k]) : a[k];
-        b[k] = v * dropout_factor(w[k] >= threshold, scale);
-      }
+        return v * dropout_factor(dropout_keep(h[k], threshold), scale);
+      });
     }
     q = q_end;
   }
+  end_streaming(lines);
 }
 
 #if defined(__x86_64__)
 template <Kind kKind, class T>
 FASTNN_TARGET_AVX512 void dropout_range_avx512(const T* in, T* out, bool* mask, int64_t begin,
-                                               int64_t end, const DropoutParams& p) {
-  dropout_range<CpuIsa::avx512, kKind, T>(in, out, mask, begin, end, p);
+                                               int64_t end, const DropoutParams& p, bool stream) {
+  dropout_range<CpuIsa::avx512, kKind, T>(in, out, mask, begin, end, p, stream);
 }
 template <Kind kKind, class T>
 FASTNN_TARGET_AVX2 void dropout_range_avx2(const T* in, T* out, bool* mask, int64_t begin,
-                                           int64_t end, const DropoutParams& p) {
-  dropout_range<CpuIsa::avx2, kKind, T>(in, out, mask, begin, end, p);
+                                           int64_t end, const DropoutParams& p, bool stream) {
+  dropout_range<CpuIsa::avx2, kKind, T>(in, out, mask, begin, end, p, stream);
 }
 #endif
 template <Kind kKind, class T>
 void dropout_range_baseline(const T* in, T* out, bool* mask, int64_t begin, int64_t end,
-                            const DropoutParams& p) {
-  dropout_range<CpuIsa::scalar, kKind, T>(in, out, mask, begin, end, p);
+                            const DropoutParams& p, bool stream) {
+  dropout_range<CpuIsa::scalar, kKind, T>(in, out, mask, begin, end, p, stream);
 }
 
 template <Kind kKind, class T>
@@ -256,7 +261,10 @@ void relu_grad_baseline(const T* y, const T* dy, T* dx, T scale, int64_t b, int6
 template <Kind kKind, class T>
 void dropout_run(const T* in, T* out, bool* mask, int64_t n, const DropoutParams& p) {
   auto* range = range_for_isa<kKind, T>();
-  parallel_for(n, kDropoutGrain, [&](int64_t b, int64_t e) { range(in, out, mask, b, e, p); }, kBlock);
+  // the output of a pass too large for the caches takes streaming stores (the mask is a bool
+  // tensor a quarter the size: ordinary stores)
+  const bool stream = kKind != Kind::mask && 2 * n * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes;
+  parallel_for(n, kDropoutGrain, [&](int64_t b, int64_t e) { range(in, out, mask, b, e, p, stream); }, kBlock);
 }
 
 // out = act(in) * factor over [b, e) for a factor shared by every element (p = 0: 1, p = 1: 0).
@@ -289,9 +297,9 @@ void dropout_forward_span(const T* x, T* y, int64_t begin, int64_t end, const Dr
   if (params.keeps_all() || params.keeps_none())
     scale_uniform_span(x, y, begin, end, relu, params.keeps_all() ? T(1) : T(0));
   else if (relu)
-    range_for_isa<Kind::forward_relu, T>()(x, y, nullptr, begin, end, params);
+    range_for_isa<Kind::forward_relu, T>()(x, y, nullptr, begin, end, params, false);
   else
-    range_for_isa<Kind::forward, T>()(x, y, nullptr, begin, end, params);
+    range_for_isa<Kind::forward, T>()(x, y, nullptr, begin, end, params, false);
 }
 template void dropout_forward_span<float>(const float*, float*, int64_t, int64_t, const DropoutParams&, Activation);
 template void dropout_forward_span<double>(const double*, double*, int64_t, int64_t, const DropoutParams&,

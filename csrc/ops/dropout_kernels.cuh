@@ -1,7 +1,7 @@
-// Dropout kernels. One thread per Philox quad q: elements 4q .. 4q+3 take words 0..3 of
-// dropout_words(seed, offset, q), exactly as the CPU does, so masks are bit-identical to the
-// CPU's whatever the launch shape; and the value math is the same single multiply, so outputs are
-// bit-identical too.
+// Dropout kernels. One thread per Philox quad q: elements 8q .. 8q+7 take the 16-bit halves of
+// dropout_words(seed, offset, q) (ops/philox.h), exactly as the CPU does, so masks are bit-identical
+// to the CPU's whatever the launch shape; and the value math is the same single multiply, so outputs
+// are bit-identical too.
 #pragma once
 #include "core/cuda_launch.h"
 #include "ops/dropout.h"
@@ -50,30 +50,34 @@ template <DropoutKind kKind, bool kVector, class T>
 __global__ void dropout_kernel(const T* in, T* out, bool* mask, int64_t n, StepScalars<DropoutKey> key_arg,
                                uint32_t threshold, T scale) {
   const DropoutKey key = key_arg.get();
-  const int64_t quads = (n + 3) / 4;
+  const int64_t quads = (n + kDropoutPerQuad - 1) / kDropoutPerQuad;
   for (int64_t q = cuda_rt::global_thread_index(); q < quads; q += cuda_rt::grid_stride()) {
     uint32_t w[4];
     dropout_words(key.seed, key.offset, static_cast<uint64_t>(q), w);
-    const int64_t first = 4 * q;
-    const int count = n - first < 4 ? static_cast<int>(n - first) : 4;
-    if constexpr (kKind == DropoutKind::mask) {
-      for (int k = 0; k < count; ++k) mask[first + k] = w[k] >= threshold;
-      continue;
-    }
-    T v[4];
-    if (count == 4) {
-      load4(in + first, v, kVector);
-    } else {
-      for (int k = 0; k < count; ++k) v[k] = in[first + k];
-    }
-    for (int k = 0; k < 4; ++k) {
-      const T a = kKind == DropoutKind::forward_relu ? activation_apply(Activation::relu, v[k]) : v[k];
-      v[k] = a * dropout_factor(w[k] >= threshold, scale);
-    }
-    if (count == 4) {
-      store4(out + first, v, kVector);
-    } else {
-      for (int k = 0; k < count; ++k) out[first + k] = v[k];
+    // two runs of four elements, each moved as one vector where aligned
+    for (int run = 0; run < kDropoutPerQuad / 4; ++run) {
+      const int64_t first = kDropoutPerQuad * q + 4 * run;
+      if (first >= n) break;
+      const int count = n - first < 4 ? static_cast<int>(n - first) : 4;
+      if constexpr (kKind == DropoutKind::mask) {
+        for (int k = 0; k < count; ++k) mask[first + k] = dropout_keep(dropout_half(w, 4 * run + k), threshold);
+        continue;
+      }
+      T v[4];
+      if (count == 4) {
+        load4(in + first, v, kVector);
+      } else {
+        for (int k = 0; k < count; ++k) v[k] = in[first + k];
+      }
+      for (int k = 0; k < 4; ++k) {
+        const T a = kKind == DropoutKind::forward_relu ? activation_apply(Activation::relu, v[k]) : v[k];
+        v[k] = a * dropout_factor(dropout_keep(dropout_half(w, 4 * run + k), threshold), scale);
+      }
+      if (count == 4) {
+        store4(out + first, v, kVector);
+      } else {
+        for (int k = 0; k < count; ++k) out[first + k] = v[k];
+      }
     }
   }
 }
