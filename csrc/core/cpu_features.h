@@ -18,4 +18,11 @@ enum class CpuIsa { scalar = 0, avx2 = 1, avx512 = 2 };
 CpuIsa cpu_isa();
 const char* cpu_isa_name(CpuIsa isa);
 
+// Of one kernel's variants, the one compiled for this CPU's widest ISA.
+template <class F>
+F* isa_variant(F* avx512, F* avx2, F* scalar) {
+  const CpuIsa isa = cpu_isa();
+  return isa == CpuIsa::avx512 ? avx512 : isa == CpuIsa::avx2 ? avx2 : scalar;
+}
+
 }  // namespace fastnn

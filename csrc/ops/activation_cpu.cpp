@@ -214,12 +214,6 @@ void softmax_grad_base(const T* y, const T* dy, T* dx, int64_t cols, int64_t b, 
   softmax_grad_rows<kLog>(y, dy, dx, cols, b, e);
 }
 
-// The variant for the CPU's widest ISA.
-template <class F>
-F* isa_variant(F* avx512, F* avx2, F* base) {
-  return cpu_isa() == CpuIsa::avx512 ? avx512 : cpu_isa() == CpuIsa::avx2 ? avx2 : base;
-}
-
 }  // namespace
 
 void activation_forward(Activation a, const Tensor& x, Tensor& y) {

@@ -702,19 +702,26 @@ void run_baseline(const typename Kernel::Args& a, int64_t begin, int64_t count) 
 }
 
 template <class Kernel>
-auto isa_variant() {
-  switch (cpu_isa()) {
-    case CpuIsa::avx512: return &run_avx512<Kernel>;
-    case CpuIsa::avx2: return &run_avx2<Kernel>;
-    default: return &run_baseline<Kernel>;
-  }
+auto kernel_for_isa() {
+  return isa_variant(run_avx512<Kernel>, run_avx2<Kernel>, run_baseline<Kernel>);
+}
+
+// The same for a kernel with a hand-written AVX-512 form (Kernel::run_avx512: the row and block
+// kernels), which AVX-512 CPUs run instead of the compiled Kernel::run.
+template <class Kernel>
+auto hand_written_kernel_for_isa() {
+#if defined(__x86_64__)
+  return isa_variant(&Kernel::run_avx512, run_avx2<Kernel>, run_baseline<Kernel>);
+#else
+  return kernel_for_isa<Kernel>();
+#endif
 }
 
 // Runs a strip kernel over all columns: threads take contiguous column ranges, each walked in
 // strips of at most kStrip columns.
 template <class Kernel>
 void over_column_strips(const typename Kernel::Args& a, int64_t rows, int64_t cols) {
-  auto* strip = isa_variant<Kernel>();
+  auto* strip = kernel_for_isa<Kernel>();
   const int64_t grain = std::max<int64_t>(16, kParallelGrain / std::max<int64_t>(rows, 1));
   parallel_for(cols, grain, [&](int64_t begin, int64_t end) {
     for (int64_t c0 = begin; c0 < end; c0 += kStrip) strip(a, c0, std::min(kStrip, end - c0));
@@ -725,20 +732,14 @@ void over_column_strips(const typename Kernel::Args& a, int64_t rows, int64_t co
 // contiguous column ranges, whole blocks where the columns allow.
 template <class Kernel>
 void over_column_blocks(const typename Kernel::Args& a, int64_t cols) {
-  auto* kernel = isa_variant<Kernel>();
-#if defined(__x86_64__)
-  if (cpu_isa() == CpuIsa::avx512) kernel = &Kernel::run_avx512;
-#endif
+  auto* kernel = hand_written_kernel_for_isa<Kernel>();
   parallel_for(cols, a.block, [&](int64_t begin, int64_t end) { kernel(a, begin, end - begin); }, 16);
 }
 
 // Runs a row kernel over all rows: threads take contiguous row ranges.
 template <class Kernel>
 void over_rows(const typename Kernel::Args& a, int64_t rows, int64_t cols) {
-  auto* kernel = isa_variant<Kernel>();
-#if defined(__x86_64__)
-  if (cpu_isa() == CpuIsa::avx512) kernel = &Kernel::run_avx512;
-#endif
+  auto* kernel = hand_written_kernel_for_isa<Kernel>();
   parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)), [&](int64_t begin, int64_t end) {
     kernel(a, begin, end - begin);
   }, 1);
@@ -748,10 +749,7 @@ void over_rows(const typename Kernel::Args& a, int64_t rows, int64_t cols) {
 // the kernel has written them (in L1): an epilogue fused into the pass, not a pass of its own.
 template <class Kernel, class Then>
 void over_rows_then(const typename Kernel::Args& a, int64_t rows, int64_t cols, Then then) {
-  auto* kernel = isa_variant<Kernel>();
-#if defined(__x86_64__)
-  if (cpu_isa() == CpuIsa::avx512) kernel = &Kernel::run_avx512;
-#endif
+  auto* kernel = hand_written_kernel_for_isa<Kernel>();
   // At least kApplyRows rows a call: the AVX-512 apply kernel blocks its coefficient loads by that
   // many rows, and one 16 KiB row a call (4096 float columns) lost it 10-18% of the pass.
   const int64_t step = std::max<int64_t>(kApplyRows, kEpilogueBytes / (cols * static_cast<int64_t>(sizeof(*a.x))));

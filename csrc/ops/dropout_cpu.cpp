@@ -227,12 +227,11 @@ void dropout_range_baseline(const T* in, T* out, bool* mask, int64_t begin, int6
 
 template <Kind kKind, class T>
 auto range_for_isa() {
-  auto* range = &dropout_range_baseline<kKind, T>;
 #if defined(__x86_64__)
-  if (cpu_isa() == CpuIsa::avx512) range = &dropout_range_avx512<kKind, T>;
-  else if (cpu_isa() == CpuIsa::avx2) range = &dropout_range_avx2<kKind, T>;
+  return isa_variant(dropout_range_avx512<kKind, T>, dropout_range_avx2<kKind, T>, dropout_range_baseline<kKind, T>);
+#else
+  return &dropout_range_baseline<kKind, T>;
 #endif
-  return range;
 }
 
 // The fused relu + dropout backward, dx = (y > 0) ? dy * scale : 0 from the output alone, over
@@ -330,10 +329,10 @@ void dropout_backward(const Tensor& dy, const Tensor& y, Tensor& dx, const Dropo
     if (act == Activation::relu) {
       const T* out = y.data<T>();
       const T scale = static_cast<T>(params.scale);
-      auto* range = &relu_grad_baseline<T>;
 #if defined(__x86_64__)
-      if (cpu_isa() == CpuIsa::avx512) range = &relu_grad_avx512<T>;
-      else if (cpu_isa() == CpuIsa::avx2) range = &relu_grad_avx2<T>;
+      auto* range = isa_variant(relu_grad_avx512<T>, relu_grad_avx2<T>, relu_grad_baseline<T>);
+#else
+      auto* range = &relu_grad_baseline<T>;
 #endif
       const bool stream = 3 * dy.numel() * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes;
       parallel_for(dy.numel(), kParallelGrain, [&](int64_t b, int64_t e) { range(out, g, gx, scale, b, e, stream); });

@@ -354,13 +354,10 @@ using RunFn = double (*)(const Job&, int64_t, int64_t);
 template <class Job>
 RunFn<Job> pick_kernel() {
 #ifdef FASTNN_LOSS_X86
-  switch (cpu_isa()) {
-    case CpuIsa::avx512: return &run_avx512<Job>;
-    case CpuIsa::avx2: return &run_avx2<Job>;
-    default: break;
-  }
-#endif
+  return isa_variant(run_avx512<Job>, run_avx2<Job>, run_baseline<Job>);
+#else
   return &run_baseline<Job>;
+#endif
 }
 
 // Runs `job` over [0, n) in parallel: returns the sum of what its blocks return (deterministic),

@@ -11,8 +11,8 @@
 // 2^16, above every half) keeps nothing, exactly. 16 bits an element rather than 32 halve the
 // Philox work, which bounded the fused relu + dropout forward on AVX-512 (0.46 ns an element per
 // core on Zen 4, 55% of the copy rate at 4096x4096); FlashAttention's dropout takes 8.
-// The scale stays 1 / (1 - p) as torch's, so E[y] = x (1 - p_kept_error / (1 - p)): off by at most
-// 2^-17 / (1 - p) relative, far below one SGD step's noise.
+// The scale stays torch's 1 / (1 - p), so with p' = threshold / 2^16 the drop probability actually
+// used, E[y] = x (1 - p') / (1 - p): within 2^-17 / (1 - p) of x, relative.
 #pragma once
 #include <cmath>
 #include <cstdint>
