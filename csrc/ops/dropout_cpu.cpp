@@ -21,6 +21,7 @@ namespace {
 // too, so no block crosses a carry into the counter's high word.
 constexpr int64_t kQuads = 64;
 constexpr int64_t kBlock = kDropoutPerQuad * kQuads;  // elements
+static_assert(kDropoutBits == 16, "the mask buffer holds each element's bits as one uint16_t");
 // Philox costs about 1 ns per 8 elements on one core: worth a thread sooner than a plain copy.
 constexpr int64_t kDropoutGrain = kParallelGrain / 4;
 

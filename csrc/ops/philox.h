@@ -70,15 +70,16 @@ FASTNN_HD void dropout_words(uint64_t seed, uint64_t offset, uint64_t q, uint32_
                 static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), out);
 }
 
-// The random half of element 8q + e (e in 0..7) from its quad's words.
+// The random bits of element 8q + e (e in 0..7) from its quad's words.
 FASTNN_HD uint32_t dropout_half(const uint32_t words[4], int e) {
-  return (words[e >> 1] >> (16 * (e & 1))) & 0xFFFFu;
+  constexpr int kPerWord = 32 / kDropoutBits;
+  return (words[e / kPerWord] >> (kDropoutBits * (e % kPerWord))) & static_cast<uint32_t>(kDropoutThresholdNone - 1);
 }
 
 // round(p * 2^16) for p in [0, 1]; the product is exact (a power-of-two scaling), so the only
 // rounding is to the nearest integer. Values up to 2^16 inclusive.
 FASTNN_HD uint32_t dropout_threshold(double p) {
-  return static_cast<uint32_t>(std::floor(p * 65536.0 + 0.5));
+  return static_cast<uint32_t>(std::floor(p * static_cast<double>(kDropoutThresholdNone) + 0.5));
 }
 
 FASTNN_HD bool dropout_keep(uint32_t half, uint32_t threshold) { return half >= threshold; }
