@@ -1,4 +1,5 @@
 """The Keras-style API: the lecture's code with only its imports changed."""
+import io
 import os
 import stat
 import subprocess
@@ -227,6 +228,31 @@ def test_verbose_progress_bar_shows_batch_and_running_loss(capsys):
     model.fit(x, y, epochs=2, verbose=2)
     out = capsys.readouterr().out
     assert out.count("steps/s") == 2 and "\r" not in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_redraws_only_on_a_terminal(terminal, monkeypatch):
+    """On a terminal the bar redraws in place with the batch loss; into a pipe or a file (capsys, a
+    CI log) verbose=1 writes one finished line an epoch and no carriage returns."""
+    from fastnn.keras import progress
+    monkeypatch.setattr(progress.time, "perf_counter", iter(np.arange(0.0, 100.0, 0.25)).__next__)
+    stream = _Terminal() if terminal else io.StringIO()
+    bar = progress.ProgressBar(steps=20, epoch=0, epochs=3, stream=stream)
+    for step in range(1, 21):
+        bar.update(step, batch_loss=0.5, logs={"loss": 0.75})
+    bar.finish({"loss": 0.75, "val_loss": 0.8})
+    out = stream.getvalue()
+    assert out.startswith("Epoch 1/3\n") and out.rstrip().endswith("val_loss: 0.8000") and out.count("\n") == 2
+    if terminal:
+        assert out.count("\r") == 21 and "batch loss: 0.5000 - loss: 0.7500" in out
+    else:
+        assert "\r" not in out and "batch loss" not in out
+        assert out.splitlines()[1].startswith("20/20 [========================] ")
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # scikit-learn's ConvergenceWarning at max_iter=5
