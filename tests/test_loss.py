@@ -158,6 +158,23 @@ def test_cross_entropy_in_place_and_out(dtype, rng):
     np.testing.assert_array_equal(out, grad)
 
 
+@pytest.mark.parametrize("classes", [7, 100])  # the tiled path for few classes, the row loops for many
+def test_cross_entropy_nan_logit_poisons_its_row_only(dtype, rng, classes):
+    """A NaN logit first, inside or last in its row (the row max passes NaN over, wherever it is)
+    makes that row's loss and gradient NaN, as in torch, and leaves the other rows exact."""
+    x = randn(rng, (4, classes), dtype)
+    for row, col in ((0, 0), (1, classes // 2), (2, classes - 1)):
+        x[row, col] = np.nan
+    y = np.array([1, 0, 2, 3])
+    loss = np.asarray(_C.cross_entropy_forward(x, y, reduction="none"))
+    ref = torch.nn.functional.cross_entropy(torch_of(x), torch.from_numpy(y), reduction="none").numpy()
+    assert np.isnan(loss[:3]).all() and np.isnan(ref[:3]).all()
+    assert_close(loss[3], ref[3], dtype)
+    _, grad = _C.cross_entropy(x, y, reduction="sum")
+    grad = np.asarray(grad)
+    assert np.isnan(grad[:3]).all() and np.isfinite(grad[3]).all()
+
+
 def test_cross_entropy_ignored_rows(dtype, rng):
     x = randn(rng, (7, 5), dtype)
     y = np.array([0, -100, 4, -100, 1, 2, 3])

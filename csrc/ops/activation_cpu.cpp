@@ -98,8 +98,7 @@ FASTNN_FORCE_INLINE void softmax_few_columns(const T* in, T* out, int64_t cols, 
     const int64_t rows = std::min(e - r0, tile_rows), n = rows * cols;
     const T* x = in + r0 * cols;
     for (int64_t r = 0; r < rows; ++r) {
-      T m = -INFINITY;
-      for (int64_t c = 0; c < cols; ++c) m = x[r * cols + c] > m ? x[r * cols + c] : m;
+      const T m = fastmath::max_of(x + r * cols, cols);
       maxes[r] = m;
       for (int64_t c = 0; c < cols; ++c) ex[r * cols + c] = x[r * cols + c] - m;
     }
@@ -131,9 +130,7 @@ FASTNN_FORCE_INLINE void softmax_rows(const T* in, T* out, int64_t cols, int64_t
   for (int64_t r = b; r < e; ++r) {
     const T* xr = in + r * cols;
     T* yr = out + r * cols;
-    T m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t c = 0; c < cols; ++c) m = xr[c] > m ? xr[c] : m;  // NaN is passed over
+    const T m = fastmath::max_of(xr, cols);
     if (!std::isfinite(m)) {
       softmax_row_nonfinite_max<kLog>(xr, yr, cols);
       continue;

@@ -70,7 +70,7 @@ struct DeviceEpilogue {
       const int first = static_cast<int>(i % kDropoutPerQuad);
 #pragma unroll
       for (int e = 0; e < VW; ++e)
-        v[e] = v[e] * dropout_factor(dropout_keep(dropout_half(w, first + e), threshold), scale);
+        v[e] = dropout_apply(v[e], dropout_half(w, first + e), threshold, scale);
     }
   }
 };

@@ -46,6 +46,13 @@ struct DropoutParams {
 template <class T>
 FASTNN_HD T dropout_factor(bool keep, T scale) { return keep ? scale : T(0); }
 
+// v through dropout, given its element's random bits (dropout_half): v * scale, or 0. The one
+// spelling of every kernel's output (CPU, CUDA, BatchNorm's fused epilogue), so they agree bitwise.
+template <class T>
+FASTNN_HD T dropout_apply(T v, uint32_t half, uint32_t threshold, T scale) {
+  return v * dropout_factor(dropout_keep(half, threshold), scale);
+}
+
 // Fused relu + dropout backward from the output alone.
 template <class T>
 FASTNN_HD T dropout_relu_grad(T y, T dy, T scale) { return y > T(0) ? dy * scale : T(0); }

@@ -200,7 +200,7 @@ FASTNN_FORCE_INLINE void dropout_range(const T* in, T* out, bool* mask, int64_t 
       const T* a = in + first;
       for_outputs(out + first, 0, len, lines, [=](int64_t k) FASTNN_ALWAYS_INLINE {
         const T v = kKind == Kind::forward_relu ? activation_apply(Activation::relu, a[k]) : a[k];
-        return v * dropout_factor(dropout_keep(h[k], threshold), scale);
+        return dropout_apply(v, h[k], threshold, scale);
       });
     }
     q = q_end;

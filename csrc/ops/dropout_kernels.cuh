@@ -71,7 +71,7 @@ __global__ void dropout_kernel(const T* in, T* out, bool* mask, int64_t n, StepS
       }
       for (int k = 0; k < 4; ++k) {
         const T a = kKind == DropoutKind::forward_relu ? activation_apply(Activation::relu, v[k]) : v[k];
-        v[k] = a * dropout_factor(dropout_keep(dropout_half(w, 4 * run + k), threshold), scale);
+        v[k] = dropout_apply(a, dropout_half(w, 4 * run + k), threshold, scale);
       }
       if (count == 4) {
         store4(out + first, v, kVector);

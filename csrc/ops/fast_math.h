@@ -9,6 +9,7 @@
 // select such as `underflow ? 0 : p * 2^n` is sunk into branches and the loops stay scalar.
 // CUDA device code keeps CUDA's own tanhf / expf (activation.h picks).
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -143,6 +144,20 @@ FASTNN_FORCE_INLINE float tanh(float x) {
   q = q * z + 4.89352518554385e-03f;
   const float ax = x < 0.0f ? -x : x;
   return ax < 4e-4f ? x : p * xc / q;
+}
+
+// The largest of x[0], ..., x[n - 1], NaN passed over (-inf for none): softmax's and the
+// cross-entropy's row max. The ternary, not std::max, is what keeps the reduction a vector max.
+template <class T>
+FASTNN_FORCE_INLINE T max_of(const T* x, int64_t n) {
+  T m = -INFINITY;
+  if (n < 16) {  // a vector reduction's set-up and tail would cost more (softmax of 4096 x 10: 1.6x)
+    for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+  }
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
 }
 
 }  // namespace fastnn::fastmath

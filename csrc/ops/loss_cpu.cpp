@@ -53,18 +53,10 @@ double blocked_reduce(int64_t n, int64_t block, int64_t grain, F&& f) {
 
 // ---- Kernels, one per loss; each is instantiated per ISA below ----------------------------------
 
-template <class T>
-FASTNN_FORCE_INLINE T row_max(const T* x, int64_t n) {
-  T m = x[0];
-#pragma omp simd reduction(max : m)
-  for (int64_t c = 1; c < n; ++c) m = x[c] > m ? x[c] : m;  // std::max here stays scalar
-  return m;
-}
-
 // Unweighted loss of one row, -log softmax(x)[y].
 template <class T>
 FASTNN_FORCE_INLINE T cross_entropy_row(const T* x, int64_t classes, int64_t y) {
-  const T m = row_max(x, classes);
+  const T m = fastmath::max_of(x, classes);
   T others = 0;
 #pragma omp simd reduction(+ : others)
   for (int64_t c = 0; c < classes; ++c) {
@@ -80,7 +72,7 @@ FASTNN_FORCE_INLINE T cross_entropy_row(const T* x, int64_t classes, int64_t y) 
 template <class T>
 FASTNN_FORCE_INLINE T cross_entropy_row_grad(const T* x, T* d, int64_t classes, int64_t y, T coef) {
   const T target_logit = x[y];
-  const T m = row_max(x, classes);
+  const T m = fastmath::max_of(x, classes);
   T others = 0;
 #pragma omp simd reduction(+ : others)
   for (int64_t c = 0; c < classes; ++c) {
@@ -168,7 +160,7 @@ FASTNN_FORCE_INLINE double run_rows_tiled(const CrossEntropyJob<T, I>& j, int64_
     const int64_t rows = std::min(e - r0, tile_rows), n = rows * C;
     const T* x = j.logits + r0 * C;
     for (int64_t r = 0; r < rows; ++r) {
-      const T m = row_max(x + r * C, C);
+      const T m = fastmath::max_of(x + r * C, C);
       maxes[r] = m;
       for (int64_t c = 0; c < C; ++c) ex[r * C + c] = x[r * C + c] - m;
     }
