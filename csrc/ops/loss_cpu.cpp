@@ -53,16 +53,33 @@ double blocked_reduce(int64_t n, int64_t block, int64_t grain, F&& f) {
 
 // ---- Kernels, one per loss; each is instantiated per ISA below ----------------------------------
 
+// Sum of exp(x[c] - m) over c in [b, e), each also stored in d[c] when kStore.
+template <bool kStore, class T>
+FASTNN_FORCE_INLINE T sum_exp(const T* x, T* d, int64_t b, int64_t e, T m) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t c = b; c < e; ++c) {
+    const T v = exp_nonpositive(x[c] - m);
+    if constexpr (kStore) d[c] = v;
+    s += v;
+  }
+  return s;
+}
+
+// The other classes' exponentials, summed in two runs around the target. One loop over every
+// class that zeroed the target's term compared a 64-bit index per lane (4 to a ymm): the fused
+// cross-entropy of 64 x 1000 float32 took 0.695 ns an element that way, 0.570 in two runs (one
+// Zen 3 core, AVX2, in L1, the two interleaved in one process).
+template <bool kStore, class T>
+FASTNN_FORCE_INLINE T others_exp(const T* x, T* d, int64_t classes, int64_t y, T m) {
+  return sum_exp<kStore>(x, d, 0, y, m) + sum_exp<kStore>(x, d, y + 1, classes, m);
+}
+
 // Unweighted loss of one row, -log softmax(x)[y].
 template <class T>
 FASTNN_FORCE_INLINE T cross_entropy_row(const T* x, int64_t classes, int64_t y) {
   const T m = fastmath::max_of(x, classes);
-  T others = 0;
-#pragma omp simd reduction(+ : others)
-  for (int64_t c = 0; c < classes; ++c) {
-    const T e = exp_nonpositive(x[c] - m);
-    others += c == y ? T(0) : e;
-  }
+  const T others = others_exp<false>(x, static_cast<T*>(nullptr), classes, y, m);
   return cross_entropy_row_loss(m, x[y], exp_nonpositive(x[y] - m), others);
 }
 
@@ -73,13 +90,7 @@ template <class T>
 FASTNN_FORCE_INLINE T cross_entropy_row_grad(const T* x, T* d, int64_t classes, int64_t y, T coef) {
   const T target_logit = x[y];
   const T m = fastmath::max_of(x, classes);
-  T others = 0;
-#pragma omp simd reduction(+ : others)
-  for (int64_t c = 0; c < classes; ++c) {
-    const T e = exp_nonpositive(x[c] - m);
-    d[c] = e;
-    others += c == y ? T(0) : e;
-  }
+  const T others = others_exp<true>(x, d, classes, y, m);
   const T target_exp = exp_nonpositive(target_logit - m);
   const T inv = T(1) / (target_exp + others);
 #pragma omp simd
