@@ -21,20 +21,22 @@ const char* activation_name(Activation a);
 template <class T>
 FASTNN_HD T sigmoid_stable(T x) {
 #if !defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == sizeof(float)) return fastmath::sigmoid(x);  // vectorisable on the CPU
-#endif
+  return fastmath::sigmoid(x);  // vectorisable on the CPU
+#else
   // exp of a negative argument only: never overflows, and keeps full relative precision near 0
   if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
   const T e = std::exp(x);
   return e / (T(1) + e);
+#endif
 }
 
 template <class T>
 FASTNN_HD T tanh_of(T x) {
 #if !defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == sizeof(float)) return fastmath::tanh(x);  // vectorisable on the CPU
-#endif
+  return fastmath::tanh(x);  // vectorisable on the CPU
+#else
   return std::tanh(x);
+#endif
 }
 
 template <class T>
