@@ -111,8 +111,7 @@ FASTNN_FORCE_INLINE void softmax_few_columns(const T* in, T* out, int64_t cols, 
         softmax_row_nonfinite_max<kLog>(xr, yr, cols);
         continue;
       }
-      T s = 0;
-      for (int64_t c = 0; c < cols; ++c) s += ex[r * cols + c];
+      const T s = fastmath::sum_of(ex + r * cols, cols);
       if (kLog) {
         const T lse = maxes[r] + std::log(s);
         for (int64_t c = 0; c < cols; ++c) yr[c] = xr[c] - lse;

@@ -186,8 +186,7 @@ FASTNN_FORCE_INLINE double run_rows_tiled(const CrossEntropyJob<T, I>& j, int64_
       const int64_t y = static_cast<int64_t>(j.labels[row]);
       const T w = j.class_weight(y);
       const T* er = ex + r * C;
-      T others = 0;
-      for (int64_t c = 0; c < C; ++c) others += c == y ? T(0) : er[c];
+      const T others = fastmath::sum_of(er, y) + fastmath::sum_of(er + y + 1, C - y - 1);
       const T target_exp = er[y];
       // read before the gradient is written: dlogits may be the logits
       const T loss = cross_entropy_row_loss(maxes[r], x[r * C + y], target_exp, others);
