@@ -81,6 +81,15 @@ def memory_rows(b: Bench, torch, n_rows, n_cols):
                   lambda kind=kind: _C.activation_forward(x, kind, y),
                   lambda torch_fn=torch_fn, out_t=out_t: torch_fn(xt, out=out_t), 2 * nbytes, "GB/s", b.copy,
                   note="float32: a vectorised polynomial, a few ulp")
+    # float64: the same bytes in half the elements; until 2026-11-29 these took libm per element
+    x64 = g.standard_normal((n_rows // 2, n_cols))
+    x64t, y64t = torch.from_numpy(x64), torch.empty(n_rows // 2, n_cols, dtype=torch.float64)
+    x64, y64 = fastnn.tensor(x64), _C.zeros([n_rows // 2, n_cols], "float64")
+    for kind, torch_fn in (("tanh", torch.tanh), ("sigmoid", torch.sigmoid)):
+        b.compare("memory", f"{kind} fwd float64 ({n_rows // 2}x{n_cols})",
+                  lambda kind=kind: _C.activation_forward(x64, kind, y64),
+                  lambda torch_fn=torch_fn: torch_fn(x64t, out=y64t), 2 * nbytes, "GB/s", b.copy,
+                  note="Cephes' forms on a Pade exp, vectorised; a few ulp")
 
     c = n_cols
     # the one-read path: AVX-512 and at most 2048 rows, unless FASTNN_BN_ONE_READ says otherwise
