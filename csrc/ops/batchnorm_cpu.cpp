@@ -307,22 +307,20 @@ bool streamable(const T* out, int64_t cols, bool wanted) {
 template <class T>
 struct ForwardApplyRows {
   using Args = ForwardArgs<T>;
-  static FASTNN_FORCE_INLINE void row(const Args& a, int64_t r, int64_t cb, int64_t ce) {
+  // Row r's columns [cb, ce), streamed out through `lines` unless it is null.
+  static FASTNN_FORCE_INLINE void row(const Args& a, int64_t r, int64_t cb, int64_t ce, StreamLines lines = nullptr) {
+    const T* x = a.x + r * a.cols;
     const T* hi = a.coef;
     const T* scale = a.coef + a.cols;
     const T* shift = a.coef + 2 * a.cols;
-    for (int64_t c0 = cb; c0 < ce; c0 += kApplyChunk) {
-      const int64_t w = std::min(kApplyChunk, ce - c0);
-      const T* x = a.x + r * a.cols + c0;
-      T* out = a.y + r * a.cols + c0;
-      const T* h = hi + c0;
-      const T* s = scale + c0;
-      const T* b = shift + c0;
-      for (int64_t c = 0; c < w; ++c) out[c] = (x[c] - h[c]) * s[c] + b[c];
-    }
+    for_outputs(a.y + r * a.cols, cb, ce, lines,
+                [=](int64_t c) FASTNN_ALWAYS_INLINE { return (x[c] - hi[c]) * scale[c] + shift[c]; });
   }
-  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) {
-    for (int64_t r = r0; r < r0 + count; ++r) row(a, r, 0, a.cols);
+  // The AVX2 and baseline pass; `lines` (the ISA's streaming copy) is used where a.stream.
+  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count, StreamLines lines = nullptr) {
+    lines = a.stream ? lines : nullptr;
+    for (int64_t r = r0; r < r0 + count; ++r) row(a, r, 0, a.cols, lines);
+    end_streaming(lines);
   }
   // The one-read path's elementwise pass over block [cb, ce), every row.
   static FASTNN_FORCE_INLINE void block(const Args& a, int64_t cb, int64_t ce) {
@@ -522,22 +520,27 @@ struct BackwardApplyRows {
     }
   }
 
-  // Row r's columns [c0, end) in T, or in double where `exact`.
-  static FASTNN_FORCE_INLINE void segment(const Args& a, int64_t r, int64_t c0, int64_t end, bool exact) {
+  // Row r's columns [c0, end) in T, or in double where `exact`; the T ones streamed out through
+  // `lines` unless it is null.
+  static FASTNN_FORCE_INLINE void segment(const Args& a, int64_t r, int64_t c0, int64_t end, bool exact,
+                                          StreamLines lines = nullptr) {
     if (exact) return exact_segment(a, r, c0, end - c0);
     const int64_t at = r * a.cols;
     const T* x = a.x + at;
-    T* out = a.dx + at;
     const T *hi = a.coef, *f_dy = a.coef + a.cols, *f_x = a.coef + 2 * a.cols, *f_0 = a.coef + 3 * a.cols;
-    for (int64_t c = c0; c < end; ++c)
-      out[c] = f_dy[c] * incoming_grad<kGated>(a, at + c) + f_x[c] * (x[c] - hi[c]) + f_0[c];
+    for_outputs(a.dx + at, c0, end, lines, [=, &a](int64_t c) FASTNN_ALWAYS_INLINE {
+      return f_dy[c] * incoming_grad<kGated>(a, at + c) + f_x[c] * (x[c] - hi[c]) + f_0[c];
+    });
   }
 
-  // Rows [r0, r0 + count), every column, each kApplyChunk segment exact as chunk_exact says.
-  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count) {
+  // Rows [r0, r0 + count), every column, each kApplyChunk segment exact as chunk_exact says: the
+  // AVX2 and baseline pass; `lines` (the ISA's streaming copy) is used where a.stream.
+  static FASTNN_FORCE_INLINE void run(const Args& a, int64_t r0, int64_t count, StreamLines lines = nullptr) {
+    lines = a.stream ? lines : nullptr;
     for (int64_t r = r0; r < r0 + count; ++r)
       for (int64_t c0 = 0, chunk = 0; c0 < a.cols; c0 += kApplyChunk, ++chunk)
-        segment(a, r, c0, std::min(a.cols, c0 + kApplyChunk), a.chunk_exact[chunk] != 0.0);
+        segment(a, r, c0, std::min(a.cols, c0 + kApplyChunk), a.chunk_exact[chunk] != 0.0, lines);
+    end_streaming(lines);
   }
   // The one-read path's elementwise pass over block [cb, ce), every row, by exactness segments.
   static FASTNN_FORCE_INLINE void block(const Args& a, int64_t cb, int64_t ce) {
@@ -717,6 +720,26 @@ auto hand_written_kernel_for_isa() {
 #endif
 }
 
+// A row kernel's compiled run (AVX2, baseline) given its ISA's streaming copy for a.stream. The
+// AVX-512 form streams with its own intrinsics. Without it the AVX2 pass's ordinary stores read
+// each output line first: a forward moved 4 bytes for every 3 of two passes and a write.
+template <class Kernel>
+FASTNN_TARGET_AVX2 void run_streaming_avx2(const typename Kernel::Args& a, int64_t begin, int64_t count) {
+  Kernel::run(a, begin, count, stream_lines_for(CpuIsa::avx2));
+}
+template <class Kernel>
+void run_streaming_baseline(const typename Kernel::Args& a, int64_t begin, int64_t count) {
+  Kernel::run(a, begin, count, stream_lines_for(CpuIsa::scalar));
+}
+template <class Kernel>
+auto row_kernel_for_isa() {
+#if defined(__x86_64__)
+  return isa_variant(&Kernel::run_avx512, run_streaming_avx2<Kernel>, run_streaming_baseline<Kernel>);
+#else
+  return kernel_for_isa<Kernel>();
+#endif
+}
+
 // Runs a strip kernel over all columns: threads take contiguous column ranges, each walked in
 // strips of at most kStrip columns.
 template <class Kernel>
@@ -739,7 +762,7 @@ void over_column_blocks(const typename Kernel::Args& a, int64_t cols) {
 // Runs a row kernel over all rows: threads take contiguous row ranges.
 template <class Kernel>
 void over_rows(const typename Kernel::Args& a, int64_t rows, int64_t cols) {
-  auto* kernel = hand_written_kernel_for_isa<Kernel>();
+  auto* kernel = row_kernel_for_isa<Kernel>();
   parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)), [&](int64_t begin, int64_t end) {
     kernel(a, begin, end - begin);
   }, 1);
@@ -749,7 +772,7 @@ void over_rows(const typename Kernel::Args& a, int64_t rows, int64_t cols) {
 // the kernel has written them (in L1): an epilogue fused into the pass, not a pass of its own.
 template <class Kernel, class Then>
 void over_rows_then(const typename Kernel::Args& a, int64_t rows, int64_t cols, Then then) {
-  auto* kernel = hand_written_kernel_for_isa<Kernel>();
+  auto* kernel = row_kernel_for_isa<Kernel>();
   // At least kApplyRows rows a call: the AVX-512 apply kernel blocks its coefficient loads by that
   // many rows, and one 16 KiB row a call (4096 float columns) lost it 10-18% of the pass.
   const int64_t step = std::max<int64_t>(kApplyRows, kEpilogueBytes / (cols * static_cast<int64_t>(sizeof(*a.x))));
