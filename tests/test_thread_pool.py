@@ -100,3 +100,21 @@ def test_default_threads_one_per_physical_core():
     out = subprocess.run([sys.executable, "-c", "import fastnn; print(fastnn.get_num_threads())"], env=env,
                          capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.strip() == "3"
+
+
+def _spin_of(env_value):
+    env = dict(os.environ, FASTNN_SPIN_US=env_value)
+    code = "import fastnn; print(fastnn.build_info()['idle_spin_us'])"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_idle_spin_is_read_from_the_environment_strictly():
+    """FASTNN_SPIN_US sets how long idle workers spin before they sleep (like KMP_BLOCKTIME), read
+    when the pool starts; unset or empty keeps the default, and a value that is not a whole number
+    >= 0 raises a ValueError naming the variable rather than being read as 0."""
+    assert _spin_of("").stdout.strip() == "100"
+    assert _spin_of("5000").stdout.strip() == "5000"
+    assert _spin_of("0").stdout.strip() == "0"
+    for bad in ("-1", "1ms", "abc"):
+        r = _spin_of(bad)
+        assert r.returncode != 0 and "ValueError" in r.stderr and "FASTNN_SPIN_US" in r.stderr, (bad, r.stderr[-500:])

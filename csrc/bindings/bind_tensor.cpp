@@ -126,6 +126,7 @@ copy nothing.)doc")
     d["compiler"] = FASTNN_COMPILER;
     d["cpu_isa"] = cpu_isa_name(cpu_isa());
     d["threads"] = num_threads();  // fastnn's own pool (core/parallel.h), not OpenMP
+    d["idle_spin_us"] = idle_spin_us();  // FASTNN_SPIN_US
     d["cuda_compiled"] = cuda_compiled();
     d["cuda_device_count"] = cuda_device_count();
     d["cuda_available"] = cuda_device_count() > 0;

@@ -1,5 +1,7 @@
 #include "core/parallel.h"
 
+#include "core/env.h"
+
 #include <pthread.h>
 #include <sched.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -64,7 +66,15 @@ std::string first_line(const std::string& path) {
 
 // How long an idle worker spins (yielding) before it sleeps: long enough to cover the Python
 // between two ops of a training step, short enough not to hold a core between steps.
-constexpr auto kSpin = std::chrono::microseconds(100);
+// FASTNN_SPIN_US overrides it, read when the pool starts, as KMP_BLOCKTIME does for OpenMP: on
+// a VM whose idle vCPU halts at once (a Firecracker guest, haltpoll without polling), a sleeping
+// worker joined the next job ~200 us late, so a 256x256 -> 128 GEMM called after a 1 ms gap ran
+// at one thread's speed (218-234 us against 114-131 back to back); with FASTNN_SPIN_US=5000 it
+// kept 119-128 us. For a process that calls fastnn in bursts (serving, Python work between steps).
+constexpr int64_t kDefaultSpinUs = 100;
+std::chrono::microseconds idle_spin() {
+  return std::chrono::microseconds(env_int("FASTNN_SPIN_US", 0).value_or(kDefaultSpinUs));
+}
 
 thread_local bool tls_in_parallel = false;
 
@@ -73,9 +83,10 @@ constexpr uint64_t kClosed = 0xffffffffu;
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int threads) { resize(threads); }
+  ThreadPool(int threads, std::chrono::microseconds spin) : spin_(spin) { resize(threads); }
 
   int size() const { return threads_; }
+  std::chrono::microseconds spin() const { return spin_; }
 
   void resize(int threads) {
     threads = std::max(1, threads);
@@ -142,12 +153,13 @@ class ThreadPool {
     tls_in_parallel = false;
   }
 
+  const std::chrono::microseconds spin_;
   bool has_work(uint64_t seen) const { return (ticket_.load(std::memory_order_seq_cst) >> 32) != seen || stop_; }
 
   void worker_loop() {
     uint64_t seen = ticket_.load() >> 32;
     for (;;) {
-      const auto spin_until = std::chrono::steady_clock::now() + kSpin;
+      const auto spin_until = std::chrono::steady_clock::now() + spin_;
       int spins = 0;
       while (!has_work(seen)) {
         if (++spins % 64 == 0) {
@@ -215,7 +227,7 @@ ThreadPool& pool() {
       }) == 0;
     }();
     (void)registered;
-    p = new ThreadPool(g_pool_size_before_fork > 0 ? g_pool_size_before_fork : default_threads());
+    p = new ThreadPool(g_pool_size_before_fork > 0 ? g_pool_size_before_fork : default_threads(), idle_spin());
     g_pool.store(p, std::memory_order_release);
   }
   return *p;
@@ -224,6 +236,8 @@ ThreadPool& pool() {
 }  // namespace
 
 int num_threads() { return pool().size(); }
+
+int64_t idle_spin_us() { return pool().spin().count(); }
 
 void set_num_threads(int n) {
   if (n != pool().size()) pool().resize(n);

@@ -22,6 +22,7 @@ constexpr int64_t kParallelGrain = 32768;
 
 int num_threads();            // threads a parallel_for may use, the caller included
 void set_num_threads(int n);  // 1 disables the pool
+int64_t idle_spin_us();       // how long an idle worker spins before it sleeps (FASTNN_SPIN_US)
 bool in_parallel();           // true inside a parallel_for chunk (nested calls run inline)
 
 // The physical cores that the logical CPUs `cpus` belong to, from the topology under
