@@ -6,34 +6,57 @@ import numpy as np
 from fastnn import _C
 
 
+# numpy dtypes a fastnn Tensor holds as they are (the DLPack kinds _C.from_dlpack takes)
+_HELD = {np.dtype(t) for t in ("float32", "float64", "int32", "int64", "uint8", "bool")}
+
+
+def _holdable(arr: np.ndarray, dtype_given: bool) -> np.ndarray:
+    """``arr`` in a dtype fastnn holds: native byte order, and with no dtype given, float16 widened
+    to float32, longdouble rounded to float64 and other integers widened to int64; an asked-for
+    dtype fastnn lacks raises."""
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if dtype_given and arr.dtype not in _HELD:
+        raise TypeError(f"dtype: fastnn has no {arr.dtype} tensors; it takes "
+                        "float32, float64, int32, int64, uint8 and bool")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"data: expected numbers or bools, got an array of dtype {arr.dtype}")
+    if arr.dtype not in _HELD:
+        wide = np.float32 if arr.dtype.itemsize < 4 else np.float64  # float16 up, longdouble down
+        arr = arr.astype(wide if arr.dtype.kind == "f" else np.int64)
+    return arr
+
+
 def tensor(data, dtype=None, device="cpu") -> _C.Tensor:
     """A new Tensor holding a copy of ``data`` (list, numpy array, torch tensor, fastnn.Tensor).
 
-    Floating data defaults to float32, like torch; integers to int64.
+    Floating data defaults to float32, like torch (a float64 numpy array stays float64, float16
+    widens to float32); integers to int64.
     """
     if hasattr(data, "__dlpack__") and not isinstance(data, np.ndarray):
-        data = np.asarray(_C.from_dlpack(data, device="cpu"))
+        if getattr(data, "requires_grad", False):  # a copy is asked for: no need to refuse the graph
+            data = data.detach()
+        data = np.asarray(_C.as_tensor(data, "data").to("cpu"))
     arr = np.asarray(data, dtype=dtype)
-    if dtype is None and arr.dtype.kind == "f":
-        arr = arr.astype(np.float32) if not isinstance(data, np.ndarray) else arr
+    if dtype is None and arr.dtype.kind == "f" and not isinstance(data, np.ndarray):
+        arr = arr.astype(np.float32)
     if dtype is None and arr.dtype.kind in "iu" and arr.dtype != np.uint8:
         arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"data: expected numbers or bools, got an array of dtype {arr.dtype}")
-    t = _C.from_dlpack(np.ascontiguousarray(arr), copy=True)
+    t = _C.from_dlpack(np.ascontiguousarray(_holdable(arr, dtype is not None)), copy=True)
     return t if device in (None, "cpu") else t.to(device)
 
 
 def as_tensor(data, dtype=None, device=None) -> _C.Tensor:
-    """``data`` as a Tensor, sharing memory when it already is one (or a contiguous numpy/torch array)."""
-    if isinstance(data, _C.Tensor):
-        t = data
-    elif hasattr(data, "__dlpack__"):
-        t = _C.from_dlpack(data)
+    """``data`` as a Tensor, sharing memory when it already is one (or a contiguous numpy/torch array
+    of a dtype fastnn holds; a float16 or byte-swapped numpy array is copied, as :func:`tensor` does)."""
+    if isinstance(data, np.ndarray) and (data.dtype not in _HELD or not data.dtype.isnative):
+        t = tensor(data, dtype=dtype)
+    elif isinstance(data, _C.Tensor) or hasattr(data, "__dlpack__"):
+        t = _C.as_tensor(data, "data")  # what it cannot share raises a TypeError naming data
     else:
         t = tensor(data, dtype=dtype)
     if dtype is not None and np.dtype(dtype) != t.dtype:
-        t = _C.from_dlpack(np.ascontiguousarray(np.asarray(t).astype(dtype)))
+        t = _C.from_dlpack(np.ascontiguousarray(_holdable(np.asarray(t).astype(dtype), True)))
     if device is not None and t.device != device:
         t = t.to(device)
     return t

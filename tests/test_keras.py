@@ -188,6 +188,17 @@ def test_input_handling_pandas_bool_labels_and_dtypes():
         model.predict(np.ones((2, features.shape[1]), dt))
 
 
+def test_fit_takes_torch_tensors_even_ones_that_require_grad():
+    torch = pytest.importorskip("torch")
+    x, y = blobs(n=120, features=6)
+    model = Sequential([Dense(3, activation="softmax", input_shape=(6,))])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    xt = torch.from_numpy(x).requires_grad_(True)  # fit only reads it
+    model.fit(xt, torch.from_numpy(y), epochs=2, batch_size=32, verbose=0)
+    np.testing.assert_allclose(model.predict(xt, verbose=0), model.predict(x, verbose=0), rtol=0, atol=0)
+    assert xt.grad is None
+
+
 def test_mse_and_flatten_and_errors():
     x = np.random.default_rng(0).random((64, 4, 4)).astype(np.float32)
     y = x.reshape(64, -1).sum(axis=1, keepdims=True)

@@ -110,12 +110,64 @@ def test_capsules_versioned_legacy_and_single_use():
 
 
 def test_unsupported_imports_leave_the_source_intact():
-    with pytest.raises(BufferError, match="code 2, bits 16"):
+    with pytest.raises(BufferError, match=r"float16 \(DLPack code 2, bits 16"):
         fastnn.from_dlpack(torch.zeros(3, dtype=torch.float16))
     with pytest.raises(BufferError, match="detach"):
         fastnn.from_dlpack(torch.zeros(3, requires_grad=True))
     with pytest.raises(TypeError, match="__dlpack__"):
         fastnn.from_dlpack([1, 2, 3])
+
+
+def test_tensor_and_as_tensor_take_what_fastnn_can_hold():
+    # tensor() copies, so it widens what fastnn has no dtype for; as_tensor() shares what it can
+    # and copies the same way what it cannot (a float16 or byte-swapped numpy array)
+    for make in (fastnn.tensor, fastnn.as_tensor):
+        half = make(np.array([1.5, -2.25], np.float16))
+        assert half.dtype == np.float32 and half.numpy().tolist() == [1.5, -2.25]
+        swapped = make(np.array([1.5, 3.0], ">f4"))
+        assert swapped.dtype == np.float32 and swapped.numpy().tolist() == [1.5, 3.0]
+        assert make(np.array([7, -8], ">i8")).numpy().tolist() == [7, -8]
+        assert make(np.array([1, 2], np.int16)).dtype == np.int64
+        assert make(np.array([0.5], np.longdouble)).dtype == np.float64
+        with pytest.raises(TypeError, match="^data: unsupported dtype bfloat16 .*float32, float64"):
+            make(torch.ones(2, dtype=torch.bfloat16))
+        with pytest.raises(TypeError, match="^dtype: fastnn has no float16 tensors"):
+            make([1.0, 2.0], dtype="float16")
+    grad = torch.ones(3, requires_grad=True)
+    assert fastnn.tensor(grad).numpy().tolist() == [1.0, 1.0, 1.0]  # a copy: the graph is not shared
+    with pytest.raises(TypeError, match="^data: .*requires grad.*detach"):
+        fastnn.as_tensor(grad)
+    shared = np.arange(4.0, dtype=np.float32)
+    assert fastnn.as_tensor(shared).data_ptr() == shared.ctypes.data
+
+
+@pytest.mark.parametrize("bad, says", [
+    (np.ones((4, 5), np.float16), "unsupported dtype float16"),
+    (torch.ones(4, 5, dtype=torch.bfloat16), "unsupported dtype bfloat16"),
+    (np.ones((4, 5), np.complex64), "unsupported dtype complex64"),
+    (torch.ones(4, 5, requires_grad=True), "requires grad.*detach"),
+    (np.ones((4, 5), ">f4"), "native byte order"),
+])
+def test_op_arguments_that_cannot_be_imported_raise_type_errors_naming_them(bad, says):
+    # from_dlpack raises BufferError (the DLPack protocol's error); an op's argument that cannot be
+    # read is the wrong kind of argument, a TypeError naming it like every other argument check
+    import fastnn.functional as F
+    from fastnn import nn
+
+    good = np.ones((4, 5), np.float32)
+    calls = [
+        ("x", lambda a: F.relu(a)),
+        ("weight", lambda a: F.linear(good, a)),
+        ("x", lambda a: F.batch_norm(a)),
+        ("logits", lambda a: F.cross_entropy(a, np.zeros(4, np.int64))),
+        ("x", lambda a: nn.Linear(5, 3)(a)),
+        ("x", lambda a: nn.Softmax()(a)),
+    ]
+    for name, call in calls:
+        with pytest.raises(TypeError, match=f"^{name}: .*{says}"):
+            call(bad)
+    with pytest.raises(BufferError):  # from_dlpack itself keeps the protocol's error
+        fastnn.from_dlpack(bad)
 
 
 def test_producers_before_the_2023_array_api_and_failing_producers():

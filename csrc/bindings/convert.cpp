@@ -14,7 +14,19 @@ Tensor to_tensor(py::handle obj, const char* arg) {
   if (py::isinstance<Tensor>(obj)) return obj.cast<Tensor>();
   if (obj.is_none())
     throw TypeError(detail::concat(arg, ": expected a tensor (fastnn.Tensor, numpy array or torch tensor), got None"));
-  if (has_attr(obj, "__dlpack__")) return from_dlpack(obj, py::none(), arg);
+  if (has_attr(obj, "__dlpack__")) {
+    // from_dlpack raises BufferError, as the DLPack protocol asks of an import; an op's argument
+    // that cannot be read (float16, a tensor that requires grad, a big-endian numpy array) is the
+    // wrong kind of argument, a TypeError naming it like every other check here.
+    try {
+      return from_dlpack(obj, py::none(), arg);
+    } catch (const BufferError& e) {
+      throw TypeError(e.what());
+    } catch (py::error_already_set& e) {  // the producer's own refusal
+      if (!e.matches(PyExc_BufferError)) throw;
+      throw TypeError(detail::concat(arg, ": ", py::str(e.value()).cast<std::string>()));
+    }
+  }
   throw TypeError(detail::concat(arg, ": expected a fastnn.Tensor, numpy array or torch tensor, got ",
                                  type_name(obj), " (wrap lists with fastnn.tensor(...))"));
 }

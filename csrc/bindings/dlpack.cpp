@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <iterator>
+#include <string>
 
 #include "bindings/convert.h"
 #include "core/dispatch.h"
@@ -41,6 +43,16 @@ static bool from_dl_dtype(DLDataType d, DType* out) {
   else if (d.code == kDLBool && d.bits == 8) *out = DType::bool_;
   else return false;
   return true;
+}
+
+// How numpy and torch name a DLPack dtype ("float16", "bfloat16", "complex64"), for messages.
+static std::string dl_dtype_name(DLDataType d) {
+  static const char* const kinds[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
+  if (d.code >= std::size(kinds)) return "of an unknown kind";
+  std::string name = kinds[d.code];
+  if (d.code != kDLBool) name += std::to_string(d.bits);
+  if (d.lanes != 1) name += "x" + std::to_string(d.lanes);
+  return name;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,7 +286,8 @@ Tensor from_dlpack(py::handle obj, py::handle copy, const char* arg) {
 
   // Validate everything before taking ownership: a failure leaves the capsule to its destructor.
   DType dtype;
-  FASTNN_CHECK(from_dl_dtype(dl->dtype, &dtype), BufferError, arg, ": unsupported dtype (code ",
+  FASTNN_CHECK(from_dl_dtype(dl->dtype, &dtype), BufferError, arg, ": unsupported dtype ",
+               dl_dtype_name(dl->dtype), " (DLPack code ",
                int(dl->dtype.code), ", bits ", int(dl->dtype.bits), ", lanes ", dl->dtype.lanes,
                "); fastnn takes float32, float64, int32, int64, uint8 and bool");
   Device device;

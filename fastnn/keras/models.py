@@ -19,11 +19,20 @@ _LOSS_ALIASES = {"mean_squared_error": "mse", "MSE": "mse"}
 _EPS = 1e-7  # Keras clips probabilities to [eps, 1 - eps] before taking logs
 
 
+def _host_array(data) -> np.ndarray:
+    """numpy's view of data: a pandas DataFrame / Series, or a torch tensor on any device (one that
+    requires grad too: fit only reads it), or anything np.asarray takes."""
+    if hasattr(data, "to_numpy"):  # pandas
+        data = data.to_numpy()
+    elif hasattr(data, "detach") and hasattr(data, "cpu"):  # torch
+        data = data.detach().cpu()
+    return np.asarray(data)
+
+
 def _features(x, name="x") -> np.ndarray:
-    """Any real-valued array-like (numpy of any real dtype, pandas DataFrame, bools) as float32 (N, ...)."""
-    if hasattr(x, "to_numpy"):  # pandas DataFrame / Series
-        x = x.to_numpy()
-    x = np.asarray(x)
+    """Any real-valued array-like (numpy of any real dtype, pandas DataFrame, torch tensor, bools) as
+    float32 (N, ...)."""
+    x = _host_array(x)
     if x.dtype == object:
         try:
             x = x.astype(np.float64)
@@ -46,9 +55,7 @@ def _nonempty(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _targets(y, name="y") -> np.ndarray:
-    if hasattr(y, "to_numpy"):
-        y = y.to_numpy()
-    y = np.asarray(y)
+    y = _host_array(y)
     if y.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected numeric or bool labels, got dtype {y.dtype}")
     return y

@@ -124,6 +124,7 @@ class Softmax(_Activation):
         self.dim = dim
 
     def forward(self, x):
+        x = _C.as_tensor(x, "x")  # a TypeError naming x for what is not a tensor, before dim is read
         _check_last_dim(self.dim, x)
         self._y = F.softmax(x)
         return self._y
@@ -136,6 +137,7 @@ class LogSoftmax(Softmax):
     kind = "log_softmax"
 
     def forward(self, x):
+        x = _C.as_tensor(x, "x")  # a TypeError naming x for what is not a tensor, before dim is read
         _check_last_dim(self.dim, x)
         self._y = F.log_softmax(x)
         return self._y
