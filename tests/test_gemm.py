@@ -106,6 +106,8 @@ def test_gemm_empty_m_or_n(dtype, rng):
     (100, 1000, 300, False, True),   # a few dozen rows: C^T = W X^T, then transposed into C
     (1000, 20, 700, False, False),   # few columns: rows split in pieces, B packed once for all
     (600, 20, 1100, False, True),    # the same with W^T packed, in three K blocks
+    (4100, 100, 520, False, True),   # a tall C whose A (8.5 MB float32) is past the caches: rows split
+    (4100, 100, 520, False, False),  # the same with B as stored
 ])
 def test_gemm_same_bits_on_any_thread_count(m, n, k, ta, tb, dtype, rng):
     """One thread walks every block itself; two split C by rows or columns. Each element is summed

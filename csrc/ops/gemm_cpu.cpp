@@ -348,6 +348,14 @@ constexpr int64_t kMinPiecesK = 64;
 // MLP's batch-128 layers take 0.4-0.5 MB); a larger B is packed block by block by each thread.
 constexpr int64_t kSharedBMaxBytes = int64_t{4} << 20;
 
+// A larger than this is not split by columns when C has at least twice as many rows as columns
+// (gemm_blocked): beyond a laptop's last-level cache, and this VM's share of one. Zen 3, 2
+// threads, X W^T, interleaved: 20000 x 784 -> 100 float32 90 -> 133 GFLOP/s, float64 41 -> 62;
+// 4000 x 784 -> 100 (12.5 MB) 131 -> 158; 3000 x 784 -> 128 (9.4 MB) 139 -> 146; dY W at 20000 x
+// 100 -> 784 128 -> 137. With A in cache the column split stays ahead (2048 x 784 -> 128, 6.4 MB:
+// 159 against 147; 200 x 784 -> 100: 132 against 122).
+constexpr int64_t kColumnSplitMaxABytes = int64_t{8} << 20;
+
 // Inner dimensions up to this count as short in gemm_blocked (C's writes bound the time), whose B
 // blocks then span up to kShortKBlockBytes of packed B: within L2 beside the rows being written.
 constexpr int64_t kShortK = 64;
@@ -396,6 +404,12 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
   // Each thread owns a slice of C; split the columns unless C is too narrow to give every thread
   // whole vectors while it has rows to spare.
   bool split_n = !split_rows && threads > 1 && (p.n >= int64_t(threads) * ks.nr || p.m < int64_t(threads) * ks.mr * 2);
+  // A column piece reads all of A, so a tall C (many samples, a narrow layer: scikit-learn's
+  // default 100 hidden units, its lbfgs solver's whole-data batches) whose A has outgrown the
+  // caches streamed A from DRAM once per piece and per K block, which bound the time; its rows
+  // split instead (each thread reads its rows of A once, B packed once for both).
+  if (split_n && p.m >= 2 * p.n && !p.trans_a && p.m * p.k * int64_t(sizeof(T)) > kColumnSplitMaxABytes)
+    split_n = false;
   // A^T read in place (dY^T X) takes kc lines lda apart per micro-panel. When lda is a multiple of
   // 512 bytes those lines share at most 8 of L1's 64 sets, so they cannot stay in L1 between the
   // kernel calls across the B block, and each call fetches them again from L2. With AVX2's 16-wide
