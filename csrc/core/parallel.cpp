@@ -153,7 +153,6 @@ class ThreadPool {
     tls_in_parallel = false;
   }
 
-  const std::chrono::microseconds spin_;
   bool has_work(uint64_t seen) const { return (ticket_.load(std::memory_order_seq_cst) >> 32) != seen || stop_; }
 
   void worker_loop() {
@@ -191,6 +190,7 @@ class ThreadPool {
     workers_.clear();
   }
 
+  const std::chrono::microseconds spin_;
   int threads_ = 1;
   std::vector<std::thread> workers_;
   std::mutex run_mu_, mu_, error_mu_;
