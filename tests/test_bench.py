@@ -280,6 +280,21 @@ def test_profile_step_times_every_kernel_of_the_step():
     assert "Outside the kernels" in done.stdout
 
 
+def test_sklearn_comparison_fits_every_solver_with_both_libraries():
+    pytest.importorskip("sklearn")
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_sklearn.py")
+    done = subprocess.run([sys.executable, script, "--samples", "400", "--rounds", "1", "--hidden", "8"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()
+            if line.startswith("| ") and "|---" not in line and "solver" not in line]
+    assert [r[0].strip() for r in rows] == ["adam", "sgd", "lbfgs"], done.stdout
+    for r in rows:
+        fast_s, sk_s, ratio = float(r[1]), float(r[2]), float(r[3].strip(" *x"))
+        assert fast_s > 0 and sk_s > 0 and ratio > 0
+        assert all(0 < float(acc) <= 1 for acc in r[4:6])
+
+
 @needs_cuda
 def test_step_launches_lists_the_kernels_of_a_step():
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu", "step_launches.py")
