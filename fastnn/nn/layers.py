@@ -6,7 +6,6 @@ import math
 import numpy as np
 
 from fastnn import _C
-from fastnn import functional as F
 from fastnn import cuda as _cuda
 from fastnn._random import init_generator, next_dropout_key
 from fastnn.nn.module import Module
@@ -118,6 +117,7 @@ class Softmax(_Activation):
 
     kind = "softmax"
     fusable = False
+    log = False  # the kernels' log-softmax switch
 
     def __init__(self, dim: int = -1):
         super().__init__()
@@ -126,24 +126,16 @@ class Softmax(_Activation):
     def forward(self, x):
         x = _C.as_tensor(x, "x")  # a TypeError naming x for what is not a tensor, before dim is read
         _check_last_dim(self.dim, x)
-        self._y = F.softmax(x)
+        self._y = _C.softmax_forward(x, self.log)
         return self._y
 
     def backward(self, dy):
-        return F.softmax_backward(self._from_forward("_y"), dy)
+        return _C.softmax_backward(self._from_forward("_y"), dy, self.log)
 
 
 class LogSoftmax(Softmax):
     kind = "log_softmax"
-
-    def forward(self, x):
-        x = _C.as_tensor(x, "x")  # a TypeError naming x for what is not a tensor, before dim is read
-        _check_last_dim(self.dim, x)
-        self._y = F.log_softmax(x)
-        return self._y
-
-    def backward(self, dy):
-        return F.log_softmax_backward(self._from_forward("_y"), dy)
+    log = True
 
 
 def _check_last_dim(dim, x):
