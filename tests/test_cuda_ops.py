@@ -802,14 +802,16 @@ def test_mse_matches_torch_and_cpu(shape, reduction, dtype, rng):
 @pytest.mark.parametrize("shape", ELEMENTWISE_SHAPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_bce_with_logits_matches_torch_and_cpu(shape, reduction, dtype, rng):
-    last = shape[-1]
-    for weighted, pos in [(False, None), (True, "vector"), (False, "scalar")]:
+    last, first = shape[-1], shape[:1] + (1,) * (len(shape) - 1)
+    # weights broadcast as torch does: the input's shape, one per row (first), one per element of
+    # the last dimension, one for all
+    for w_shape, pw_shape in [(None, None), (shape, (last,)), (None, (1,)), (first, None), ((last,), first)]:
         x, t = randn(rng, shape, dtype, 4.0), rng.random(shape).astype(dtype)
-        w = (rng.random(shape) + 0.5).astype(dtype) if weighted else None
-        pw = None if pos is None else (rng.random(last if pos == "vector" else 1) + 0.5).astype(dtype)
+        w = None if w_shape is None else (rng.random(w_shape) + 0.5).astype(dtype)
+        pw = None if pw_shape is None else (rng.random(pw_shape) + 0.5).astype(dtype)
         dloss = randn(rng, shape if reduction == "none" else (), dtype)
         rloss, rdx = torch_elementwise("bce", x, t, reduction, dloss, w, pw)
-        n, what = int(np.prod(shape)), f"{shape} {reduction} weighted={weighted} pos_weight={pos}"
+        n, what = int(np.prod(shape)), f"{shape} {reduction} weight {w_shape} pos_weight {pw_shape}"
         loss = _C.bce_with_logits_forward(cu(x), cu(t), cu(w), cu(pw), reduction)
         assert_close(host(loss), rloss, dtype, rtol_for(dtype, n), what="loss " + what)
         cpu_loss = np.asarray(_C.bce_with_logits_forward(x, t, w, pw, reduction))

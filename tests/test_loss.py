@@ -293,18 +293,28 @@ def torch_bce(x, t, weight, pos_weight, reduction, dloss):
     return loss.detach(), xt.grad
 
 
+def broadcast_weights(rng, shape, dtype, low, high):
+    """Weights that torch broadcasts to `shape` whose dimensions other than 1 are adjacent: one per
+    row, per element of the trailing dimensions, per middle dimension, and a 0-d one for all."""
+    shapes = {shape[:1] + (1,) * (len(shape) - 1), shape[1:], (1,) + shape[1:], ()}
+    if len(shape) == 3:
+        shapes |= {(shape[1], 1), shape[:2] + (1,)}
+    return [np.asarray(rng.uniform(low, high, s)).astype(dtype) for s in sorted(shapes)]
+
+
 @pytest.mark.parametrize("shape", [(1,), (7,), (33, 1), (1000, 7), (7, 1000), (33, 4, 3)])
 def test_bce_with_logits_matches_torch(shape, dtype, rng):
     x = randn(rng, shape, dtype, scale=4.0)
     t = rng.random(shape).astype(dtype)
     t.reshape(-1)[::3] = np.round(t.reshape(-1)[::3])  # hard labels as well as soft ones
     last = shape[-1]
-    weights = (None, rng.uniform(0.0, 2.0, shape).astype(dtype))
-    pos_weights = (None, rng.uniform(0.1, 5.0, last).astype(dtype), np.array([3.0], dtype))
+    weights = (None, rng.uniform(0.0, 2.0, shape).astype(dtype), *broadcast_weights(rng, shape, dtype, 0.0, 2.0))
+    pos_weights = (None, rng.uniform(0.1, 5.0, last).astype(dtype), np.array([3.0], dtype),
+                   *broadcast_weights(rng, shape, dtype, 0.1, 5.0))
     for w in weights:
         for pw in pos_weights:
             for reduction in REDUCTIONS:
-                what = f"{reduction} weight={w is not None} pos_weight={None if pw is None else pw.shape}"
+                what = f"{reduction} weight={None if w is None else w.shape} pos_weight={None if pw is None else pw.shape}"
                 g = randn(rng, shape, dtype) if reduction == "none" else float(rng.standard_normal())
                 ref_loss, ref_grad = torch_bce(x, t, w, pw, reduction, g)
                 loss = _C.bce_with_logits_forward(x, t, w, pw, reduction)
@@ -480,17 +490,24 @@ def test_elementwise_loss_errors():
         _C.mse_backward(x, x, np.ones(4, np.float32), "none")
     with pytest.raises(ValueError, match=r"target: expected shape \(4, 3\)"):
         _C.bce_with_logits_forward(x, np.zeros(12, np.float32))
-    with pytest.raises(ValueError, match=r"weight: expected shape \(4, 3\)"):
-        _C.bce_with_logits_forward(x, x, np.ones(3, np.float32))
-    with pytest.raises(ValueError, match=r"pos_weight: expected shape \(3,\)"):
-        _C.bce_with_logits_backward(x, x, 1.0, pos_weight=np.ones(4, np.float32))
-    with pytest.raises(ValueError, match=r"pos_weight: expected shape \(3,\)"):
-        _C.bce_with_logits_forward(x, x, pos_weight=np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"weight: shape \(4,\) does not broadcast to input's shape \(4, 3\)"):
+        _C.bce_with_logits_forward(x, x, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"pos_weight: shape \(2, 3\) does not broadcast"):
+        _C.bce_with_logits_backward(x, x, 1.0, pos_weight=np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"pos_weight: shape \(1, 4, 3\) has more dimensions than input \(4, 3\)"):
+        _C.bce_with_logits_forward(x, x, pos_weight=np.ones((1, 4, 3), np.float32))
     with pytest.raises(TypeError, match="pos_weight: expected float32"):
         _C.bce_with_logits_forward(x, x, pos_weight=np.ones(3))
-    with pytest.raises(ValueError, match="pos_weight: needs an input with at least 1 dimension"):
+    with pytest.raises(ValueError, match="pos_weight: shape \\(1,\\) has more dimensions than input \\(\\)"):
         _C.bce_with_logits_forward(np.zeros((), np.float32), np.zeros((), np.float32),
                                    pos_weight=np.ones(1, np.float32))
+    # torch broadcasts a (5, 1, 3) weight over (5, 4, 3); fastnn's kernels read weights whose
+    # dimensions other than 1 are adjacent, and say so
+    x3 = np.zeros((5, 4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"weight: shape \(5, 1, 3\) repeats along a dimension .* expanded"):
+        _C.bce_with_logits_forward(x3, x3, np.ones((5, 1, 3), np.float32))
+    loss = _C.bce_with_logits_forward(x3, x3, np.broadcast_to(np.ones((5, 1, 3), np.float32), x3.shape).copy())
+    assert np.isclose(float(np.asarray(loss)), np.log(2.0))
     with pytest.raises(ValueError, match="reduction: expected"):
         _C.bce_with_logits_forward(x, x, reduction="Mean")
     with pytest.raises(TypeError, match="input: expected a fastnn.Tensor"):

@@ -79,17 +79,14 @@ std::pair<Tensor, Tensor> elementwise_args(py::handle input_, py::handle target_
   return {input, target};
 }
 
-Tensor pos_weight_arg(py::handle obj, const Tensor& input) {
+// BCE's weight or pos_weight: the dtype and device of input and a shape that broadcasts to it as
+// the kernels read it (ops/loss.h, broadcast_layout), or None.
+Tensor broadcast_arg(py::handle obj, const Tensor& input, const char* arg) {
   if (obj.is_none()) return Tensor();
-  Tensor p = to_tensor(obj, "pos_weight");
-  check_like(p, input, "pos_weight", "input");
-  FASTNN_CHECK(input.dim() >= 1, ValueError,
-               "pos_weight: needs an input with at least 1 dimension (it weighs the last one), got a 0-d input");
-  const int64_t last = input.size(-1);
-  FASTNN_CHECK(p.dim() == 1 && (p.size(0) == last || p.size(0) == 1), ValueError,
-               "pos_weight: expected shape (", last, ",) (the last dimension of input ",
-               shape_str(input.shape()), ") or (1,), got ", shape_str(p.shape()));
-  return p;
+  Tensor t = to_tensor(obj, arg);
+  check_like(t, input, arg, "input");
+  broadcast_layout(t.shape(), input.shape(), arg);
+  return t;
 }
 
 }  // namespace
@@ -164,23 +161,24 @@ given, and may be logits itself (the gradient then overwrites the logits).)doc")
                                       py::handle pos_weight_, const std::string& reduction) {
           const Reduction r = parse_reduction(reduction);
           auto [input, target] = elementwise_args(input_, target_);
-          Tensor weight = optional_like(weight_, input, "weight", "input", input.shape());
-          Tensor pos_weight = pos_weight_arg(pos_weight_, input);
+          Tensor weight = broadcast_arg(weight_, input, "weight");
+          Tensor pos_weight = broadcast_arg(pos_weight_, input, "pos_weight");
           Tensor loss = Tensor::empty(loss_shape(r, input.shape()), input.dtype(), input.device());
           bce_with_logits_forward(input, target, weight, pos_weight, r, loss);
           return loss;
         }, py::arg("input"), py::arg("target"), py::arg("weight") = py::none(),
         py::arg("pos_weight") = py::none(), py::arg("reduction") = "mean",
         "Binary cross-entropy with logits like torch.nn.functional.binary_cross_entropy_with_logits; "
-        "weight has the shape of input, pos_weight the last dimension of input (or 1).");
+        "weight and pos_weight broadcast to input's shape as in torch (e.g. (C,) per class or (N, 1) "
+        "per row of an (N, C) input), with their dimensions other than 1 adjacent.");
 
   m.def("bce_with_logits_backward", [](py::handle input_, py::handle target_, py::handle dloss_,
                                        py::handle weight_, py::handle pos_weight_,
                                        const std::string& reduction, py::handle out_) {
           const Reduction r = parse_reduction(reduction);
           auto [input, target] = elementwise_args(input_, target_);
-          Tensor weight = optional_like(weight_, input, "weight", "input", input.shape());
-          Tensor pos_weight = pos_weight_arg(pos_weight_, input);
+          Tensor weight = broadcast_arg(weight_, input, "weight");
+          Tensor pos_weight = broadcast_arg(pos_weight_, input, "pos_weight");
           Tensor dloss = upstream(dloss_, input, "input", loss_shape(r, input.shape()));
           Tensor dinput = output(out_, input.shape(), input.dtype(), input.device());
           bce_with_logits_backward(input, target, dloss, weight, pos_weight, r, dinput);

@@ -1,5 +1,7 @@
 #include "ops/loss.h"
 
+#include <algorithm>
+
 namespace fastnn {
 
 Reduction parse_reduction(const std::string& name) {
@@ -15,6 +17,30 @@ const char* reduction_name(Reduction r) {
     case Reduction::sum: return "sum";
     default: return "none";
   }
+}
+
+BroadcastLayout broadcast_layout(const Shape& operand, const Shape& input, const char* arg) {
+  const size_t rank = input.size(), extra = rank - std::min(rank, operand.size());
+  FASTNN_CHECK(operand.size() <= rank, ValueError, arg, ": shape ", shape_str(operand), " has more dimensions than input ",
+               shape_str(input));
+  // dimensions of input (aligned at the right) that the operand does not repeat, first to last
+  size_t first = rank, last = 0;
+  for (size_t d = extra; d < rank; ++d) {
+    const int64_t o = operand[d - extra];
+    FASTNN_CHECK(o == input[d] || o == 1, ValueError, arg, ": shape ", shape_str(operand),
+                 " does not broadcast to input's shape ", shape_str(input));
+    if (o != 1) first = std::min(first, d), last = d;
+  }
+  BroadcastLayout layout;
+  if (first == rank || shape_numel(input) == 0) return layout;
+  for (size_t d = first; d <= last; ++d) {
+    FASTNN_CHECK(input[d] == 1 || operand[d - extra] != 1, ValueError, arg, ": shape ", shape_str(operand),
+                 " repeats along a dimension of input ", shape_str(input), " between two it spans, which ",
+                 "fastnn does not take: pass it expanded to the input's shape (numpy.broadcast_to)");
+    layout.period *= input[d];
+  }
+  for (size_t d = last + 1; d < rank; ++d) layout.inner *= input[d];
+  return layout;
 }
 
 void throw_bad_label(const BadLabel& bad, int64_t classes, int64_t ignore_index) {

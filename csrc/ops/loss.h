@@ -87,6 +87,31 @@ FASTNN_HD T bce_with_logits_grad(T x, T t, T pos_weight, T e) {
   return (T(1) - t) * sig - pos_weight * t * one_minus_sig;
 }
 
+// A BCE weight or pos_weight broadcast to the input as torch broadcasts it: element i of the flat,
+// row-major input takes data[(i / inner) % period]. That covers every operand whose dimensions
+// other than 1 are adjacent once aligned with the input's trailing ones: the input's own shape,
+// one value per class (C,) or per row (N, 1) of (N, C), per channel (C, 1) of (N, C, L), a scalar.
+struct BroadcastLayout {
+  int64_t inner = 1, period = 1;
+};
+// ValueError naming `arg` when torch would not broadcast `operand` to exactly `input` (the loss
+// keeps the input's shape), or when its non-1 dimensions are not adjacent (expanded, it is taken).
+BroadcastLayout broadcast_layout(const Shape& operand, const Shape& input, const char* arg);
+
+template <class T>
+struct Broadcast {
+  const T* data = nullptr;  // nullptr: the argument is absent, every element weighs 1
+  BroadcastLayout layout;
+  FASTNN_HD T operator[](int64_t i) const { return data ? data[i / layout.inner % layout.period] : T(1); }
+};
+
+// The kernels' view of an optional operand the bindings checked.
+template <class T>
+Broadcast<T> broadcast_of(const Tensor& operand, const Tensor& input) {
+  if (!operand.defined()) return {};
+  return {operand.data<T>(), broadcast_layout(operand.shape(), input.shape(), "operand")};
+}
+
 template <class T>
 FASTNN_HD T bce_with_logits_loss(T x, T t, T pos_weight) {
   return bce_with_logits_loss(x, t, pos_weight, std::log1p(std::exp(-std::fabs(x))));
@@ -124,8 +149,7 @@ void mse_forward(const Tensor& input, const Tensor& target, Reduction reduction,
 void mse_backward(const Tensor& input, const Tensor& target, const Tensor& dloss,
                   Reduction reduction, Tensor& dinput);
 
-// weight: the shape of input, or undefined; pos_weight: (L,) or (1,) with L the last dimension of
-// input (broadcast over the leading dimensions), or undefined.
+// weight, pos_weight: undefined, or shapes that broadcast_layout takes for input's shape.
 void bce_with_logits_forward(const Tensor& input, const Tensor& target, const Tensor& weight,
                              const Tensor& pos_weight, Reduction reduction, Tensor& loss);
 void bce_with_logits_backward(const Tensor& input, const Tensor& target, const Tensor& dloss,

@@ -172,18 +172,14 @@ ElementwiseParams<T> elementwise_params(const Tensor& input, const Tensor& targe
   ElementwiseParams<T> p{};
   p.x = input.data<T>();
   p.t = target.data<T>();
-  p.pos_weight_len = 1;
   p.n = input.numel();
   return p;
 }
 
 template <class T>
-void bce_options(ElementwiseParams<T>& p, const Tensor& weight, const Tensor& pos_weight) {
-  if (weight.defined()) p.weight = weight.data<T>();
-  if (pos_weight.defined()) {
-    p.pos_weight = pos_weight.data<T>();
-    p.pos_weight_len = pos_weight.numel();
-  }
+void bce_options(ElementwiseParams<T>& p, const Tensor& input, const Tensor& weight, const Tensor& pos_weight) {
+  p.weight = broadcast_of<T>(weight, input);
+  p.pos_weight = broadcast_of<T>(pos_weight, input);
 }
 
 unsigned elementwise_grid(int64_t n) { return cuda_rt::grid_for(n, reduce::kReduceThreads); }
@@ -296,7 +292,7 @@ void bce_with_logits_forward(const Tensor& input, const Tensor& target, const Te
   dispatch_floating(input.dtype(), "input", [&](auto tag) {
     using T = decltype(tag);
     ElementwiseParams<T> p = elementwise_params<T>(input, target);
-    bce_options(p, weight, pos_weight);
+    bce_options(p, input, weight, pos_weight);
     elementwise_forward<T, BceOp>(p, reduction, loss, input.device(), "bce_with_logits_loss",
                                   "bce_with_logits_sum");
   });
@@ -308,7 +304,7 @@ void bce_with_logits_backward(const Tensor& input, const Tensor& target, const T
   dispatch_floating(input.dtype(), "input", [&](auto tag) {
     using T = decltype(tag);
     ElementwiseParams<T> p = elementwise_params<T>(input, target);
-    bce_options(p, weight, pos_weight);
+    bce_options(p, input, weight, pos_weight);
     elementwise_backward<T, BceOp>(p, dloss, reduction, dinput, "bce_with_logits_grad");
   });
 }

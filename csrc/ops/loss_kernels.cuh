@@ -325,9 +325,7 @@ template <class T>
 struct ElementwiseParams {
   const T* x;
   const T* t;
-  const T* weight;      // BCE: the shape of x, or nullptr (1)
-  const T* pos_weight;  // BCE: nullptr (1), one value, or one per element of the last dimension
-  int64_t pos_weight_len;
+  Broadcast<T> weight, pos_weight;  // BCE (ops/loss.h); absent: 1
   int64_t n;
   T* loss;              // per-element losses (reduction "none" forward)
   T* grad;              // gradient (backward)
@@ -350,18 +348,14 @@ struct MseOp {
 
 struct BceOp {
   template <class T>
-  __device__ __forceinline__ static T pos_weight(const ElementwiseParams<T>& p, int64_t i) {
-    return p.pos_weight ? p.pos_weight[p.pos_weight_len == 1 ? 0 : i % p.pos_weight_len] : T(1);
-  }
-  template <class T>
   __device__ __forceinline__ static T loss(const ElementwiseParams<T>& p, int64_t i) {
-    const T l = bce_with_logits_loss(p.x[i], p.t[i], pos_weight(p, i));
-    return p.weight ? p.weight[i] * l : l;  // torch weighs the loss last
+    const T l = bce_with_logits_loss(p.x[i], p.t[i], p.pos_weight[i]);
+    return p.weight.data ? p.weight[i] * l : l;  // torch weighs the loss last
   }
   template <class T>
   __device__ __forceinline__ static T grad(const ElementwiseParams<T>& p, int64_t i, T scale) {
-    const T g = bce_with_logits_grad(p.x[i], p.t[i], pos_weight(p, i)) * scale;
-    return p.weight ? g * p.weight[i] : g;  // torch weighs the gradient last
+    const T g = bce_with_logits_grad(p.x[i], p.t[i], p.pos_weight[i]) * scale;
+    return p.weight.data ? g * p.weight[i] : g;  // torch weighs the gradient last
   }
 };
 

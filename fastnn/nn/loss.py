@@ -62,6 +62,11 @@ class MSELoss(_Loss):
 
 
 class BCEWithLogitsLoss(_Loss):
+    """torch.nn.BCEWithLogitsLoss. ``weight`` and ``pos_weight`` broadcast to the input as in torch:
+    (C,) per label and (N, 1) per sample of an (N, C) input, the input's own shape, or one value.
+    A shape torch broadcasts over non-adjacent dimensions ((N, 1, L) on (N, C, L)) raises
+    ValueError; pass it expanded (``numpy.broadcast_to(w, shape).copy()``)."""
+
     def __init__(self, weight=None, reduction: str = "mean", pos_weight=None):
         super().__init__()
         self.weight = None if weight is None else _C.as_tensor(weight, "weight")
