@@ -135,10 +135,7 @@ FASTNN_HD void adam_update(T& param, T grad, T& exp_avg, T& exp_avg_sq, T& max_e
                            const AdamScalars<T>& s, bool maximize, bool weight_decay,
                            bool decoupled_weight_decay, bool amsgrad) {
   if (maximize) grad = -grad;
-  if (weight_decay) {
-    if (decoupled_weight_decay) param = param * s.decay_factor;
-    else grad = grad + s.weight_decay * param;
-  }
+  if (weight_decay && !decoupled_weight_decay) grad = grad + s.weight_decay * param;
   exp_avg = torch_lerp(exp_avg, grad, s.lerp_weight);
   exp_avg_sq = exp_avg_sq * s.beta2 + s.one_minus_beta2 * grad * grad;
   T second_moment = exp_avg_sq;
@@ -147,6 +144,11 @@ FASTNN_HD void adam_update(T& param, T grad, T& exp_avg, T& exp_avg_sq, T& max_e
     second_moment = max_exp_avg_sq;
   }
   const T denom = std::sqrt(second_moment) / s.bias_correction2_sqrt + s.eps;
+  // AdamW's decay, next to the update it may be contracted into (an FMA): the compiler contracts
+  // only within one basic block, and AMSGrad's max above is a branch in scalar code, so decaying
+  // first contracted in the vector loop but not in its scalar remainder, and an element's bits
+  // depended on where its span began.
+  if (weight_decay && decoupled_weight_decay) param = param * s.decay_factor;
   param = param + s.neg_step_size * exp_avg / denom;
 }
 
