@@ -7,7 +7,7 @@ from fastnn import _C
 
 
 # numpy dtypes a fastnn Tensor holds as they are (the DLPack kinds _C.from_dlpack takes)
-_HELD = {np.dtype(t) for t in ("float32", "float64", "int32", "int64", "uint8", "bool")}
+_HELD = {np.dtype(t) for t in _C.dtypes}
 
 
 def _holdable(arr: np.ndarray, dtype_given: bool) -> np.ndarray:
@@ -17,8 +17,7 @@ def _holdable(arr: np.ndarray, dtype_given: bool) -> np.ndarray:
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if dtype_given and arr.dtype not in _HELD:
-        raise TypeError(f"dtype: fastnn has no {arr.dtype} tensors; it takes "
-                        "float32, float64, int32, int64, uint8 and bool")
+        raise TypeError(f"dtype: fastnn has no {arr.dtype} tensors; it takes {_C.dtype_list}")
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"data: expected numbers or bools, got an array of dtype {arr.dtype}")
     if arr.dtype not in _HELD:

@@ -38,6 +38,16 @@ def test_dlpack_struct_layout_matches_spec():
     assert layout["DLManagedTensorVersioned.dl_tensor"] == 32
 
 
+def test_dtype_names_come_from_the_extension():
+    # _C.dtypes is the one list (csrc/core/dtype.h) that fastnn.tensor and the messages read
+    assert _C.dtypes == tuple(ALL_DTYPES)
+    assert _C.dtype_list == "float32, float64, int32, int64, uint8 and bool"
+    for name in _C.dtypes:
+        assert _C.zeros([2], name).dtype == np.dtype(name)
+    with pytest.raises(TypeError, match="dtype: expected one of float32, .* and bool, got 'half'"):
+        _C.zeros([2], "half")
+
+
 @pytest.mark.parametrize("dt", ALL_DTYPES)
 def test_all_dtypes_round_trip_zero_copy(dt):
     a = (np.arange(12) % 2).astype(dt).reshape(3, 4)

@@ -120,6 +120,10 @@ copy nothing.)doc")
                      "_tensor_view: view of ", need, " bytes does not fit a storage of ", bytes.numel());
         return Tensor(bytes.storage(), byte_offset, shape, dt, bytes.readonly());
       }, py::arg("storage_bytes"), py::arg("byte_offset"), py::arg("shape"), py::arg("dtype"));
+  py::list dtypes;
+  for (DType t : kAllDTypes) dtypes.append(dtype_name(t));
+  m.attr("dtypes") = py::tuple(dtypes);  // the dtypes a Tensor holds, by name
+  m.attr("dtype_list") = dtype_list();   // the same, for messages
   m.def("build_info", []() {
     py::dict d;
     d["version"] = FASTNN_VERSION;

@@ -112,14 +112,12 @@ DType parse_dtype(py::handle obj) {
       if (s.rfind("torch.", 0) == 0) s = s.substr(6);
     }
   }
-  if (s == "float32" || s == "float") return DType::float32;
-  if (s == "float64" || s == "double") return DType::float64;
-  if (s == "int32") return DType::int32;
-  if (s == "int64" || s == "long") return DType::int64;
-  if (s == "uint8") return DType::uint8;
-  if (s == "bool") return DType::bool_;
-  throw TypeError(detail::concat(
-      "dtype: expected one of float32, float64, int32, int64, uint8, bool, got '", s, "'"));
+  for (DType t : kAllDTypes)
+    if (s == dtype_name(t)) return t;
+  if (s == "float") return DType::float32;  // torch's aliases
+  if (s == "double") return DType::float64;
+  if (s == "long") return DType::int64;
+  throw TypeError(detail::concat("dtype: expected one of ", dtype_list(), ", got '", s, "'"));
 }
 
 py::object dtype_to_numpy(DType dtype) {

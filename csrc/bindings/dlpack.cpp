@@ -289,7 +289,7 @@ Tensor from_dlpack(py::handle obj, py::handle copy, const char* arg) {
   FASTNN_CHECK(from_dl_dtype(dl->dtype, &dtype), BufferError, arg, ": unsupported dtype ",
                dl_dtype_name(dl->dtype), " (DLPack code ",
                int(dl->dtype.code), ", bits ", int(dl->dtype.bits), ", lanes ", dl->dtype.lanes,
-               "); fastnn takes float32, float64, int32, int64, uint8 and bool");
+               "); fastnn takes ", dtype_list());
   Device device;
   if (dl->device.device_type == kDLCPU || dl->device.device_type == kDLCUDAHost) {
     device = cpu_device();

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "core/error.h"
 
@@ -31,6 +32,16 @@ inline const char* dtype_name(DType t) {
     case DType::bool_: return "bool";
   }
   return "?";
+}
+
+// Every dtype, in the order messages list them ("float32, float64, ..., uint8 and bool").
+constexpr DType kAllDTypes[] = {DType::float32, DType::float64, DType::int32, DType::int64, DType::uint8, DType::bool_};
+
+inline std::string dtype_list() {
+  std::string list;
+  constexpr size_t n = sizeof(kAllDTypes) / sizeof(kAllDTypes[0]);
+  for (size_t i = 0; i < n; ++i) list += std::string(i == 0 ? "" : i + 1 == n ? " and " : ", ") + dtype_name(kAllDTypes[i]);
+  return list;
 }
 
 inline bool is_floating(DType t) { return t == DType::float32 || t == DType::float64; }
