@@ -108,6 +108,7 @@ def test_gemm_empty_m_or_n(dtype, rng):
     (600, 20, 1100, False, True),    # the same with W^T packed, in three K blocks
     (4100, 100, 520, False, True),   # a tall C whose A (8.5 MB float32) is past the caches: rows split
     (4100, 100, 520, False, False),  # the same with B as stored
+    (100, 333, 21000, True, False),  # dW past the A^T copy's bound (8.4 MB float32): C^T = X^T dY
 ])
 def test_gemm_same_bits_on_any_thread_count(m, n, k, ta, tb, dtype, rng):
     """One thread walks every block itself; two split C by rows or columns. Each element is summed
