@@ -63,6 +63,33 @@ def test_lecture_lbfgs_tanh_configuration():
     assert clf.score(x[1000:], y[1000:]) > 0.9
 
 
+def test_lbfgs_runs_numpy_blas_on_one_thread(monkeypatch):
+    # numpy's BLAS threads, left spinning by L-BFGS-B's vector updates, took a core from fastnn's
+    # GEMMs (a fit 1.6x slower on 2 cores); the solver runs with BLAS limited to one thread, and
+    # the caller's limit is back afterwards
+    import scipy.optimize
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    seen = []
+    minimize = scipy.optimize.minimize
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return minimize(*args, **kwargs)
+
+    before = blas_threads()
+    monkeypatch.setattr(scipy.optimize, "minimize", spy)
+    x, y = digits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier(solver="lbfgs", hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(x[:200], y[:200])
+    assert seen and seen[0] and all(n == 1 for n in seen[0])  # numpy and scipy link a BLAS
+    assert blas_threads() == before
+
+
 def test_dropout_batch_norm_and_early_stopping():
     x, y = digits()
     clf = MLPClassifier(hidden_layer_sizes=(64, 64), dropout=0.2, batch_norm=True, early_stopping=True,
