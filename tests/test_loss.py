@@ -390,7 +390,13 @@ def test_reductions_independent_of_thread_count(dtype, rng, restore_threads):
         return [np.asarray(v).copy() for v in (
             ce[0], ce[1], _C.cross_entropy_forward(x, y, w, "sum"),
             _C.mse_forward(big, t), _C.bce_with_logits_forward(big, t),
-            _C.bce_with_logits_forward(big.reshape(-1, 3), t.reshape(-1, 3), pos_weight=np.ones(3, dtype)))]
+            _C.bce_with_logits_forward(big.reshape(-1, 3), t.reshape(-1, 3), pos_weight=np.ones(3, dtype)),
+            # broadcast weights read in short runs (gathered per block, from mid-row at block edges)
+            _C.bce_with_logits_forward(big.reshape(-1, 3), t.reshape(-1, 3), row_w, pos_w),
+            _C.bce_with_logits_backward(big.reshape(-1, 3), t.reshape(-1, 3), 1.0, row_w, pos_w))]
+
+    row_w = rng.uniform(0.1, 2.0, (100000, 1)).astype(dtype)
+    pos_w = rng.uniform(0.5, 3.0, 3).astype(dtype)
 
     fastnn.set_num_threads(1)
     one = run_all()
@@ -400,6 +406,9 @@ def test_reductions_independent_of_thread_count(dtype, rng, restore_threads):
     three = run_all()
     for a, b, c in zip(one, two, three):
         assert a.tobytes() == b.tobytes() == c.tobytes()
+    ref_loss, ref_grad = torch_bce(big.reshape(-1, 3), t.reshape(-1, 3), row_w, pos_w, "mean", 1.0)
+    assert_close(one[-2], ref_loss, dtype, what="broadcast-weighted loss")
+    assert_close(one[-1], ref_grad, dtype, what="broadcast-weighted dinput")
 
 
 def test_float32_mean_accumulates_in_double(rng):
