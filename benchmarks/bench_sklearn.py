@@ -66,6 +66,9 @@ def main():
         for _ in range(args.rounds):
             for lib, cls in (("fastnn", FastMLP), ("sklearn", SkMLP)):
                 model = cls(hidden_layer_sizes=(args.hidden,), random_state=0, **kw)
+                # the previous fit's or score's idle workers stop spinning first: OpenBLAS's took
+                # a core from fastnn's GEMMs for 100-300 ms after scikit-learn's last call
+                time.sleep(0.5)
                 start = time.perf_counter()
                 model.fit(x, y)
                 times[lib].append(time.perf_counter() - start)
