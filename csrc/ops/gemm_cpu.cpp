@@ -523,6 +523,20 @@ constexpr int64_t kTransposedMaxRows = 128;
 constexpr int64_t kTransposedMaxScratch = int64_t{4} << 20;
 thread_local PackBuffer tl_scratch;
 
+// S = C^T = op(B)^T op(A)^T without bias or activation, written to s (p.n x p.m, row-major): the
+// product of the paths that then transpose S into C (transposed_epilogue).
+template <class T>
+GemmProblem<T> transposed_problem(const GemmProblem<T>& p, T* s) {
+  GemmProblem<T> q;
+  q.trans_a = !p.trans_b, q.trans_b = !p.trans_a;
+  q.m = p.n, q.n = p.m, q.k = p.k;
+  q.alpha = p.alpha;
+  q.a = p.b, q.lda = p.ldb;
+  q.b = p.a, q.ldb = p.lda;
+  q.c = s, q.ldc = p.m;
+  return q;
+}
+
 // C = act(S^T + bias) for S, p.n x p.m (row-major), the product W X^T: whole vec x vec blocks through
 // the kernel set's transpose, the edges elementwise; then bias and activation on C's rows.
 template <class T>
@@ -614,30 +628,16 @@ void gemm(const GemmProblem<T>& p) {
   if (special_paths && ks.transpose_block && !p.trans_a && p.trans_b && p.beta == T(0) && p.m > kDotMaxRows &&
       p.m <= kTransposedMaxRows && p.n > kTransposedMaxRows && p.n >= 4 * p.m &&
       p.m * p.n * static_cast<int64_t>(sizeof(T)) <= kTransposedMaxScratch) {
-    GemmProblem<T> q;  // S = W X^T, p.n x p.m
-    q.trans_b = true;
-    q.m = p.n, q.n = p.m, q.k = p.k;
-    q.alpha = p.alpha;
-    q.a = p.b, q.lda = p.ldb;
-    q.b = p.a, q.ldb = p.lda;
     T* s = tl_scratch.get<T>(static_cast<size_t>(p.n * p.m));
-    q.c = s, q.ldc = p.m;
-    gemm_blocked(q, ks, threads, /*split_rows=*/true);
+    gemm_blocked(transposed_problem(p, s), ks, threads, /*split_rows=*/true);  // S = W X^T
     transposed_epilogue(p, ks, s, threads);
     return;
   }
   const bool a_copy_fits = p.m * p.k * static_cast<int64_t>(sizeof(T)) <= kTransposedAMaxScratch;
   if (special_paths && ks.transpose_block && p.trans_a && !p.trans_b && p.beta == T(0) && !a_copy_fits &&
       p.m < p.n && p.m * p.n * static_cast<int64_t>(sizeof(T)) <= kTransposedMaxScratch) {
-    GemmProblem<T> q;  // S = C^T = X^T dY, p.n x p.m
-    q.trans_a = true;
-    q.m = p.n, q.n = p.m, q.k = p.k;
-    q.alpha = p.alpha;
-    q.a = p.b, q.lda = p.ldb;
-    q.b = p.a, q.ldb = p.lda;
     T* s = tl_scratch.get<T>(static_cast<size_t>(p.n * p.m));
-    q.c = s, q.ldc = p.m;
-    gemm(q);
+    gemm(transposed_problem(p, s));  // S = X^T dY: another path than this one, as S is wider than tall
     transposed_epilogue(p, ks, s, threads);
     return;
   }
