@@ -60,6 +60,18 @@ def test_gemm_all_transposes(m, dtype, rng):
                      what=f"gemm {m}x{n}x{k} ta={ta} tb={tb} alpha={alpha} beta={beta}")
 
 
+def test_gemm_large_k_weight_gradient_accumulates(dtype, rng):
+    # dW += dY^T X past the A^T copy's bound: computed as C^T = X^T dY, then added into C
+    m, n, k = 100, 333, 21000
+    a, b = operands(rng, m, n, k, True, False, dtype)
+    c0 = randn(rng, (m, n), dtype)
+    for alpha, beta in [(1.0, 1.0), (0.5, -2.0)]:
+        c = c0.copy()
+        _C.gemm(a, b, c, alpha=alpha, beta=beta, trans_a=True)
+        assert_close(c, reference(a, b, True, False, alpha, beta, c0), dtype, rtol_for(dtype, k),
+                     what=f"alpha={alpha} beta={beta}")
+
+
 @pytest.mark.parametrize("ta,tb", TRANS)
 def test_gemm_new_output_ignores_beta(ta, tb, dtype, rng):
     a, b = operands(rng, 33, 70, 100, ta, tb, dtype)

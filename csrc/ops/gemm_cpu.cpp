@@ -537,22 +537,27 @@ GemmProblem<T> transposed_problem(const GemmProblem<T>& p, T* s) {
   return q;
 }
 
-// C = act(S^T + bias) for S, p.n x p.m (row-major), the product W X^T: whole vec x vec blocks through
-// the kernel set's transpose, the edges elementwise; then bias and activation on C's rows.
+// C = act(S^T + beta C + bias) for S, p.n x p.m (row-major), the product op(A) op(B) transposed:
+// whole vec x vec blocks through the kernel set's transpose (beta = 0, where C is never read), the
+// rest elementwise; then bias and activation on C's rows.
 template <class T>
 void transposed_epilogue(const GemmProblem<T>& p, const KernelSet<T>& ks, const T* s, int threads) {
   const int64_t w = ks.vec, m = p.m, n = p.n;
+  const T beta = p.beta;
   parallel_for((m + w - 1) / w, std::max<int64_t>(1, (m + w - 1) / w / threads), [&](int64_t b0, int64_t b1) {
     for (int64_t i0 = b0 * w; i0 < std::min(m, b1 * w); i0 += w) {
       const int64_t rows = std::min(w, m - i0);
       T* c = p.c + i0 * p.ldc;
       for (int64_t j0 = 0; j0 < n; j0 += w) {
         const int64_t cols = std::min(w, n - j0);
-        if (rows == w && cols == w) {
+        if (rows == w && cols == w && beta == T(0)) {
           ks.transpose_block(s + j0 * m + i0, m, c + j0, p.ldc);
         } else {
           for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j) c[i * p.ldc + j0 + j] = s[(j0 + j) * m + i0 + i];
+            for (int64_t j = 0; j < cols; ++j) {
+              T& cij = c[i * p.ldc + j0 + j];
+              cij = beta == T(0) ? s[(j0 + j) * m + i0 + i] : s[(j0 + j) * m + i0 + i] + beta * cij;
+            }
         }
       }
       if (p.bias)
@@ -581,6 +586,7 @@ thread_local PackBuffer tl_transposed_a;
 // x 784 -> 100 54 -> 65 GFLOP/s (torch 61), 60000 x 784 -> 128 43 -> 60 (torch 56), 4096 x 784 ->
 // 512 49 -> 58; float32 60000 x 784 -> 128 102 -> 141 (torch 132), 20000 x 784 -> 256 92 -> 122,
 // 30000 x 784 -> 300 96 -> 115. Where dY^T fits the copy the two forms ran even (0.89-1.12x).
+// Accumulated gradients (beta != 0) take it too: C += S^T costs M x N, against K x M x N flops.
 
 // dst (m x k, row-major) = src^T for src k x m with row stride lds; threads take row blocks of dst.
 template <class T>
@@ -634,7 +640,7 @@ void gemm(const GemmProblem<T>& p) {
     return;
   }
   const bool a_copy_fits = p.m * p.k * static_cast<int64_t>(sizeof(T)) <= kTransposedAMaxScratch;
-  if (special_paths && ks.transpose_block && p.trans_a && !p.trans_b && p.beta == T(0) && !a_copy_fits &&
+  if (special_paths && ks.transpose_block && p.trans_a && !p.trans_b && !a_copy_fits &&
       p.m < p.n && p.m * p.n * static_cast<int64_t>(sizeof(T)) <= kTransposedMaxScratch) {
     T* s = tl_scratch.get<T>(static_cast<size_t>(p.n * p.m));
     gemm(transposed_problem(p, s));  // S = X^T dY: another path than this one, as S is wider than tall
