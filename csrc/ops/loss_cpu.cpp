@@ -294,31 +294,47 @@ FASTNN_FORCE_INLINE double bce_segment(const ElementwiseJob<T>& j, int64_t i0, i
   return bce_sum_loop<T, VECTOR_W, VECTOR_PW>(x, t, w, pw, n);
 }
 
-// Operand runs shorter than kMinOperandRun (one pos_weight per label of a few labels, one weight
-// per sample of a few labels) are gathered kGatherElements at a time into a buffer and read from
-// there, so the loops run long: a 2^20-element (N, 5) float32 forward with a (5,) pos_weight, one
-// thread, took 20.9 ns an element in runs of 5 and takes 2.8 gathered (torch 6.0; 1.7 unweighted).
+// Operand runs shorter than kMinOperandRun make the loops short, so they are read from a buffer
+// kGatherElements at a time: one value per label of a few labels (a (C,) pos_weight) from a tile
+// of its values repeated, built once per call and valid from any phase; others (one weight per
+// sample of a few labels) gathered into it a run at a time. A 2^20-element (N, 5) float32 forward
+// with a (5,) pos_weight, one thread, took 20.9 ns an element in runs of 5 (torch 6.0; 1.7
+// unweighted), 2.8 gathered element by element; a 2^16-element one in L2 3.1-3.6 gathered, 1.7
+// from the tile; with an (N, 1) weight 3.6-4.2 -> 2.4-2.6 (runs filled whole).
 constexpr int64_t kMinOperandRun = 64;
 constexpr int64_t kGatherElements = 512;
+constexpr int64_t kOperandBuffer = kGatherElements + kMinOperandRun;
 
-// o's values of elements [i, i + n), counted along rather than divided per element.
+// True, with tile[k] = o[k] for k < kOperandBuffer, when o is a short cycle of values, one per
+// element (inner 1): its values from element i are then tile + i % period, for kGatherElements.
+template <class T>
+bool tile_operand(const Broadcast<T>& o, T* tile) {
+  const int64_t period = o.layout.period;
+  if (!o.data || o.layout.inner != 1 || period == 1 || period >= kMinOperandRun) return false;
+  for (int64_t k = 0; k < kOperandBuffer; ++k) tile[k] = o.data[k % period];
+  return true;
+}
+
+// o's values of elements [i, i + n): runs of `inner` equal values, the first begun before i.
 template <class T>
 void gather_operand(const Broadcast<T>& o, int64_t i, int64_t n, T* out) {
   const int64_t inner = o.layout.inner, period = o.layout.period;
-  int64_t at = i / inner % period, repeat = i % inner;
-  for (int64_t k = 0; k < n; ++k) {
-    out[k] = o.data[at];
-    if (++repeat == inner) {
-      repeat = 0;
-      if (++at == period) at = 0;
-    }
+  int64_t at = i / inner % period;
+  for (int64_t k = 0, run = inner - i % inner; k < n; run = inner) {
+    const T v = o.data[at];
+    const int64_t len = std::min(n - k, run);
+    for (int64_t r = 0; r < len; ++r) out[k + r] = v;
+    k += len;
+    if (++at == period) at = 0;
   }
 }
 
-// `run` (of o from element i) cut to [i, i + n), or o's values there gathered into buf.
+// `run` (of o from element i) cut to [i, i + n), or o's values there: from its tile, or gathered
+// into buf.
 template <class T>
-OperandRun<T> run_or_gathered(const Broadcast<T>& o, OperandRun<T> run, int64_t i, int64_t n, T* buf) {
+OperandRun<T> run_or_gathered(const Broadcast<T>& o, OperandRun<T> run, bool tiled, int64_t i, int64_t n, T* buf) {
   if (run.len >= n) return {run.data, run.value, n};
+  if (tiled) return {buf + i % o.layout.period, T(0), n};
   gather_operand(o, i, n, buf);
   return {buf, T(0), n};
 }
@@ -327,14 +343,15 @@ OperandRun<T> run_or_gathered(const Broadcast<T>& o, OperandRun<T> run, int64_t 
 // losses' sum for a reduced forward, else 0 (outputs written).
 template <class T>
 FASTNN_FORCE_INLINE double run_bce(const ElementwiseJob<T>& j, int64_t b, int64_t e) {
-  alignas(64) T w_buf[kGatherElements], pw_buf[kGatherElements];
+  alignas(64) T w_buf[kOperandBuffer], pw_buf[kOperandBuffer];
+  const bool w_tiled = tile_operand(j.weight, w_buf), pw_tiled = tile_operand(j.pos_weight, pw_buf);
   double s = 0;
   for (int64_t i = b; i < e;) {
     OperandRun<T> w = operand_run(j.weight, i, e), pw = operand_run(j.pos_weight, i, e);
     if (std::min(w.len, pw.len) < kMinOperandRun) {
       const int64_t len = std::min(e - i, kGatherElements);
-      w = run_or_gathered(j.weight, w, i, len, w_buf);
-      pw = run_or_gathered(j.pos_weight, pw, i, len, pw_buf);
+      w = run_or_gathered(j.weight, w, w_tiled, i, len, w_buf);
+      pw = run_or_gathered(j.pos_weight, pw, pw_tiled, i, len, pw_buf);
     }
     const int64_t n = std::min(w.len, pw.len);
     if (w.data && pw.data) s += bce_segment<T, true, true>(j, i, n, w, pw);
