@@ -555,8 +555,9 @@ void transposed_epilogue(const GemmProblem<T>& p, const KernelSet<T>& ks, const 
         } else {
           for (int64_t i = 0; i < rows; ++i)
             for (int64_t j = 0; j < cols; ++j) {
+              const T sji = s[(j0 + j) * m + i0 + i];
               T& cij = c[i * p.ldc + j0 + j];
-              cij = beta == T(0) ? s[(j0 + j) * m + i0 + i] : s[(j0 + j) * m + i0 + i] + beta * cij;
+              cij = beta == T(0) ? sji : sji + beta * cij;
             }
         }
       }

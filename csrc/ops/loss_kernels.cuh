@@ -350,12 +350,12 @@ struct BceOp {
   template <class T>
   __device__ __forceinline__ static T loss(const ElementwiseParams<T>& p, int64_t i) {
     const T l = bce_with_logits_loss(p.x[i], p.t[i], p.pos_weight[i]);
-    return p.weight.data ? p.weight[i] * l : l;  // torch weighs the loss last
+    return p.weight[i] * l;  // torch weighs the loss last; an absent weight reads 1, and 1 * l is l
   }
   template <class T>
   __device__ __forceinline__ static T grad(const ElementwiseParams<T>& p, int64_t i, T scale) {
     const T g = bce_with_logits_grad(p.x[i], p.t[i], p.pos_weight[i]) * scale;
-    return p.weight.data ? g * p.weight[i] : g;  // torch weighs the gradient last
+    return g * p.weight[i];  // torch weighs the gradient last
   }
 };
 
