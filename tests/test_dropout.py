@@ -182,6 +182,25 @@ def test_outputs_past_the_cache_take_the_same_mask(dtype):
     np.testing.assert_array_equal(dx, dy * np.where(keep, scale, dtype(0)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_uniform_outputs_past_the_cache(dtype):
+    """p = 0 and p = 1 draw no mask (act(x) times 1 or 0), in the same per-ISA loops as the mask
+    kernels: past 16 MiB moved their output is streamed too, into fastnn's aligned storage or a
+    numpy view 5 elements off it, and every element matches the plain relu / zeros."""
+    n = (1 << 21) + 13 if dtype == np.float32 else (1 << 20) + 13
+    x = np.random.default_rng(6).standard_normal(n).astype(dtype)
+    x[:3] = [-0.0, np.inf, -np.inf]
+    relu = as_np(_C.activation_forward(x, "relu")).tobytes()
+    assert as_np(_C.dropout_forward(x, 0.0, 3, 4, activation="relu")).tobytes() == relu
+    out = np.zeros(n + 16, dtype)[5:5 + n]
+    _C.dropout_forward(x, 0.0, 3, 4, "relu", out)
+    assert out.tobytes() == relu
+    finite = x[3:]
+    assert not as_np(_C.dropout_forward(finite, 1.0, 3, 4, activation="relu")).any()
+    _C.dropout_forward(finite, 1.0, 3, 4, "none", out[3:])
+    assert not out[3:].any()
+
+
 def test_same_mask_on_every_isa_variant():
     """The hand-vectorised AVX-512 / AVX2 Philox and the portable loop give identical bits."""
     code = ("import hashlib, numpy as np, fastnn;"

@@ -267,16 +267,51 @@ void dropout_run(const T* in, T* out, bool* mask, int64_t n, const DropoutParams
   parallel_for(n, kDropoutGrain, [&](int64_t b, int64_t e) { range(in, out, mask, b, e, p, stream); }, kBlock);
 }
 
-// out = act(in) * factor over [b, e) for a factor shared by every element (p = 0: 1, p = 1: 0).
+// out = act(in) * factor over [b, e) for a factor shared by every element (p = 0: 1, p = 1: 0),
+// compiled per ISA like the mask kernels: the generic build's SSE2 loop made BatchNorm -> ReLU's
+// fused epilogue (dropout_forward_span with p = 0) cost three times a relu pass of its own.
+template <class T>
+FASTNN_FORCE_INLINE void scale_range(const T* in, T* out, int64_t b, int64_t e, bool relu, T factor,
+                                     StreamLines stream) {
+  if (relu)
+    for_outputs(out, b, e, stream, [=](int64_t i) FASTNN_ALWAYS_INLINE {
+      return activation_apply(Activation::relu, in[i]) * factor;
+    });
+  else
+    for_outputs(out, b, e, stream, [=](int64_t i) FASTNN_ALWAYS_INLINE { return in[i] * factor; });
+  end_streaming(stream);
+}
+#if defined(__x86_64__)
+template <class T>
+FASTNN_TARGET_AVX512 void scale_avx512(const T* in, T* out, int64_t b, int64_t e, bool relu, T factor, bool stream) {
+  scale_range(in, out, b, e, relu, factor, stream ? stream_lines_for(CpuIsa::avx512) : nullptr);
+}
+template <class T>
+FASTNN_TARGET_AVX2 void scale_avx2(const T* in, T* out, int64_t b, int64_t e, bool relu, T factor, bool stream) {
+  scale_range(in, out, b, e, relu, factor, stream ? stream_lines_for(CpuIsa::avx2) : nullptr);
+}
+#endif
+template <class T>
+void scale_baseline(const T* in, T* out, int64_t b, int64_t e, bool relu, T factor, bool stream) {
+  scale_range(in, out, b, e, relu, factor, stream ? stream_lines_for(CpuIsa::scalar) : nullptr);
+}
+
+template <class T>
+auto scale_for_isa() {
+#if defined(__x86_64__)
+  return isa_variant(scale_avx512<T>, scale_avx2<T>, scale_baseline<T>);
+#else
+  return &scale_baseline<T>;
+#endif
+}
+
 template <class T>
 void scale_uniform_span(const T* in, T* out, int64_t b, int64_t e, bool relu, T factor) {
   if (!relu && factor == T(1)) {
     if (in != out && e > b) std::memmove(out + b, in + b, static_cast<size_t>(e - b) * sizeof(T));
-  } else if (relu) {
-    for (int64_t i = b; i < e; ++i) out[i] = activation_apply(Activation::relu, in[i]) * factor;
-  } else {
-    for (int64_t i = b; i < e; ++i) out[i] = in[i] * factor;
+    return;
   }
+  scale_for_isa<T>()(in, out, b, e, relu, factor, false);
 }
 
 template <class T>
@@ -285,7 +320,9 @@ void scale_uniform(const T* in, T* out, int64_t n, bool relu, T factor) {
     scale_uniform_span(in, out, 0, n, relu, factor);
     return;
   }
-  parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) { scale_uniform_span(in, out, b, e, relu, factor); });
+  auto* range = scale_for_isa<T>();
+  const bool stream = 2 * n * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes;
+  parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) { range(in, out, b, e, relu, factor, stream); });
 }
 
 }  // namespace
