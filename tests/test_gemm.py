@@ -121,6 +121,8 @@ def test_gemm_empty_m_or_n(dtype, rng):
     (4100, 100, 520, False, True),   # a tall C whose A (8.5 MB float32) is past the caches: rows split
     (4100, 100, 520, False, False),  # the same with B as stored
     (100, 333, 21000, True, False),  # dW past the A^T copy's bound (8.4 MB float32): C^T = X^T dY
+    (10, 1024, 700, True, False),    # the output layer's dW: B's rows 4 KB apart, packed for 2 row panels
+    (13, 1024, 300, False, False),   # dY W with a few rows, B's rows 4 KB apart: packed
 ])
 def test_gemm_same_bits_on_any_thread_count(m, n, k, ta, tb, dtype, rng):
     """One thread walks every block itself; two split C by rows or columns. Each element is summed

@@ -463,15 +463,20 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
   // Packing B pays when B is transposed (the micro-kernel needs its columns contiguous) or when
   // each packed panel is reused by many rows. A 16-wide (AVX2) tile reads B as stored one line
   // per row of its kc x nr panel: with rows a multiple of 4 KB apart (dY W with 1024 features)
-  // those lines map to a few cache sets, and packing pays from 32 rows (+25-35% at 48-128 rows);
-  // with other widths from 64 (dY W with 784 features, Zen 3, 20-40 interleaved rounds: +7-20%
-  // at 128 rows, +9% at 96, -7% and +7% in two runs at 64; before the AVX2 packer copied rows
-  // with vector moves it lost 15% at 128). A 64-wide (AVX-512) tile reads four adjacent lines
-  // per row, which the prefetchers stream: in place is faster below 256 rows (dX at 32 x 1024 ->
-  // 1024 +8%, at 128 +6%; the lecture step at batch 32 +5%, at 128 equal).
+  // those lines map to a few cache sets, so a panel read in place has left L1 and L2 before the
+  // next row panel reads it again, and packing pays from two row panels: +25-35% at 48-128 rows;
+  // Zen 3, 2 threads, 30-60 interleaved rounds: the output layer's weight gradient 10 x 1024 x
+  // 1024 (batch 1024) 1.24-1.25x, at batch 4096 1.31x, 24 rows 1.28x, dY W at 16 x 1024 -> 1024
+  // 1.38x, 24 rows 1.13x, 8-10 rows 1.04-1.06x. With other widths packing pays from 64 rows (dY W
+  // with 784 features, Zen 3, 20-40 interleaved rounds: +7-20% at 128 rows, +9% at 96, -7% and
+  // +7% in two runs at 64; before the AVX2 packer copied rows with vector moves it lost 15% at
+  // 128; the output layer's weight gradient with 784 inputs lost 16% packed). A 64-wide (AVX-512)
+  // tile reads four adjacent lines per row, which the prefetchers stream: in place is faster
+  // below 256 rows (dX at 32 x 1024 -> 1024 +8%, at 128 +6%; the lecture step at batch 32 +5%,
+  // at 128 equal).
   const bool narrow_tiles = ks.nr * int64_t(sizeof(T)) < 256;
   const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0;
-  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (narrow_tiles && rows_per_thread >= (b_rows_alias ? 32 : 64));
+  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (narrow_tiles && rows_per_thread > (b_rows_alias ? ks.mr : 63));
   // The threads claim pieces of C as they go (parallel_pieces), about kPiecesPerThread each, not
   // one fixed share each: on this shared machine one core often runs slower than the other for a
   // while (another tenant), and a fixed split leaves the faster thread waiting at the end. The
