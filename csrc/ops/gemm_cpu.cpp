@@ -476,7 +476,7 @@ void gemm_blocked(const GemmProblem<T>& p, const KernelSet<T>& ks, int threads, 
   // at 128 equal).
   const bool narrow_tiles = ks.nr * int64_t(sizeof(T)) < 256;
   const bool b_rows_alias = (p.ldb * int64_t(sizeof(T))) % 4096 == 0;
-  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (narrow_tiles && rows_per_thread > (b_rows_alias ? ks.mr : 63));
+  plan.pack_b = p.trans_b || rows_per_thread >= 256 || (narrow_tiles && rows_per_thread >= (b_rows_alias ? ks.mr + 1 : 64));
   // The threads claim pieces of C as they go (parallel_pieces), about kPiecesPerThread each, not
   // one fixed share each: on this shared machine one core often runs slower than the other for a
   // while (another tenant), and a fixed split leaves the faster thread waiting at the end. The
