@@ -488,14 +488,16 @@ def test_fused_relu_dropout_matches_torch(device, dtype, rng, shape, p):
 
 @pytest.mark.parametrize("act", ["none", "relu"])
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_forward_is_bitwise_batchnorm_then_dropout(device, dtype, rng, act, training):
-    # the same mask, the same single multiply: fusing changes no bit, in either mode
+@pytest.mark.parametrize("p", [0.4, 0.5, 0.25, 3 / 256])  # 16, 1, 2 and 8 random bits an element
+def test_fused_forward_is_bitwise_batchnorm_then_dropout(device, dtype, rng, act, training, p):
+    # the same mask, the same single multiply: fusing changes no bit, in either mode; 1030 columns
+    # put row starts mid-quad at every bit count
     x, w, b, rm, rv, dy = make(rng, (37, 1030), dtype)
     args = [on(device, a) for a in (x, w, b, rm, rv)]
     plain, _, _ = _C.batchnorm_forward(*args, training)
     args = [on(device, a) for a in (x, w, b, rm, rv)]
-    fused, _, _ = _C.batchnorm_forward(*args, training, activation=act, dropout=(0.4, 9, 1 << 33))
-    np.testing.assert_array_equal(host(fused), host(_C.dropout_forward(plain, 0.4, 9, 1 << 33, act)))
+    fused, _, _ = _C.batchnorm_forward(*args, training, activation=act, dropout=(p, 9, 1 << 33))
+    np.testing.assert_array_equal(host(fused), host(_C.dropout_forward(plain, p, 9, 1 << 33, act)))
     relu_only, _, _ = _C.batchnorm_forward(*[on(device, a) for a in (x, w, b, rm, rv)], training, activation=act)
     np.testing.assert_array_equal(host(relu_only), np.maximum(host(plain), 0) if act == "relu" else host(plain))
 

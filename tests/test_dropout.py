@@ -50,15 +50,26 @@ def threshold(p):
     return math.floor(p * 2.0**16 + 0.5)
 
 
+def bits_of(t):
+    """Random bits an element draws at threshold t: the fewest (1, 2, 4, 8 or 16) that express t."""
+    return next(b for b in (1, 2, 4, 8, 16) if t % 2 ** (16 - b) == 0)
+
+
 def mask_np(n, p, seed, offset):
-    """keep[i] = 16-bit half i % 8 of Philox((i // 8, offset), seed) >= round(p * 2^16): the low half
-    of word (i % 8) // 2 for even i, the high half for odd i."""
-    q = np.arange((n + 7) // 8, dtype=np.uint64)
+    """keep[i] = field i % (128 / b) of Philox((i // (128 / b), offset), seed), its b bits taken from
+    the four words read as one little-endian 128-bit number, times 2^(16 - b) >= round(p * 2^16),
+    b = bits_of(round(p * 2^16))."""
+    t = threshold(p)
+    b = bits_of(t)
+    per_quad = 128 // b
+    q = np.arange((n + per_quad - 1) // per_quad, dtype=np.uint64)
     words = philox_np(q, q >> _SHIFT, np.full_like(q, offset & 0xFFFFFFFF), np.full_like(q, offset >> 32),
                       seed & 0xFFFFFFFF, seed >> 32)
-    w = np.stack(words, axis=1)  # (quads, 4)
-    halves = np.stack([w & np.uint64(0xFFFF), w >> np.uint64(16)], axis=2)  # (quads, 4, low/high)
-    return halves.ravel()[:n] >= threshold(p)
+    w = np.stack(words, axis=1).astype(np.uint32)  # (quads, 4)
+    # the 128 bits of each quad, least significant first, grouped b at a time
+    bits = np.unpackbits(w.view(np.uint8), axis=1, bitorder="little").reshape(len(q), per_quad, b)
+    fields = (bits.astype(np.uint32) << np.arange(b, dtype=np.uint32)).sum(axis=2)
+    return (fields.ravel()[:n] << (16 - b)) >= t
 
 
 def scale_of(p):
@@ -98,7 +109,7 @@ def test_philox_binding_errors():
 @pytest.mark.parametrize("seed,offset", SEEDS_OFFSETS)
 def test_mask_matches_numpy_philox(seed, offset):
     for n in SIZES:
-        for p in (0.1, 0.5, 0.77):
+        for p in (0.1, 0.5, 0.77, 0.25, 0.375, 3 / 256):  # 16, 1, 16, 2, 4 and 8 bits an element
             m = as_np(_C.dropout_mask((n,), p, seed, offset))
             assert m.dtype == np.bool_ and m.shape == (n,)
             np.testing.assert_array_equal(m, mask_np(n, p, seed, offset), err_msg=f"n={n} p={p}")
@@ -129,6 +140,26 @@ def test_threshold_edges():
     assert (y == 0).all()
 
 
+def test_bits_an_element():
+    # the fewest bits that express round(p * 2^16) exactly
+    assert [bits_of(threshold(p)) for p in (0.5, 0.25, 0.75, 0.125, 0.375, 1 / 256, 255 / 256, 0.1, 0.2, 0.3)] == \
+        [1, 2, 2, 4, 4, 8, 8, 16, 16, 16]
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.375, 3 / 256])
+def test_few_bit_masks_are_independent_bernoulli(p):
+    # at b < 16 bits neighbours share a Philox word: the fraction kept, and the agreement of each
+    # element with its neighbour and with the element one quad on, are those of independent draws
+    n = 1_000_000
+    keep = as_np(_C.dropout_mask(n, p, 77, 3))
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(keep.mean() - (1 - p)) < 5 * sigma
+    same = p * p + (1 - p) ** 2
+    for lag in (1, 128 // bits_of(threshold(p))):
+        agree = (keep[lag:] == keep[:-lag]).mean()
+        assert abs(agree - same) < 5 * math.sqrt(same * (1 - same) / n), (lag, agree)
+
+
 def test_fraction_kept():
     n = 1_000_000
     for p in (0.1, 0.5, 0.9):
@@ -146,25 +177,29 @@ def test_streams_differ_by_seed_and_offset():
         assert abs(agree - 0.5) < 0.01
 
 
-def test_same_mask_for_one_and_two_threads():
-    n = 1_000_003  # well past the parallel grain, and no multiple of the 512-element block
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.25, 3 / 256])  # 16, 1, 2 and 8 bits an element
+def test_same_mask_for_one_and_two_threads(p):
+    n = 1_000_003  # well past the parallel grain, and no multiple of any block of quads
     x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
     before = fastnn.get_num_threads()
     try:
         results = []
         for threads in (1, 2):
             fastnn.set_num_threads(threads)
-            results.append((as_np(_C.dropout_mask(n, 0.3, 11, 12)).copy(),
-                            as_np(_C.dropout_forward(x, 0.3, 11, 12, activation="relu")).copy()))
+            results.append((as_np(_C.dropout_mask(n, p, 11, 12)).copy(),
+                            as_np(_C.dropout_forward(x, p, 11, 12, activation="relu")).copy()))
     finally:
         fastnn.set_num_threads(before)
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
-    np.testing.assert_array_equal(results[0][0], mask_np(n, 0.3, 11, 12))
+    keep = mask_np(n, p, 11, 12)
+    np.testing.assert_array_equal(results[0][0], keep)
+    np.testing.assert_array_equal(results[0][1], np.maximum(x, 0) * np.where(keep, np.float32(1 / (1 - p)), 0))
 
 
+@pytest.mark.parametrize("p", [0.3, 0.5])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_outputs_past_the_cache_take_the_same_mask(dtype):
+def test_outputs_past_the_cache_take_the_same_mask(dtype, p):
     """Passes larger than the caches write their output with streaming stores (whole aligned lines
     from an L1 buffer, the ragged ends with ordinary stores): the same values as the plain loop.
     2^21 + 13 float32 elements move just over the 16 MiB at which that starts."""
@@ -172,13 +207,13 @@ def test_outputs_past_the_cache_take_the_same_mask(dtype):
     rng = np.random.default_rng(5)
     x = rng.standard_normal(n).astype(dtype)
     dy = rng.standard_normal(n).astype(dtype)
-    keep = mask_np(n, 0.3, 21, 22)
-    scale = dtype(1 / (1 - 0.3))
-    y = as_np(_C.dropout_forward(x, 0.3, 21, 22, activation="relu"))
+    keep = mask_np(n, p, 21, 22)
+    scale = dtype(1 / (1 - p))
+    y = as_np(_C.dropout_forward(x, p, 21, 22, activation="relu"))
     np.testing.assert_array_equal(y, np.maximum(x, 0) * np.where(keep, scale, dtype(0)))
-    y = as_np(_C.dropout_forward(x, 0.3, 21, 22))
+    y = as_np(_C.dropout_forward(x, p, 21, 22))
     np.testing.assert_array_equal(y, x * np.where(keep, scale, dtype(0)))
-    dx = as_np(_C.dropout_backward(dy, 0.3, 21, 22))
+    dx = as_np(_C.dropout_backward(dy, p, 21, 22))
     np.testing.assert_array_equal(dx, dy * np.where(keep, scale, dtype(0)))
 
 

@@ -31,7 +31,7 @@ struct DropoutKey {
 struct DropoutParams {
   uint64_t seed = 0;
   uint64_t offset = 0;
-  uint32_t threshold = 0;  // keep element i iff its 16 Philox bits >= threshold (2^16: keep none)
+  uint32_t threshold = 0;  // keep element i iff its draw (ops/philox.h) >= threshold (2^16: keep none)
   double scale = 1.0;      // 1 / (1 - p), or 0 for p = 1
   GraphSlot slot;          // in a graph capture: the key is read from here (a fresh one each replay)
 
@@ -46,11 +46,11 @@ struct DropoutParams {
 template <class T>
 FASTNN_HD T dropout_factor(bool keep, T scale) { return keep ? scale : T(0); }
 
-// v through dropout, given its element's random bits (dropout_half): v * scale, or 0. The one
+// v through dropout, given its element's draw (dropout_draw): v * scale, or 0. The one
 // spelling of every kernel's output (CPU, CUDA, BatchNorm's fused epilogue), so they agree bitwise.
 template <class T>
-FASTNN_HD T dropout_apply(T v, uint32_t half, uint32_t threshold, T scale) {
-  return v * dropout_factor(dropout_keep(half, threshold), scale);
+FASTNN_HD T dropout_apply(T v, uint32_t draw, uint32_t threshold, T scale) {
+  return v * dropout_factor(dropout_keep(draw, threshold), scale);
 }
 
 // Fused relu + dropout backward from the output alone.

@@ -1,7 +1,9 @@
-// Dropout on the CPU: one pass over memory. Each thread walks its range in blocks of 512 elements:
-// a vectorised loop of 64 independent Philox calls fills 512 16-bit mask halves in L1, then a
-// vectorised loop applies them. The integer Philox math is exact, so every ISA variant (AVX-512, AVX2,
-// baseline) and every chunking produces the same mask bits as the scalar definition in philox.h.
+// Dropout on the CPU: one pass over memory. Each thread walks its range in blocks of up to 64
+// Philox quads: a vectorised loop of independent Philox calls fills the block's words in L1; then,
+// 512 elements at a time, each element's draw (ops/philox.h) is spread to a 16-bit slot, unless it
+// already is one (16 bits an element: the words are the draws), and a vectorised loop applies them.
+// The integer math is exact, so every ISA variant (AVX-512, AVX2, baseline) and every chunking
+// produces the same mask bits as the scalar definition in philox.h.
 #include <algorithm>
 #include <cstring>
 #if defined(__x86_64__)
@@ -20,26 +22,33 @@ namespace {
 // Philox calls per block. Block boundaries are multiples of this in counter space, and 2^32 is one
 // too, so no block crosses a carry into the counter's high word.
 constexpr int64_t kQuads = 64;
-constexpr int64_t kBlock = kDropoutPerQuad * kQuads;  // elements
-static_assert(kDropoutBits == 16, "the mask buffer holds each element's bits as one uint16_t");
-// Philox costs about 1 ns per 8 elements on one core: worth a thread sooner than a plain copy.
+// Elements whose draws are spread and applied at a time: one block's at 16 bits an element.
+constexpr int64_t kPiece = 8 * kQuads;
+// Philox costs about 1 ns per 8 elements on one core at 16 bits: worth a thread sooner than a copy.
 constexpr int64_t kDropoutGrain = kParallelGrain / 4;
 
 enum class Kind { forward, forward_relu, backward, mask };
 
-// halves[8j + e] = dropout_half(words of Philox quad q0 + j, e) for j < count (count <= kQuads).
-// The SIMD versions store the words themselves, which on x86 (little-endian) are those halves in
-// that order. The portable version: a loop of independent calls that the compiler vectorises as
-// best it can.
+// words[4j + r] = word r of Philox quad q0 + j for j < count (count <= kQuads). The portable
+// version: a loop of independent calls that the compiler vectorises as best it can.
 template <CpuIsa kIsa>
-FASTNN_FORCE_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int count, uint16_t* halves) {
+FASTNN_FORCE_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int count, uint32_t* words) {
   const uint32_t q_lo = static_cast<uint32_t>(q0), q_hi = static_cast<uint32_t>(q0 >> 32);
   const uint32_t o_lo = static_cast<uint32_t>(p.offset), o_hi = static_cast<uint32_t>(p.offset >> 32);
   const uint32_t k_lo = static_cast<uint32_t>(p.seed), k_hi = static_cast<uint32_t>(p.seed >> 32);
-  for (int j = 0; j < count; ++j) {
-    uint32_t w[4];
-    philox4x32_10(q_lo + static_cast<uint32_t>(j), q_hi, o_lo, o_hi, k_lo, k_hi, w);
-    for (int e = 0; e < kDropoutPerQuad; ++e) halves[kDropoutPerQuad * j + e] = static_cast<uint16_t>(dropout_half(w, e));
+  for (int j = 0; j < count; ++j)
+    philox4x32_10(q_lo + static_cast<uint32_t>(j), q_hi, o_lo, o_hi, k_lo, k_hi, words + 4 * j);
+}
+
+// draws[k] = dropout_draw(element first + k) for k < count, at `bits` < 16 an element, from the words
+// of the block's quads (element 0: field 0 of words[0..3]). first and count are multiples of 16.
+template <CpuIsa kIsa>
+FASTNN_FORCE_INLINE void spread_draws(const uint32_t* words, int bits, int64_t first, int64_t count,
+                                      uint16_t* draws) {
+  const int per_quad = dropout_per_quad(bits);
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t e = first + k;
+    draws[k] = static_cast<uint16_t>(dropout_draw(words + 4 * (e / per_quad), static_cast<int>(e % per_quad), bits));
   }
 }
 
@@ -87,9 +96,8 @@ struct PhiloxLanes64Avx2 {
 };
 
 template <>
-FASTNN_TARGET_AVX2 void philox_block<CpuIsa::avx2>(const DropoutParams& p, uint64_t q0,
-                                                                int count, uint16_t* halves) {
-  uint32_t* words = reinterpret_cast<uint32_t*>(halves);  // written by vector stores only
+FASTNN_TARGET_AVX2 void philox_block<CpuIsa::avx2>(const DropoutParams& p, uint64_t q0, int count,
+                                                   uint32_t* words) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
   const uint32_t k_lo = static_cast<uint32_t>(p.seed), k_hi = static_cast<uint32_t>(p.seed >> 32);
@@ -153,9 +161,8 @@ struct PhiloxLanes64 {
 };
 
 template <>
-FASTNN_TARGET_AVX512 void philox_block<CpuIsa::avx512>(const DropoutParams& p, uint64_t q0,
-                                                                    int count, uint16_t* halves) {
-  uint32_t* words = reinterpret_cast<uint32_t*>(halves);  // written by vector stores only
+FASTNN_TARGET_AVX512 void philox_block<CpuIsa::avx512>(const DropoutParams& p, uint64_t q0, int count,
+                                                       uint32_t* words) {
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
   const uint32_t k_lo = static_cast<uint32_t>(p.seed), k_hi = static_cast<uint32_t>(p.seed >> 32);
@@ -176,7 +183,54 @@ FASTNN_TARGET_AVX512 void philox_block<CpuIsa::avx512>(const DropoutParams& p, u
     for (int i = 0; i < G; ++i) g[i].store(words + 4 * (j + 8 * i));
   }
 }
+
+// AVX2 (and AVX-512, whose 16-bit variable shifts would save nothing here): 16 draws at a time from
+// their 2b bytes. Each 16-bit lane picks the 16-bit word holding its field (vpshufb of the bytes,
+// broadcast to both 128-bit halves) and a multiply by a power of two (vpmullw) lifts the field to
+// the lane's top b bits. Below it lie lower fields' bits, which never change the comparison with a
+// threshold (a multiple of 2^(16 - b)), so the spread values keep exactly the draws' elements.
+struct DrawSpreaderAvx2 {
+  __m256i pick, lift;
+
+  FASTNN_TARGET_AVX2 explicit DrawSpreaderAvx2(int bits) {
+    alignas(32) uint8_t pick_bytes[32];
+    alignas(32) uint16_t lift_factors[16];
+    for (int e = 0; e < 16; ++e) {
+      const int word = e * bits / 16, shift = e * bits % 16;
+      pick_bytes[2 * e] = static_cast<uint8_t>(2 * word);
+      pick_bytes[2 * e + 1] = static_cast<uint8_t>(2 * word + 1);
+      lift_factors[e] = static_cast<uint16_t>(1u << (kDropoutMaxBits - bits - shift));
+    }
+    pick = _mm256_load_si256(reinterpret_cast<const __m256i*>(pick_bytes));
+    lift = _mm256_load_si256(reinterpret_cast<const __m256i*>(lift_factors));
+  }
+};
+
+FASTNN_TARGET_AVX2 void spread_draws_avx2(const uint32_t* words, int bits, int64_t first, int64_t count,
+                                          uint16_t* draws) {
+  const DrawSpreaderAvx2 spreader(bits);
+  const auto* bytes = reinterpret_cast<const uint8_t*>(words);
+  for (int64_t k = 0; k < count; k += 16) {
+    const __m128i chunk = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + (first + k) * bits / 8));
+    const __m256i lanes = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(chunk), spreader.pick);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(draws + k), _mm256_mullo_epi16(lanes, spreader.lift));
+  }
+}
+
+template <>
+FASTNN_TARGET_AVX2 void spread_draws<CpuIsa::avx2>(const uint32_t* words, int bits, int64_t first,
+                                                   int64_t count, uint16_t* draws) {
+  spread_draws_avx2(words, bits, first, count, draws);
+}
+template <>
+FASTNN_TARGET_AVX512 void spread_draws<CpuIsa::avx512>(const uint32_t* words, int bits, int64_t first,
+                                                       int64_t count, uint16_t* draws) {
+  spread_draws_avx2(words, bits, first, count, draws);
+}
 #endif
+
+// The 16-bit halves of Philox words, read in place as the draws at 16 bits an element.
+using WordHalves = const uint16_t __attribute__((may_alias))*;
 
 // Elements [begin, end) of one dropout call. Only for thresholds in (0, 2^16): callers handle
 // keep-all and keep-none without drawing numbers. With `stream` the output takes streaming stores.
@@ -184,24 +238,39 @@ template <CpuIsa kIsa, Kind kKind, class T>
 FASTNN_FORCE_INLINE void dropout_range(const T* in, T* out, bool* mask, int64_t begin, int64_t end,
                                        const DropoutParams& p, bool stream) {
   const StreamLines lines = stream ? stream_lines_for(kIsa) : nullptr;
-  alignas(64) uint16_t halves[kBlock];
+  alignas(64) uint32_t words[4 * kQuads + 4];  // 16 bytes over: the SIMD spread loads 16 at a time
+  alignas(64) uint16_t spread[kPiece];
   const uint32_t threshold = p.threshold;
   const T scale = static_cast<T>(p.scale);
-  constexpr int64_t E = kDropoutPerQuad;
-  for (int64_t q = begin / E; q * E < end;) {
-    const int64_t q_end = std::min((q / kQuads + 1) * kQuads, (end + E - 1) / E);
-    philox_block<kIsa>(p, static_cast<uint64_t>(q), static_cast<int>(q_end - q), halves);
-    const int64_t first = std::max(begin, E * q), len = std::min(end, E * q_end) - first;
-    const uint16_t* h = halves + (first - E * q);
-    if constexpr (kKind == Kind::mask) {
-      bool* m = mask + first;
-      for (int64_t k = 0; k < len; ++k) m[k] = dropout_keep(h[k], threshold);
-    } else {
-      const T* a = in + first;
-      for_outputs(out + first, 0, len, lines, [=](int64_t k) FASTNN_ALWAYS_INLINE {
-        const T v = kKind == Kind::forward_relu ? activation_apply(Activation::relu, a[k]) : a[k];
-        return dropout_apply(v, h[k], threshold, scale);
-      });
+  const int bits = dropout_bits(threshold);
+  const int64_t per_quad = dropout_per_quad(bits);
+  for (int64_t q = begin / per_quad; q * per_quad < end;) {
+    const int64_t q_end = std::min((q / kQuads + 1) * kQuads, (end + per_quad - 1) / per_quad);
+    philox_block<kIsa>(p, static_cast<uint64_t>(q), static_cast<int>(q_end - q), words);
+    // this block's elements in [begin, end), by pieces of kPiece from element per_quad * q (field 0
+    // of words): a whole block at 16 bits, 16 / bits pieces below
+    const int64_t base = per_quad * q, stop = std::min(end, per_quad * q_end);
+    for (int64_t first = std::max(begin, base); first < stop;) {
+      const int64_t r = first - base, len = std::min(stop - first, kPiece - r % kPiece);
+      WordHalves h;
+      if (bits == kDropoutMaxBits) {
+        h = reinterpret_cast<WordHalves>(words) + r;
+      } else {  // from field r rounded down to 16, through field r + len rounded up
+        const int64_t r16 = r / 16 * 16;
+        spread_draws<kIsa>(words, bits, r16, (r + len - r16 + 15) / 16 * 16, spread);
+        h = spread + (r - r16);
+      }
+      if constexpr (kKind == Kind::mask) {
+        bool* m = mask + first;
+        for (int64_t k = 0; k < len; ++k) m[k] = dropout_keep(h[k], threshold);
+      } else {
+        const T* a = in + first;
+        for_outputs(out + first, 0, len, lines, [=](int64_t k) FASTNN_ALWAYS_INLINE {
+          const T v = kKind == Kind::forward_relu ? activation_apply(Activation::relu, a[k]) : a[k];
+          return dropout_apply(v, h[k], threshold, scale);
+        });
+      }
+      first += len;
     }
     q = q_end;
   }
@@ -264,7 +333,7 @@ void dropout_run(const T* in, T* out, bool* mask, int64_t n, const DropoutParams
   // the output of a pass too large for the caches takes streaming stores (the mask is a bool
   // tensor a quarter the size: ordinary stores)
   const bool stream = kKind != Kind::mask && 2 * n * static_cast<int64_t>(sizeof(T)) > kStreamPassBytes;
-  parallel_for(n, kDropoutGrain, [&](int64_t b, int64_t e) { range(in, out, mask, b, e, p, stream); }, kBlock);
+  parallel_for(n, kDropoutGrain, [&](int64_t b, int64_t e) { range(in, out, mask, b, e, p, stream); }, kPiece);
 }
 
 // out = act(in) * factor over [b, e) for a factor shared by every element (p = 0: 1, p = 1: 0),

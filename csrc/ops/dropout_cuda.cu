@@ -9,7 +9,7 @@ constexpr unsigned kThreads = 256;
 template <DropoutKind kKind, class T>
 void run(const char* name, const T* in, T* out, bool* mask, int64_t n, const DropoutParams& p,
          const StepScalars<DropoutKey>& key) {
-  const dim3 grid(cuda_rt::grid_for((n + kDropoutPerQuad - 1) / kDropoutPerQuad, kThreads));
+  const dim3 grid(cuda_rt::grid_for((n + kDropoutPerThread - 1) / kDropoutPerThread, kThreads));
   const T scale = static_cast<T>(p.scale);
   const uint32_t threshold = p.threshold;  // in (0, 2^16) here
   if (kKind != DropoutKind::mask && cuda_rt::aligned16(in) && cuda_rt::aligned16(out))

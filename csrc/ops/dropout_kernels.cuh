@@ -1,7 +1,9 @@
-// Dropout kernels. One thread per Philox quad q: elements 8q .. 8q+7 take the 16-bit halves of
-// dropout_words(seed, offset, q) (ops/philox.h), exactly as the CPU does, so masks are bit-identical
-// to the CPU's whatever the launch shape; and the value math is the same single multiply, so outputs
-// are bit-identical too.
+// Dropout kernels. One thread per 8 elements, 8g .. 8g+7, which one Philox quad serves (a quad
+// serves 128 / b elements at b bits each, b <= 16): their draws from dropout_words(seed, offset,
+// 8g / (128 / b)) (ops/philox.h), exactly as the CPU takes them, so masks are bit-identical to the
+// CPU's whatever the launch shape; and the value math is the same single multiply, so outputs are
+// bit-identical too. At b < 16 neighbouring threads compute the same quad: the loads stay coalesced,
+// and the Philox work per thread is what it is at 16 bits.
 #pragma once
 #include "core/cuda_launch.h"
 #include "ops/dropout.h"
@@ -9,6 +11,8 @@
 namespace fastnn::cuda {
 
 enum class DropoutKind { forward, forward_relu, backward, mask };
+
+constexpr int kDropoutPerThread = 8;  // elements; 128 / 16, so one quad serves them at any bit count
 
 template <class T>
 __device__ __forceinline__ void load4(const T* p, T v[4], bool vector) {
@@ -50,17 +54,20 @@ template <DropoutKind kKind, bool kVector, class T>
 __global__ void dropout_kernel(const T* in, T* out, bool* mask, int64_t n, StepScalars<DropoutKey> key_arg,
                                uint32_t threshold, T scale) {
   const DropoutKey key = key_arg.get();
-  const int64_t quads = (n + kDropoutPerQuad - 1) / kDropoutPerQuad;
-  for (int64_t q = cuda_rt::global_thread_index(); q < quads; q += cuda_rt::grid_stride()) {
+  const int bits = dropout_bits(threshold);
+  const int64_t per_quad = dropout_per_quad(bits);
+  const int64_t groups = (n + kDropoutPerThread - 1) / kDropoutPerThread;
+  for (int64_t g = cuda_rt::global_thread_index(); g < groups; g += cuda_rt::grid_stride()) {
     uint32_t w[4];
-    dropout_words(key.seed, key.offset, static_cast<uint64_t>(q), w);
+    dropout_words(key.seed, key.offset, static_cast<uint64_t>(kDropoutPerThread * g / per_quad), w);
+    const int e0 = static_cast<int>(kDropoutPerThread * g % per_quad);  // field of element 8g
     // two runs of four elements, each moved as one vector where aligned
-    for (int run = 0; run < kDropoutPerQuad / 4; ++run) {
-      const int64_t first = kDropoutPerQuad * q + 4 * run;
+    for (int run = 0; run < kDropoutPerThread / 4; ++run) {
+      const int64_t first = kDropoutPerThread * g + 4 * run;
       if (first >= n) break;
       const int count = n - first < 4 ? static_cast<int>(n - first) : 4;
       if constexpr (kKind == DropoutKind::mask) {
-        for (int k = 0; k < count; ++k) mask[first + k] = dropout_keep(dropout_half(w, 4 * run + k), threshold);
+        for (int k = 0; k < count; ++k) mask[first + k] = dropout_keep(dropout_draw(w, e0 + 4 * run + k, bits), threshold);
         continue;
       }
       T v[4];
@@ -71,7 +78,7 @@ __global__ void dropout_kernel(const T* in, T* out, bool* mask, int64_t n, StepS
       }
       for (int k = 0; k < 4; ++k) {
         const T a = kKind == DropoutKind::forward_relu ? activation_apply(Activation::relu, v[k]) : v[k];
-        v[k] = dropout_apply(a, dropout_half(w, 4 * run + k), threshold, scale);
+        v[k] = dropout_apply(a, dropout_draw(w, e0 + 4 * run + k, bits), threshold, scale);
       }
       if (count == 4) {
         store4(out + first, v, kVector);

@@ -3,14 +3,18 @@
 // mask depends only on (seed, offset, element index): the same on every device, thread count and
 // chunking, and the backward pass regenerates it instead of storing it.
 //
-// Dropout's stream: key = (seed lo, seed hi); counter = (q lo, q hi, offset lo, offset hi) with
-// q = i / 8 for element i, which takes the 16-bit half (i % 8) of the call's four output words: the
-// low half of word (i % 8) / 2 for even i, the high half for odd i (on a little-endian machine, the
-// words' bytes read as uint16 in order). Element i is kept iff its half is >= threshold =
-// round(p * 2^16): P(keep) = 1 - p to within 2^-17, p = 0 keeps everything and p = 1 (threshold
-// 2^16, above every half) keeps nothing, exactly. 16 bits an element rather than 32 halve the
-// Philox work, which bounded the fused relu + dropout forward on AVX-512 (0.46 ns an element per
-// core on Zen 4, 55% of the copy rate at 4096x4096); FlashAttention's dropout takes 8.
+// Dropout's stream: key = (seed lo, seed hi); counter = (q lo, q hi, offset lo, offset hi). A call
+// keeps each element with probability 1 - threshold / 2^16, threshold = round(p * 2^16), and draws
+// for each element the fewest random bits that express that exactly: b = dropout_bits(threshold) in
+// {1, 2, 4, 8, 16}, the smallest power of two with threshold a multiple of 2^(16 - b) (p = 0.5: one
+// bit; 0.25 or 0.75: two; 0.1, 0.2 or 0.3: sixteen). Quad q = i / (128 / b) serves element i: its
+// field e = i % (128 / b) is bits [b e, b e + b) of the call's four output words read as one
+// little-endian 128-bit number (word b e / 32, bits b (e % (32 / b)) up), and element i is kept iff
+// field * 2^(16 - b) >= threshold. So P(keep) = 1 - threshold / 2^16 whatever b is, 1 - p to
+// within 2^-17; p = 0 keeps everything and p = 1 (threshold 2^16, above every draw) nothing. Drawing 16 bits rather than 32 halved the Philox work, which bounded
+// the fused relu + dropout forward on AVX-512 (0.46 ns an element per core on Zen 4, 55% of the copy
+// rate at 4096x4096); drawing b rather than 16 divides it by 16 / b again (FlashAttention's dropout
+// takes 8 bits for every p, and with them P(keep) off by up to 2^-9).
 // The scale stays torch's 1 / (1 - p), so with p' = threshold / 2^16 the drop probability actually
 // used, E[y] = x (1 - p') / (1 - p): within 2^-17 / (1 - p) of x, relative.
 #pragma once
@@ -25,9 +29,8 @@ constexpr uint32_t kPhiloxM0 = 0xD2511F53u;  // multipliers of the two S-boxes
 constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
 constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;  // Weyl key increments: golden ratio, sqrt(3) - 1
 constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
-constexpr int kDropoutBits = 16;                                  // random bits an element
-constexpr int kDropoutPerQuad = 128 / kDropoutBits;               // elements per Philox call
-constexpr uint64_t kDropoutThresholdNone = uint64_t{1} << kDropoutBits;  // threshold that keeps nothing
+constexpr int kDropoutMaxBits = 16;                                  // random bits an element, at most
+constexpr uint64_t kDropoutThresholdNone = uint64_t{1} << kDropoutMaxBits;  // threshold that keeps nothing
 
 // out[0..3] = Philox4x32-10(counter c0..c3, key k0, k1). Plain scalar code with no branches, so a
 // loop of independent calls vectorises (the 32x32->64 products map to vpmuludq).
@@ -63,17 +66,32 @@ FASTNN_HD void philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
   out[3] = c3;
 }
 
-// The four Philox words of elements 8q .. 8q+7 of dropout call (seed, offset).
+// The four Philox words of quad q of dropout call (seed, offset).
 FASTNN_HD void dropout_words(uint64_t seed, uint64_t offset, uint64_t q, uint32_t out[4]) {
   philox4x32_10(static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32),
                 static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
                 static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), out);
 }
 
-// The random bits of element 8q + e (e in 0..7) from its quad's words.
-FASTNN_HD uint32_t dropout_half(const uint32_t words[4], int e) {
-  constexpr int kPerWord = 32 / kDropoutBits;
-  return (words[e / kPerWord] >> (kDropoutBits * (e % kPerWord))) & static_cast<uint32_t>(kDropoutThresholdNone - 1);
+// Random bits an element draws for a threshold in (0, 2^16): the fewest, a power of two, that
+// express it exactly. (0 and 2^16 give 1; callers draw nothing for them.)
+FASTNN_HD int dropout_bits(uint32_t threshold) {
+  int bits = 1;
+  while (bits < kDropoutMaxBits && (threshold & ((1u << (kDropoutMaxBits - bits)) - 1u)) != 0) bits *= 2;
+  return bits;
+}
+
+// Elements one Philox quad serves.
+FASTNN_HD int dropout_per_quad(int bits) { return 128 / bits; }
+
+// Field e (e < 128 / bits) of a quad's words, scaled to 16 bits: what element e of the quad compares
+// against the threshold.
+FASTNN_HD uint32_t dropout_draw(const uint32_t words[4], int e, int bits) {
+  const int per_word = 32 / bits, index = e / per_word;
+  // selects, not words[index]: indexed at run time, a GPU thread's words would go to local memory
+  const uint32_t word = index < 2 ? (index == 0 ? words[0] : words[1]) : (index == 2 ? words[2] : words[3]);
+  const uint32_t field = (word >> (bits * (e % per_word))) & ((1u << bits) - 1u);
+  return field << (kDropoutMaxBits - bits);
 }
 
 // round(p * 2^16) for p in [0, 1]; the product is exact (a power-of-two scaling), so the only
@@ -82,14 +100,16 @@ FASTNN_HD uint32_t dropout_threshold(double p) {
   return static_cast<uint32_t>(std::floor(p * static_cast<double>(kDropoutThresholdNone) + 0.5));
 }
 
-FASTNN_HD bool dropout_keep(uint32_t half, uint32_t threshold) { return half >= threshold; }
+FASTNN_HD bool dropout_keep(uint32_t draw, uint32_t threshold) { return draw >= threshold; }
 
 // Whether element i of dropout call (seed, offset) is kept: the scalar definition that the block
 // kernels must reproduce bit for bit.
 FASTNN_HD bool dropout_keep_element(uint64_t seed, uint64_t offset, uint32_t threshold, uint64_t i) {
+  const int bits = dropout_bits(threshold);
+  const uint64_t per_quad = static_cast<uint64_t>(dropout_per_quad(bits));
   uint32_t w[4];
-  dropout_words(seed, offset, i / kDropoutPerQuad, w);
-  return dropout_keep(dropout_half(w, static_cast<int>(i % kDropoutPerQuad)), threshold);
+  dropout_words(seed, offset, i / per_quad, w);
+  return dropout_keep(dropout_draw(w, static_cast<int>(i % per_quad), bits), threshold);
 }
 
 // Inverted-dropout scale 1 / (1 - p); 0 when p = 1, where nothing is kept, so that the product

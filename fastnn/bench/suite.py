@@ -63,7 +63,11 @@ def memory_rows(b: Bench, torch, n_rows, n_cols):
     b.compare("memory", f"relu+dropout fwd ({n_rows}x{n_cols})",
               lambda: _C.dropout_forward(x, 0.5, 1, 2, "relu", y),
               lambda: F.dropout(torch.relu(xt), 0.5, True), 2 * nbytes, "GB/s", b.copy,
-              note="fused, one pass; torch: relu then dropout")
+              note="fused, one pass; p = 0.5: one random bit an element; torch: relu then dropout")
+    b.compare("memory", f"relu+dropout fwd p=0.2 ({n_rows}x{n_cols})",
+              lambda: _C.dropout_forward(x, 0.2, 1, 2, "relu", y),
+              lambda: F.dropout(torch.relu(xt), 0.2, True), 2 * nbytes, "GB/s", b.copy,
+              note="16 random bits an element, as every p that is no multiple of 2^-8")
     dy = g.standard_normal((n_rows, n_cols), dtype=np.float32)
     dyt = torch.from_numpy(dy)
     dy = fastnn.tensor(dy)
