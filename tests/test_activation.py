@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import fastnn
 from fastnn import _C
 from utils import ODD_SIZES, assert_close, randn, torch_of
 
@@ -151,6 +152,30 @@ def test_softmax_wide_rows_treat_special_values_as_narrow_ones(dtype, log):
     assert (pad == (-np.inf if log else 0.0)).all()
     assert_close(narrow_y[5], torch.softmax(torch_of(x[5]), -1).log() if log else torch.softmax(torch_of(x[5]), -1),
                  dtype)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_rows_are_independent(dtype, log):
+    # each row's loop also takes the next row's max: a matrix's rows, split over threads, special
+    # rows among them, in place too, are bit for bit each row's softmax taken alone
+    rng = np.random.default_rng(8)
+    x = randn(rng, (301, 257), dtype, scale=5.0)
+    x[7, :] = -np.inf
+    x[8, 3] = np.nan
+    x[100, 5] = np.inf
+    x[101, :] = np.inf
+    alone = np.stack([_C.softmax_forward(x[r:r + 1], log).numpy()[0] for r in range(x.shape[0])])
+    before = fastnn.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastnn.set_num_threads(threads)
+            np.testing.assert_array_equal(_C.softmax_forward(x, log).numpy(), alone)
+            inplace = x.copy()
+            t = _C.as_tensor(inplace)
+            _C.softmax_forward(t, log, out=t)
+            np.testing.assert_array_equal(inplace, alone)
+    finally:
+        fastnn.set_num_threads(before)
 
 
 @pytest.mark.parametrize("kind", ["relu", "tanh", "sigmoid"])

@@ -175,6 +175,30 @@ def test_cross_entropy_nan_logit_poisons_its_row_only(dtype, rng, classes):
     assert np.isnan(grad[:3]).all() and np.isfinite(grad[3]).all()
 
 
+def test_cross_entropy_wide_rows_are_independent(dtype, rng):
+    # with many classes each row's loop also takes the next row's max: over threads, beside ignored
+    # and NaN rows, in place too, every row's loss and gradient are bit for bit the row's alone
+    x = randn(rng, (301, 100), dtype, scale=3.0)
+    y = labels(rng, 301, 100, ignore_index=-100, ignored=0.1)
+    x[5, 7] = np.nan
+    x[y == -100] = np.nan  # never used, whatever is read
+    w = rng.uniform(0.1, 2.0, 100).astype(dtype)
+    alone = [_C.cross_entropy(x[r:r + 1], y[r:r + 1], w, "sum") for r in range(301)]
+    want_loss = np.array([np.asarray(a[0]) for a in alone])
+    want_grad = np.concatenate([np.asarray(a[1]) for a in alone])
+    before = fastnn.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastnn.set_num_threads(threads)
+            np.testing.assert_array_equal(np.asarray(_C.cross_entropy_forward(x, y, w, "none")), want_loss)
+            np.testing.assert_array_equal(np.asarray(_C.cross_entropy_backward(x, y, 1.0, w, "sum")), want_grad)
+            buf = x.copy()
+            _C.cross_entropy(buf, y, w, "sum", dlogits=buf)
+            np.testing.assert_array_equal(buf, want_grad)
+    finally:
+        fastnn.set_num_threads(before)
+
+
 def test_cross_entropy_ignored_rows(dtype, rng):
     x = randn(rng, (7, 5), dtype)
     y = np.array([0, -100, 4, -100, 1, 2, 3])

@@ -53,33 +53,42 @@ double blocked_reduce(int64_t n, int64_t block, int64_t grain, F&& f) {
 
 // ---- Kernels, one per loss; each is instantiated per ISA below ----------------------------------
 
-// Sum of exp(x[c] - m) over c in [b, e), each also stored in d[c] when kStore.
+// Sum of exp(x[c] - m) over c in [b, e), each also stored in d[c] when kStore; next_max takes the
+// max of next[c] over the same c as well (the next row's, so that its loads from memory overlap
+// this row's exponentials, as in softmax_rows: activation_cpu.cpp).
 template <bool kStore, class T>
-FASTNN_FORCE_INLINE T sum_exp(const T* x, T* d, int64_t b, int64_t e, T m) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
+FASTNN_FORCE_INLINE T sum_exp(const T* x, T* d, int64_t b, int64_t e, T m, const T* next, T& next_max) {
+  T s = 0, nm = next_max;
+#pragma omp simd reduction(+ : s) reduction(max : nm)
   for (int64_t c = b; c < e; ++c) {
     const T v = exp_nonpositive(x[c] - m);
     if constexpr (kStore) d[c] = v;
     s += v;
+    nm = next[c] > nm ? next[c] : nm;
   }
+  next_max = nm;
   return s;
 }
 
 // The other classes' exponentials, summed in two runs around the target. One loop over every
 // class that zeroed the target's term compared a 64-bit index per lane (4 to a ymm): the fused
 // cross-entropy of 64 x 1000 float32 took 0.695 ns an element that way, 0.570 in two runs (one
-// Zen 3 core, AVX2, in L1, the two interleaved in one process).
+// Zen 3 core, AVX2, in L1, the two interleaved in one process). Returns next's max over all
+// classes in next_max.
 template <bool kStore, class T>
-FASTNN_FORCE_INLINE T others_exp(const T* x, T* d, int64_t classes, int64_t y, T m) {
-  return sum_exp<kStore>(x, d, 0, y, m) + sum_exp<kStore>(x, d, y + 1, classes, m);
+FASTNN_FORCE_INLINE T others_exp(const T* x, T* d, int64_t classes, int64_t y, T m, const T* next, T& next_max) {
+  next_max = -INFINITY;
+  const T below = sum_exp<kStore>(x, d, 0, y, m, next, next_max);
+  const T above = sum_exp<kStore>(x, d, y + 1, classes, m, next, next_max);
+  next_max = next[y] > next_max ? next[y] : next_max;
+  return below + above;
 }
 
-// Unweighted loss of one row, -log softmax(x)[y].
+// Unweighted loss of one row, -log softmax(x)[y], given its max m; the max of row `next` goes to
+// next_max.
 template <class T>
-FASTNN_FORCE_INLINE T cross_entropy_row(const T* x, int64_t classes, int64_t y) {
-  const T m = fastmath::max_of(x, classes);
-  const T others = others_exp<false>(x, static_cast<T*>(nullptr), classes, y, m);
+FASTNN_FORCE_INLINE T cross_entropy_row(const T* x, int64_t classes, int64_t y, T m, const T* next, T& next_max) {
+  const T others = others_exp<false>(x, static_cast<T*>(nullptr), classes, y, m, next, next_max);
   return cross_entropy_row_loss(m, x[y], exp_nonpositive(x[y] - m), others);
 }
 
@@ -87,10 +96,10 @@ FASTNN_FORCE_INLINE T cross_entropy_row(const T* x, int64_t classes, int64_t y) 
 // bits as cross_entropy_row). The exponentials wait in d between the two passes, so softmax costs
 // one exp per logit. d may be x.
 template <class T>
-FASTNN_FORCE_INLINE T cross_entropy_row_grad(const T* x, T* d, int64_t classes, int64_t y, T coef) {
+FASTNN_FORCE_INLINE T cross_entropy_row_grad(const T* x, T* d, int64_t classes, int64_t y, T coef, T m,
+                                             const T* next, T& next_max) {
   const T target_logit = x[y];
-  const T m = fastmath::max_of(x, classes);
-  const T others = others_exp<true>(x, d, classes, y, m);
+  const T others = others_exp<true>(x, d, classes, y, m, next, next_max);
   const T target_exp = exp_nonpositive(target_logit - m);
   const T inv = T(1) / (target_exp + others);
 #pragma omp simd
@@ -139,15 +148,21 @@ template <class T, class I>
 FASTNN_FORCE_INLINE double run_rows(const CrossEntropyJob<T, I>& j, int64_t b, int64_t e) {
   const int64_t C = j.classes;
   double total = 0;
+  T m = b < e ? fastmath::max_of(j.logits + b * C, C) : T(0);  // row r's, carried from row r - 1
   for (int64_t r = b; r < e; ++r) {
+    const T* x = j.logits + r * C;
+    const T* next = r + 1 < e ? x + C : x;  // the last row's max again, unused
     if (j.ignored(r)) {
       write_ignored_row(j, r);
+      m = fastmath::max_of(next, C);
       continue;
     }
     const int64_t y = static_cast<int64_t>(j.labels[r]);
     const T w = j.class_weight(y);
-    const T loss = j.dlogits ? cross_entropy_row_grad(j.logits + r * C, j.dlogits + r * C, C, y, row_coef(j, r, w))
-                             : cross_entropy_row(j.logits + r * C, C, y);
+    T next_max;
+    const T loss = j.dlogits ? cross_entropy_row_grad(x, j.dlogits + r * C, C, y, row_coef(j, r, w), m, next, next_max)
+                             : cross_entropy_row(x, C, y, m, next, next_max);
+    m = next_max;
     if (j.row_loss) j.row_loss[r] = w * loss;
     total += static_cast<double>(w) * static_cast<double>(loss);
   }
