@@ -308,7 +308,7 @@ def test_softmax_special_values(dtype):
 
 
 @pytest.mark.parametrize("n", ODD_SIZES + [1003, 4096 + 5])
-@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.25, 0.375, 3 / 256, 1.0])  # 16, 1, 2, 4 and 8 bits an element
 def test_dropout_masks_and_outputs_equal_cpu_bit_for_bit(rng, dtype, n, p):
     x = randn(rng, n, dtype)
     x[::11] = -np.abs(x[::11])
