@@ -189,31 +189,36 @@ FASTNN_TARGET_AVX512 void philox_block<CpuIsa::avx512>(const DropoutParams& p, u
 // broadcast to both 128-bit halves) and a multiply by a power of two (vpmullw) lifts the field to
 // the lane's top b bits. Below it lie lower fields' bits, which never change the comparison with a
 // threshold (a multiple of 2^(16 - b)), so the spread values keep exactly the draws' elements.
-struct DrawSpreaderAvx2 {
-  __m256i pick, lift;
-
-  FASTNN_TARGET_AVX2 explicit DrawSpreaderAvx2(int bits) {
-    alignas(32) uint8_t pick_bytes[32];
-    alignas(32) uint16_t lift_factors[16];
+// Per bit count b in {1, 2, 4, 8} (row log2 b): the vpshufb byte picks and the vpmullw factors.
+struct SpreadTables {
+  alignas(32) uint8_t pick[4][32];
+  alignas(32) uint16_t lift[4][16];
+};
+constexpr SpreadTables make_spread_tables() {
+  SpreadTables t{};
+  for (int row = 0; row < 4; ++row) {
+    const int bits = 1 << row;
     for (int e = 0; e < 16; ++e) {
       const int word = e * bits / 16, shift = e * bits % 16;
-      pick_bytes[2 * e] = static_cast<uint8_t>(2 * word);
-      pick_bytes[2 * e + 1] = static_cast<uint8_t>(2 * word + 1);
-      lift_factors[e] = static_cast<uint16_t>(1u << (kDropoutMaxBits - bits - shift));
+      t.pick[row][2 * e] = static_cast<uint8_t>(2 * word);
+      t.pick[row][2 * e + 1] = static_cast<uint8_t>(2 * word + 1);
+      t.lift[row][e] = static_cast<uint16_t>(1u << (kDropoutMaxBits - bits - shift));
     }
-    pick = _mm256_load_si256(reinterpret_cast<const __m256i*>(pick_bytes));
-    lift = _mm256_load_si256(reinterpret_cast<const __m256i*>(lift_factors));
   }
-};
+  return t;
+}
+constexpr SpreadTables kSpreadTables = make_spread_tables();
 
 FASTNN_TARGET_AVX2 void spread_draws_avx2(const uint32_t* words, int bits, int64_t first, int64_t count,
                                           uint16_t* draws) {
-  const DrawSpreaderAvx2 spreader(bits);
+  const int row = bits == 1 ? 0 : bits == 2 ? 1 : bits == 4 ? 2 : 3;
+  const __m256i pick = _mm256_load_si256(reinterpret_cast<const __m256i*>(kSpreadTables.pick[row]));
+  const __m256i lift = _mm256_load_si256(reinterpret_cast<const __m256i*>(kSpreadTables.lift[row]));
   const auto* bytes = reinterpret_cast<const uint8_t*>(words);
   for (int64_t k = 0; k < count; k += 16) {
     const __m128i chunk = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + (first + k) * bits / 8));
-    const __m256i lanes = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(chunk), spreader.pick);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(draws + k), _mm256_mullo_epi16(lanes, spreader.lift));
+    const __m256i lanes = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(chunk), pick);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(draws + k), _mm256_mullo_epi16(lanes, lift));
   }
 }
 
