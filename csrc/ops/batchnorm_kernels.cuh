@@ -53,8 +53,8 @@ struct DeviceEpilogue {
     return v;
   }
 
-  // VW values from element i, i a multiple of VW and VW <= 8 (a power of two, and a quad serves at
-  // least 8 elements, so the VW elements share one Philox quad): one Philox call for all of them.
+  // VW values from element i, i a multiple of VW and VW <= kDropoutMinPerQuad (a power of two, so
+  // the VW elements share one Philox quad at any bit count): one Philox call for all of them.
   template <int VW>
   __device__ __forceinline__ void vector(T* v, int64_t i) const {
 #pragma unroll
@@ -65,7 +65,7 @@ struct DeviceEpilogue {
       for (int e = 0; e < VW; ++e) v[e] = v[e] * scale;
     } else if (dropout == kMask) {
       const DropoutKey k = key.get();
-      static_assert(VW <= 8, "a quad serves 8 elements at 16 bits each");
+      static_assert(VW <= kDropoutMinPerQuad, "a quad serves only kDropoutMinPerQuad elements at 16 bits each");
       const int bits = dropout_bits(threshold);
       const uint64_t per_quad = static_cast<uint64_t>(dropout_per_quad(bits));
       uint32_t w[4];

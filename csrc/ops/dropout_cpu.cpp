@@ -23,7 +23,7 @@ namespace {
 // too, so no block crosses a carry into the counter's high word.
 constexpr int64_t kQuads = 64;
 // Elements whose draws are spread and applied at a time: one block's at 16 bits an element.
-constexpr int64_t kPiece = 8 * kQuads;
+constexpr int64_t kPiece = kDropoutMinPerQuad * kQuads;
 // Philox costs about 1 ns per 8 elements on one core at 16 bits: worth a thread sooner than a copy.
 constexpr int64_t kDropoutGrain = kParallelGrain / 4;
 

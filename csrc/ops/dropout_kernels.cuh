@@ -12,7 +12,7 @@ namespace fastnn::cuda {
 
 enum class DropoutKind { forward, forward_relu, backward, mask };
 
-constexpr int kDropoutPerThread = 8;  // elements; 128 / 16, so one quad serves them at any bit count
+constexpr int kDropoutPerThread = kDropoutMinPerQuad;  // elements: one quad serves them at any bit count
 
 template <class T>
 __device__ __forceinline__ void load4(const T* p, T v[4], bool vector) {

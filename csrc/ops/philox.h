@@ -11,10 +11,11 @@
 // field e = i % (128 / b) is bits [b e, b e + b) of the call's four output words read as one
 // little-endian 128-bit number (word b e / 32, bits b (e % (32 / b)) up), and element i is kept iff
 // field * 2^(16 - b) >= threshold. So P(keep) = 1 - threshold / 2^16 whatever b is, 1 - p to
-// within 2^-17; p = 0 keeps everything and p = 1 (threshold 2^16, above every draw) nothing. Drawing 16 bits rather than 32 halved the Philox work, which bounded
-// the fused relu + dropout forward on AVX-512 (0.46 ns an element per core on Zen 4, 55% of the copy
-// rate at 4096x4096); drawing b rather than 16 divides it by 16 / b again (FlashAttention's dropout
-// takes 8 bits for every p, and with them P(keep) off by up to 2^-9).
+// within 2^-17; p = 0 keeps everything and p = 1 (threshold 2^16, above every draw) nothing.
+// Drawing 16 bits rather than 32 halved the Philox work, which bounded the fused relu + dropout
+// forward on AVX-512 (0.46 ns an element per core on Zen 4, 55% of the copy rate at 4096x4096);
+// drawing b rather than 16 divides it by 16 / b again (FlashAttention's dropout takes 8 bits for
+// every p, and with them P(keep) off by up to 2^-9).
 // The scale stays torch's 1 / (1 - p), so with p' = threshold / 2^16 the drop probability actually
 // used, E[y] = x (1 - p') / (1 - p): within 2^-17 / (1 - p) of x, relative.
 #pragma once
@@ -31,6 +32,8 @@ constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;  // Weyl key increments: golden rati
 constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
 constexpr int kDropoutMaxBits = 16;                                  // random bits an element, at most
 constexpr uint64_t kDropoutThresholdNone = uint64_t{1} << kDropoutMaxBits;  // threshold that keeps nothing
+// Elements a quad serves at the most bits: any aligned run of this many shares one quad at every b.
+constexpr int kDropoutMinPerQuad = 128 / kDropoutMaxBits;
 
 // out[0..3] = Philox4x32-10(counter c0..c3, key k0, k1). Plain scalar code with no branches, so a
 // loop of independent calls vectorises (the 32x32->64 products map to vpmuludq).
