@@ -74,7 +74,9 @@ def main():
                 times[lib].append(time.perf_counter() - start)
                 acc[lib] = model.score(xt, yt)
         ratio = statistics.median(s / f for f, s in zip(times["fastnn"], times["sklearn"]))
-        print(f"| {name} | {statistics.median(times['fastnn']):.2f} | {statistics.median(times['sklearn']):.2f} | "
+        # three significant figures, not two decimals: a small fit on a fast machine takes under
+        # 5 ms, which printed as 0.00 (the H200 host's Xeon, 2026-11-30)
+        print(f"| {name} | {statistics.median(times['fastnn']):.3g} | {statistics.median(times['sklearn']):.3g} | "
               f"**{ratio:.2f}x** | {acc['fastnn']:.4f} | {acc['sklearn']:.4f} |")
 
 
