@@ -12,7 +12,8 @@
 #   bench.log                fastnn bench's progress lines
 #   bench/results.md, bench/results.json, bench/ratios.png
 #   gemm_tiles.md            the A/B runs of the switchable candidates (benchmarks/gpu/ab.py), the
-#                            kernels of one training step (benchmarks/gpu/step_launches.py), the
+#                            kernels of one training step (benchmarks/gpu/step_launches.py), dropout
+#                            at every bit count (benchmarks/gpu/dropout_rows.cu), the
 #                            GEMM tile-shape sweep (benchmarks/gpu/gemm_tiles.cu), compiled
 #                            beside the build and run after the bench, then Nsight Compute's
 #                            sections for the production kernel (gemm_tiles --profile)
@@ -201,6 +202,15 @@ if [ $built = 1 ]; then
   # the kernels of one lecture-model step at batch 128 and 1024 and the captured graph's node count:
   # what fusion would remove (at batch 128 the graph step is bound by its nodes)
   phase launches "$(cap 30 110)" "$OUT/gemm_tiles.md" "$ROOT/tests" "$PY" "$ROOT/benchmarks/gpu/step_launches.py"
+fi
+
+# -- dropout at every bit count ------------------------------------------------------------------------
+# benchmarks/gpu/dropout_rows.cu: the relu + dropout forward and the mask kernel at 1-16 bits an
+# element against a device copy, every output checked; seconds to build and run. Appended to
+# gemm_tiles.md (the run tool returns 8 files).
+if [ $built = 1 ] && [ "$DRY" != 1 ] && [[ "${arch:-}" =~ ^[0-9]+$ ]]; then
+  phase dropout-rows "$(cap 40 100)" "$OUT/gemm_tiles.md" "$ROOT" bash -c \
+    "nvcc -std=c++17 -O3 -arch=sm_$arch -Icsrc -DCANDIDATE benchmarks/gpu/dropout_rows.cu -o build-dropout-rows && ./build-dropout-rows"
 fi
 
 # -- GEMM tile sweep ---------------------------------------------------------------------------------

@@ -66,14 +66,13 @@ struct DeviceEpilogue {
     } else if (dropout == kMask) {
       const DropoutKey k = key.get();
       static_assert(VW <= kDropoutMinPerQuad, "a quad serves only kDropoutMinPerQuad elements at 16 bits each");
-      const int bits = dropout_bits(threshold);
-      const uint64_t per_quad = static_cast<uint64_t>(dropout_per_quad(bits));
+      const int log2_bits = dropout_log2_bits(threshold);
       uint32_t w[4];
-      dropout_words(k.seed, k.offset, static_cast<uint64_t>(i) / per_quad, w);
-      const int first = static_cast<int>(static_cast<uint64_t>(i) % per_quad);
+      dropout_words(k.seed, k.offset, dropout_quad(static_cast<uint64_t>(i), log2_bits), w);
+      const int first = dropout_field(static_cast<uint64_t>(i), log2_bits);
 #pragma unroll
       for (int e = 0; e < VW; ++e)
-        v[e] = dropout_apply(v[e], dropout_draw(w, first + e, bits), threshold, scale);
+        v[e] = dropout_apply(v[e], dropout_draw(w, first + e, log2_bits), threshold, scale);
     }
   }
 };

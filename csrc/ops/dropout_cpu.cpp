@@ -45,10 +45,11 @@ FASTNN_FORCE_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int c
 template <CpuIsa kIsa>
 FASTNN_FORCE_INLINE void spread_draws(const uint32_t* words, int bits, int64_t first, int64_t count,
                                       uint16_t* draws) {
-  const int per_quad = dropout_per_quad(bits);
+  int log2_bits = 0;
+  while ((1 << log2_bits) < bits) ++log2_bits;
   for (int64_t k = 0; k < count; ++k) {
-    const int64_t e = first + k;
-    draws[k] = static_cast<uint16_t>(dropout_draw(words + 4 * (e / per_quad), static_cast<int>(e % per_quad), bits));
+    const uint64_t e = static_cast<uint64_t>(first + k);
+    draws[k] = static_cast<uint16_t>(dropout_draw(words + 4 * dropout_quad(e, log2_bits), dropout_field(e, log2_bits), log2_bits));
   }
 }
 

@@ -1,9 +1,9 @@
-// Dropout kernels. One thread per 8 elements, 8g .. 8g+7, which one Philox quad serves (a quad
-// serves 128 / b elements at b bits each, b <= 16): their draws from dropout_words(seed, offset,
-// 8g / (128 / b)) (ops/philox.h), exactly as the CPU takes them, so masks are bit-identical to the
-// CPU's whatever the launch shape; and the value math is the same single multiply, so outputs are
-// bit-identical too. At b < 16 neighbouring threads compute the same quad: the loads stay coalesced,
-// and the Philox work per thread is what it is at 16 bits.
+// Dropout kernels. A thread draws one Philox quad for 8 elements, 8g .. 8g+7, which one quad serves
+// at any bit count (a quad serves 128 / b elements at b bits each, b <= 16): their draws from
+// dropout_words(seed, offset, 8g / (128 / b)) (ops/philox.h), exactly as the CPU takes them, so
+// masks are bit-identical to the CPU's whatever the launch shape; and the value math is the same
+// single multiply, so outputs are bit-identical too. At b < 16 neighbouring threads draw the same
+// quad: the Philox work per element is what it is at 16 bits.
 #pragma once
 #include "core/cuda_launch.h"
 #include "ops/dropout.h"
@@ -49,41 +49,66 @@ __device__ __forceinline__ void store4(T* p, const T v[4], bool vector) {
   for (int k = 0; k < 4; ++k) p[k] = v[k];
 }
 
-// kVector: `in` and `out` are 16-byte aligned, so full quads move as vectors.
+// A warp serves 256 consecutive elements an iteration, 32 groups of 8: lane L draws the one quad
+// that serves group L at any bit count, then the warp moves the 256 as two passes of 128, lane t
+// taking elements 4t .. 4t+3 of a pass (one float4: a warp's accesses are 512 contiguous bytes) and
+// their group's words from lane 16 pass + t / 2 by shuffle. A thread that took its own group's 8
+// elements as two float4s strided the warp's accesses by 32 bytes, every store a half sector: the
+// H200's float32 relu + dropout forward ran at 118 us, 54% of copy (2a7e4a8), against 73 us when a
+// thread took 4 contiguous elements and drew a quad for them.
+// kVector: `in` and `out` are 16-byte aligned, so full runs of 4 move as vectors.
 template <DropoutKind kKind, bool kVector, class T>
 __global__ void dropout_kernel(const T* in, T* out, bool* mask, int64_t n, StepScalars<DropoutKey> key_arg,
                                uint32_t threshold, T scale) {
+  constexpr int kWarp = 32, kPass = 4 * kWarp;  // elements a pass moves
+  static_assert(kDropoutPerThread * kWarp == 2 * kPass, "a warp's groups fill two passes");
   const DropoutKey key = key_arg.get();
-  const int bits = dropout_bits(threshold);
-  const int64_t per_quad = dropout_per_quad(bits);
-  const int64_t groups = (n + kDropoutPerThread - 1) / kDropoutPerThread;
-  for (int64_t g = cuda_rt::global_thread_index(); g < groups; g += cuda_rt::grid_stride()) {
-    uint32_t w[4];
-    dropout_words(key.seed, key.offset, static_cast<uint64_t>(kDropoutPerThread * g / per_quad), w);
-    const int e0 = static_cast<int>(kDropoutPerThread * g % per_quad);  // field of element 8g
-    // two runs of four elements, each moved as one vector where aligned
-    for (int run = 0; run < kDropoutPerThread / 4; ++run) {
-      const int64_t first = kDropoutPerThread * g + 4 * run;
-      if (first >= n) break;
+  const int log2_bits = dropout_log2_bits(threshold);
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
+  const int64_t warp_stride = cuda_rt::grid_stride() / kWarp * (kDropoutPerThread * kWarp);
+  // whole warps loop together (blocks are whole warps), so every shuffle has its 32 lanes
+  for (int64_t base = cuda_rt::global_thread_index() / kWarp * (kDropoutPerThread * kWarp); base < n;
+       base += warp_stride) {
+    uint32_t w[4];  // past n in the last warp: drawn and not used
+    dropout_words(key.seed, key.offset,
+                  dropout_quad(static_cast<uint64_t>(base + kDropoutPerThread * lane), log2_bits), w);
+#pragma unroll
+    for (int pass = 0; pass < 2; ++pass) {
+      const int source = kWarp / 2 * pass + lane / 2;
+      uint32_t words[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) words[r] = __shfl_sync(0xFFFFFFFFu, w[r], source);
+      const int64_t first = base + kPass * pass + 4 * lane;
+      if (first >= n) continue;
       const int count = n - first < 4 ? static_cast<int>(n - first) : 4;
+      const int e0 = dropout_field(static_cast<uint64_t>(first), log2_bits);
+      // the tails' loops unrolled with a predicate: v indexed by a run-time count went to local
+      // memory (a 32-byte stack frame in the float64 kernels)
       if constexpr (kKind == DropoutKind::mask) {
-        for (int k = 0; k < count; ++k) mask[first + k] = dropout_keep(dropout_draw(w, e0 + 4 * run + k, bits), threshold);
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          if (k < count) mask[first + k] = dropout_keep(dropout_draw(words, e0 + k, log2_bits), threshold);
         continue;
       }
-      T v[4];
+      T v[4] = {};
       if (count == 4) {
         load4(in + first, v, kVector);
       } else {
-        for (int k = 0; k < count; ++k) v[k] = in[first + k];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          if (k < count) v[k] = in[first + k];
       }
+#pragma unroll
       for (int k = 0; k < 4; ++k) {
         const T a = kKind == DropoutKind::forward_relu ? activation_apply(Activation::relu, v[k]) : v[k];
-        v[k] = dropout_apply(a, dropout_draw(w, e0 + 4 * run + k, bits), threshold, scale);
+        v[k] = dropout_apply(a, dropout_draw(words, e0 + k, log2_bits), threshold, scale);
       }
       if (count == 4) {
         store4(out + first, v, kVector);
       } else {
-        for (int k = 0; k < count; ++k) out[first + k] = v[k];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          if (k < count) out[first + k] = v[k];
       }
     }
   }
