@@ -103,6 +103,14 @@ def rows(torch, tiny):
            with_env("FASTNN_BN_PIPELINE_ABOVE", above, fwd), bn_ref, 2 * nbytes, "GB/s")
     yield (f"BN bwd {n}x{c}", "chunked", "pipeline", with_env("FASTNN_BN_PIPELINE_ABOVE", off, bwd),
            with_env("FASTNN_BN_PIPELINE_ABOVE", above, bwd), bn_bwd_ref, 3 * nbytes, "GB/s")
+    # The pipeline lost on an H200 (2026-11-30: fwd 0.80x, bwd 0.40x the chunked path). Its 264
+    # blocks hold 17 MB of forward items (33 MB backward: x and dy) beside the lookahead's 24 MB,
+    # so the backward's working set may overflow the 60 MB L2 before a slab's second read: with
+    # one slab of lookahead (4 / 8 MB) the bwd row gains a lot if that is the reason.
+    for what, fn, ref, work in (("fwd", fwd, bn_ref, 2 * nbytes), ("bwd", bwd, bn_bwd_ref, 3 * nbytes)):
+        yield (f"BN {what} {n}x{c}", "chunked", "pipeline, lookahead 1", with_env("FASTNN_BN_PIPELINE_ABOVE", off, fn),
+               with_env("FASTNN_BN_PIPELINE_ABOVE", above, with_env("FASTNN_BN_PIPELINE_LOOKAHEAD", "1", fn)),
+               ref, work, "GB/s")
 
     on = "always" if tiny else "1"
     batch, fin, fout = (130, 70, 260) if tiny else (1024, 784, 1024)

@@ -15,8 +15,9 @@
 // the same bits run to run.
 //
 // Blocks take their range from a ticket (an atomic counter) rather than blockIdx, so a finisher
-// only ever waits for blocks that started before it: no deadlock however the hardware (or the
-// emulator) orders and places blocks. The last ticket resets the counter and each finisher resets
+// only ever waits for blocks that started before it, and each block sums and flags its range's
+// last segment before it waits for anything: no deadlock however the hardware (or the emulator)
+// orders and places blocks, and no block's flag waits on another's. The last ticket resets the counter and each finisher resets
 // the flags it consumed, so the workspace is ready for the next launch (a graph replay too).
 #pragma once
 #include <cstdint>
@@ -80,9 +81,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const int64_t b = block_ticket;
   const int64_t end = streamk_range_begin(b + 1, w.iterations, w.blocks);
 
-  for (int64_t it = streamk_range_begin(b, w.iterations, w.blocks); it < end;) {
-    const int64_t tile = it / w.slabs, tile_first = tile * w.slabs;
-    const int64_t seg_end = end < tile_first + w.slabs ? end : tile_first + w.slabs;
+  // The range's segments from its end: the last one (the start of a tile a later block finishes)
+  // is summed and flagged first, the first one (the end of a tile begun by earlier blocks, whose
+  // flags it waits for) last. In range order a block raised its flag only after its own wait, so
+  // each flag waited on the one before it: a chain through every block, 4x slower than the K split
+  // at the H200's one-wave shapes and 17x at 4096^3 (2026-11-30).
+  const int64_t begin = streamk_range_begin(b, w.iterations, w.blocks);
+  for (int64_t seg_end = end; seg_end > begin;) {
+    const int64_t tile = (seg_end - 1) / w.slabs, tile_first = tile * w.slabs;
+    const int64_t seg_begin = begin > tile_first ? begin : tile_first;
     const int64_t m0 = (tile % w.tiles_m) * BM, n0 = (tile / w.tiles_m) * BN;
     const int64_t k_end_raw = (seg_end - tile_first) * BK;
     T acc[TM][TN];
@@ -90,8 +97,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     for (int i = 0; i < TM; ++i)
 #pragma unroll
       for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
-    accumulate_k_range<Cfg, TRANS_A, TRANS_B>(p, m0, n0, (it - tile_first) * BK, k_end_raw < p.k ? k_end_raw : p.k,
-                                              vec, tx, ty, As, Bs, acc);
+    accumulate_k_range<Cfg, TRANS_A, TRANS_B>(p, m0, n0, (seg_begin - tile_first) * BK,
+                                              k_end_raw < p.k ? k_end_raw : p.k, vec, tx, ty, As, Bs, acc);
 
     if (seg_end < tile_first + w.slabs) {  // the range ends inside this tile: its finisher adds these
       T* slot = w.slots + b * kSlot;
@@ -105,7 +112,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     } else {
       // The tile's lower k is in the slots of the blocks before this one: added to this block's
       // sums in block order (a second TM x TN array to add them in k order spilled the 8 x 8 tile).
-      if (it > tile_first) {
+      if (seg_begin > tile_first) {
         for (int64_t from = streamk_block_of(tile_first, w.iterations, w.blocks); from < b; ++from) {
           if (tid == 0) {
             while (atomicAdd(w.flags + from, 0) == 0) {
@@ -123,7 +130,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       }
       store_tile<Cfg, false>(p, acc, m0, n0, tx, ty, c_vec, nullptr);
     }
-    it = seg_end;
+    seg_end = seg_begin;
   }
 }
 
