@@ -80,23 +80,11 @@ __global__ void four_per_thread(const T* in, T* out, int64_t n, DropoutKey key, 
     const int e0 = dropout_field(static_cast<uint64_t>(first), log2_bits);
     T v[4] = {};
     const int count = n - first < 4 ? static_cast<int>(n - first) : 4;
-    if (count == 4) {
-      load4(in + first, v, true);
-    } else {
-#pragma unroll
-      for (int k = 0; k < 4; ++k)
-        if (k < count) v[k] = in[first + k];
-    }
+    load_run(in + first, v, count, true);
 #pragma unroll
     for (int k = 0; k < 4; ++k)
       v[k] = dropout_apply(activation_apply(Activation::relu, v[k]), dropout_draw(w, e0 + k, log2_bits), threshold, scale);
-    if (count == 4) {
-      store4(out + first, v, true);
-    } else {
-#pragma unroll
-      for (int k = 0; k < 4; ++k)
-        if (k < count) out[first + k] = v[k];
-    }
+    store_run(out + first, v, count, true);
   }
 }
 

@@ -49,6 +49,31 @@ __device__ __forceinline__ void store4(T* p, const T v[4], bool vector) {
   for (int k = 0; k < 4; ++k) p[k] = v[k];
 }
 
+// v[0 .. count) from p, count <= 4, as one vector where count is 4 and `vector` holds. The partial
+// run's loop unrolled with a predicate: v indexed by a run-time count went to local memory (a
+// 32-byte stack frame in the float64 kernels).
+template <class T>
+__device__ __forceinline__ void load_run(const T* p, T v[4], int count, bool vector) {
+  if (count == 4) {
+    load4(p, v, vector);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    if (k < count) v[k] = p[k];
+}
+
+template <class T>
+__device__ __forceinline__ void store_run(T* p, const T v[4], int count, bool vector) {
+  if (count == 4) {
+    store4(p, v, vector);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    if (k < count) p[k] = v[k];
+}
+
 // A warp serves 256 consecutive elements an iteration, 32 groups of 8: lane L draws the one quad
 // that serves group L at any bit count, then the warp moves the 256 as two passes of 128, lane t
 // taking elements 4t .. 4t+3 of a pass (one float4: a warp's accesses are 512 contiguous bytes) and
@@ -82,8 +107,6 @@ __global__ void dropout_kernel(const T* in, T* out, bool* mask, int64_t n, StepS
       if (first >= n) continue;
       const int count = n - first < 4 ? static_cast<int>(n - first) : 4;
       const int e0 = dropout_field(static_cast<uint64_t>(first), log2_bits);
-      // the tails' loops unrolled with a predicate: v indexed by a run-time count went to local
-      // memory (a 32-byte stack frame in the float64 kernels)
       if constexpr (kKind == DropoutKind::mask) {
 #pragma unroll
         for (int k = 0; k < 4; ++k)
@@ -91,25 +114,13 @@ __global__ void dropout_kernel(const T* in, T* out, bool* mask, int64_t n, StepS
         continue;
       }
       T v[4] = {};
-      if (count == 4) {
-        load4(in + first, v, kVector);
-      } else {
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          if (k < count) v[k] = in[first + k];
-      }
+      load_run(in + first, v, count, kVector);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const T a = kKind == DropoutKind::forward_relu ? activation_apply(Activation::relu, v[k]) : v[k];
         v[k] = dropout_apply(a, dropout_draw(words, e0 + k, log2_bits), threshold, scale);
       }
-      if (count == 4) {
-        store4(out + first, v, kVector);
-      } else {
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          if (k < count) out[first + k] = v[k];
-      }
+      store_run(out + first, v, count, kVector);
     }
   }
 }
