@@ -8,7 +8,8 @@
 # run tool returns at most 8):
 #   info.txt                 machine, versions, commit, then the phase table (the summary)
 #   build.log                pip install -v output
-#   tests.log                the CUDA tests (-k cuda), then the rest of the suite (-k 'not cuda')
+#   tests.log                the CUDA tests (-k cuda); compute-sanitizer's runs; last, the rest of
+#                            the suite (-k 'not cuda') in the budget left
 #   bench.log                fastnn bench's progress lines
 #   bench/results.md, bench/results.json, bench/ratios.png
 #   gemm_tiles.md            the A/B runs of the switchable candidates (benchmarks/gpu/ab.py), the
@@ -155,31 +156,35 @@ tail -n 1 "$INFO"
 
 # -- tests -----------------------------------------------------------------------------------------
 # From tests/, so that `python -m pytest` imports the installed fastnn, not the source tree.
-if [ $built = 1 ]; then
-  # The whole suite in two runs: the CUDA tests first, then the rest (-k 'not cuda'), so that the
-  # tests a GPU adds are never cut short by the CPU ones, and none runs twice.
-  # With pytest-xdist (the GPU image has it), 4 worker processes: faster, and a test that crashes
-  # its process fails alone (the worker is replaced) instead of ending the phase.
-  xdist=()
-  "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 4)
-  # Each of the 4 workers' fastnn and torch take a quarter of the cores: 4 x 16 threads on 16
-  # cores, each pool spinning between ops, left the second visit's CPU half 102 s into a run
-  # that takes 78 s on this 2-core machine.
-  per_worker=$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))
-  threads=(env FASTNN_NUM_THREADS="$per_worker" OMP_NUM_THREADS="$per_worker")
-  [ ${#xdist[@]} -eq 0 ] && threads=()
-  # -v: each result is logged as it happens, so a phase cut short by its cap still names the
-  # tests that failed before (the second visit lost one failure's name that way).
-  # The bench has taken 46-47 s on an H200: 120 s stay for it.
-  for t in "tests-cuda 150 120 cuda" "tests-rest 180 120 not cuda"; do
-    read -r name want reserve kexpr <<<"$t"
-    phase "$name" "$(cap "$want" "$reserve")" "$OUT/tests.log" "$ROOT/tests" \
-      "${threads[@]}" "$PY" -m pytest -v --maxfail=25 -p no:cacheprovider "${xdist[@]}" -k "$kexpr" .
-    [ $? -ne 99 ] && PHASES+=("             pytest: $(grep -E 'passed|failed|error|%\]' "$OUT/tests.log" | tail -n 1 | cut -c1-100)")
-  done
-else
-  PHASES+=("tests        skipped: no build")
-fi
+# The whole suite in two runs: the CUDA tests here, then the rest (-k 'not cuda') last of all, in
+# whatever budget the GPU's own phases leave (CI runs them too): the 2026-11-30 visit ran them
+# here for 85 s and had no time left for Nsight Compute. None runs twice.
+# With pytest-xdist (the GPU image has it), 4 worker processes: faster, and a test that crashes
+# its process fails alone (the worker is replaced) instead of ending the phase.
+xdist=()
+"$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 4)
+# Each of the 4 workers' fastnn and torch take a quarter of the cores: 4 x 16 threads on 16
+# cores, each pool spinning between ops, left the second visit's CPU half 102 s into a run
+# that takes 78 s on this 2-core machine.
+per_worker=$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))
+threads=(env FASTNN_NUM_THREADS="$per_worker" OMP_NUM_THREADS="$per_worker")
+[ ${#xdist[@]} -eq 0 ] && threads=()
+
+# run_tests NAME WANT RESERVE KEXPR. -v: each result is logged as it happens, so a phase cut short
+# by its cap still names the tests that failed before (the second visit lost one failure's name
+# that way).
+run_tests() {
+  if [ $built != 1 ]; then
+    PHASES+=("$(printf '%-12s skipped: no build' "$1")")
+    return
+  fi
+  phase "$1" "$(cap "$2" "$3")" "$OUT/tests.log" "$ROOT/tests" \
+    "${threads[@]}" "$PY" -m pytest -v --maxfail=25 -p no:cacheprovider "${xdist[@]}" -k "$4" .
+  [ $? -ne 99 ] && PHASES+=("             pytest: $(grep -E 'passed|failed|error|%\]' "$OUT/tests.log" | tail -n 1 | cut -c1-100)")
+}
+
+# The bench has taken 46-47 s on an H200: 120 s stay for it.
+run_tests tests-cuda 150 120 cuda
 
 # -- benchmarks ------------------------------------------------------------------------------------
 if [ $built = 1 ]; then
@@ -260,6 +265,9 @@ if [ $built = 1 ]; then
     done
   fi
 fi
+
+# -- the rest of the suite, in what is left ----------------------------------------------------------
+run_tests tests-rest 180 5 "not cuda"
 
 # -- summary ---------------------------------------------------------------------------------------
 {
