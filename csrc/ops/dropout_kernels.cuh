@@ -80,7 +80,8 @@ __device__ __forceinline__ void store_run(T* p, const T v[4], int count, bool ve
 // their group's words from lane 16 pass + t / 2 by shuffle. A thread that took its own group's 8
 // elements as two float4s strided the warp's accesses by 32 bytes, every store a half sector: the
 // H200's float32 relu + dropout forward ran at 118 us, 54% of copy (2a7e4a8), against 73 us when a
-// thread took 4 contiguous elements and drew a quad for them.
+// thread took 4 contiguous elements and drew a quad for them; this layout runs it in 84-85 us (75%)
+// and float64 in 163-166 us (77%; 315 before), at every bit count (benchmarks/gpu/dropout_rows.cu).
 // kVector: `in` and `out` are 16-byte aligned, so full runs of 4 move as vectors.
 template <DropoutKind kKind, bool kVector, class T>
 __global__ void dropout_kernel(const T* in, T* out, bool* mask, int64_t n, StepScalars<DropoutKey> key_arg,
