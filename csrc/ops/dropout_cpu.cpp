@@ -40,13 +40,12 @@ FASTNN_FORCE_INLINE void philox_block(const DropoutParams& p, uint64_t q0, int c
     philox4x32_10(q_lo + static_cast<uint32_t>(j), q_hi, o_lo, o_hi, k_lo, k_hi, words + 4 * j);
 }
 
-// draws[k] = dropout_draw(element first + k) for k < count, at `bits` < 16 an element, from the words
-// of the block's quads (element 0: field 0 of words[0..3]). first and count are multiples of 16.
+// draws[k] = dropout_draw(element first + k) for k < count, at 2^log2_bits < 16 bits an element, from
+// the words of the block's quads (element 0: field 0 of words[0..3]). first and count are multiples
+// of 16.
 template <CpuIsa kIsa>
-FASTNN_FORCE_INLINE void spread_draws(const uint32_t* words, int bits, int64_t first, int64_t count,
+FASTNN_FORCE_INLINE void spread_draws(const uint32_t* words, int log2_bits, int64_t first, int64_t count,
                                       uint16_t* draws) {
-  int log2_bits = 0;
-  while ((1 << log2_bits) < bits) ++log2_bits;
   for (int64_t k = 0; k < count; ++k) {
     const uint64_t e = static_cast<uint64_t>(first + k);
     draws[k] = static_cast<uint16_t>(dropout_draw(words + 4 * dropout_quad(e, log2_bits), dropout_field(e, log2_bits), log2_bits));
@@ -210,11 +209,11 @@ constexpr SpreadTables make_spread_tables() {
 }
 constexpr SpreadTables kSpreadTables = make_spread_tables();
 
-FASTNN_TARGET_AVX2 void spread_draws_avx2(const uint32_t* words, int bits, int64_t first, int64_t count,
+FASTNN_TARGET_AVX2 void spread_draws_avx2(const uint32_t* words, int log2_bits, int64_t first, int64_t count,
                                           uint16_t* draws) {
-  const int row = bits == 1 ? 0 : bits == 2 ? 1 : bits == 4 ? 2 : 3;
-  const __m256i pick = _mm256_load_si256(reinterpret_cast<const __m256i*>(kSpreadTables.pick[row]));
-  const __m256i lift = _mm256_load_si256(reinterpret_cast<const __m256i*>(kSpreadTables.lift[row]));
+  const int bits = 1 << log2_bits;
+  const __m256i pick = _mm256_load_si256(reinterpret_cast<const __m256i*>(kSpreadTables.pick[log2_bits]));
+  const __m256i lift = _mm256_load_si256(reinterpret_cast<const __m256i*>(kSpreadTables.lift[log2_bits]));
   const auto* bytes = reinterpret_cast<const uint8_t*>(words);
   for (int64_t k = 0; k < count; k += 16) {
     const __m128i chunk = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + (first + k) * bits / 8));
@@ -224,14 +223,14 @@ FASTNN_TARGET_AVX2 void spread_draws_avx2(const uint32_t* words, int bits, int64
 }
 
 template <>
-FASTNN_TARGET_AVX2 void spread_draws<CpuIsa::avx2>(const uint32_t* words, int bits, int64_t first,
+FASTNN_TARGET_AVX2 void spread_draws<CpuIsa::avx2>(const uint32_t* words, int log2_bits, int64_t first,
                                                    int64_t count, uint16_t* draws) {
-  spread_draws_avx2(words, bits, first, count, draws);
+  spread_draws_avx2(words, log2_bits, first, count, draws);
 }
 template <>
-FASTNN_TARGET_AVX512 void spread_draws<CpuIsa::avx512>(const uint32_t* words, int bits, int64_t first,
+FASTNN_TARGET_AVX512 void spread_draws<CpuIsa::avx512>(const uint32_t* words, int log2_bits, int64_t first,
                                                        int64_t count, uint16_t* draws) {
-  spread_draws_avx2(words, bits, first, count, draws);
+  spread_draws_avx2(words, log2_bits, first, count, draws);
 }
 #endif
 
@@ -248,7 +247,7 @@ FASTNN_FORCE_INLINE void dropout_range(const T* in, T* out, bool* mask, int64_t 
   alignas(64) uint16_t spread[kPiece];
   const uint32_t threshold = p.threshold;
   const T scale = static_cast<T>(p.scale);
-  const int bits = dropout_bits(threshold);
+  const int log2_bits = dropout_log2_bits(threshold), bits = 1 << log2_bits;
   const int64_t per_quad = dropout_per_quad(bits);
   for (int64_t q = begin / per_quad; q * per_quad < end;) {
     const int64_t q_end = std::min((q / kQuads + 1) * kQuads, (end + per_quad - 1) / per_quad);
@@ -263,7 +262,7 @@ FASTNN_FORCE_INLINE void dropout_range(const T* in, T* out, bool* mask, int64_t 
         h = reinterpret_cast<WordHalves>(words) + r;
       } else {  // from field r rounded down to 16, through field r + len rounded up
         const int64_t r16 = r / 16 * 16;
-        spread_draws<kIsa>(words, bits, r16, (r + len - r16 + 15) / 16 * 16, spread);
+        spread_draws<kIsa>(words, log2_bits, r16, (r + len - r16 + 15) / 16 * 16, spread);
         h = spread + (r - r16);
       }
       if constexpr (kKind == Kind::mask) {

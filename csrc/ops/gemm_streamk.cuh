@@ -17,8 +17,9 @@
 // Blocks take their range from a ticket (an atomic counter) rather than blockIdx, so a finisher
 // only ever waits for blocks that started before it, and each block sums and flags its range's
 // last segment before it waits for anything: no deadlock however the hardware (or the emulator)
-// orders and places blocks, and no block's flag waits on another's. The last ticket resets the counter and each finisher resets
-// the flags it consumed, so the workspace is ready for the next launch (a graph replay too).
+// orders and places blocks, and no block's flag waits on another's. The last ticket resets the
+// counter and each finisher resets the flags it consumed, so the workspace is ready for the next
+// launch (a graph replay too).
 #pragma once
 #include <cstdint>
 
